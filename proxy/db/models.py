@@ -1,0 +1,198 @@
+"""Tables. Datetimes are timezone-aware UTC; money is Numeric and Decimal.
+
+Changing a model means a new Alembic revision (autogenerate, then review); `alembic check`
+runs in the tests so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Base",
+    "CollectionJob",
+    "KeyTeam",
+    "ProjectTeam",
+    "ProxySecret",
+    "ThreadSession",
+    "UsageRecord",
+    "utcnow",
+]
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware on the way in and out, also on SQLite (which stores no offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+Money = Numeric(20, 10, asdecimal=True)
+
+
+class Base(AsyncAttrs, DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime(), Decimal: Money}
+
+
+class UsageRecord(Base):
+    """One billable event: an Assistants run, a response, a chat completion or an embedding.
+
+    (kind, object_id) is unique: inserts are "insert or do nothing", so the database decides
+    that an event is counted once.
+    """
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        UniqueConstraint("kind", "object_id", name="uq_usage_records_kind_object_id"),
+        Index("ix_usage_records_occurred_at", "occurred_at"),
+        Index("ix_usage_records_team_occurred_at", "team", "occurred_at"),
+        Index("ix_usage_records_assistant_id", "assistant_id"),
+        Index("ix_usage_records_model", "model"),
+        Index("ix_usage_records_key_fingerprint", "key_fingerprint"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(String(255))
+    thread_id: Mapped[str | None] = mapped_column(String(255))
+    assistant_id: Mapped[str | None] = mapped_column(String(255))
+    conversation_id: Mapped[str | None] = mapped_column(String(255))
+    prompt_id: Mapped[str | None] = mapped_column(String(255))
+    model: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str | None] = mapped_column(String(32))
+    occurred_at: Mapped[dt.datetime]
+    recorded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    key_hint: Mapped[str | None] = mapped_column(String(32))
+    team: Mapped[str] = mapped_column(String(128), default="unassigned")
+    tag: Mapped[str | None] = mapped_column(String(128))
+    project: Mapped[str | None] = mapped_column(String(255))
+    organization: Mapped[str | None] = mapped_column(String(255))
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    usage_source: Mapped[str] = mapped_column(String(16))  # "reported" | "estimated"
+    estimated_prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    estimated_completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    code_interpreter_calls: Mapped[int] = mapped_column(Integer, default=0)
+    code_interpreter_sessions: Mapped[int] = mapped_column(Integer, default=0)
+    file_search_calls: Mapped[int] = mapped_column(Integer, default=0)
+    web_search_calls: Mapped[int] = mapped_column(Integer, default=0)
+    function_calls: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(default=Decimal(0))
+
+
+class CollectionJob(Base):
+    """The outbox: a run seen in a terminal status, still to be collected and recorded.
+
+    Written before any fetch, so a restart loses nothing. The credential is not here (never at
+    rest): a replica only claims jobs whose key fingerprint it holds in memory, or jobs whose run
+    carried reported usage once `reported_usage_wait` has passed.
+    """
+
+    __tablename__ = "collection_jobs"
+    __table_args__ = (Index("ix_collection_jobs_next_attempt_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(255), unique=True)
+    thread_id: Mapped[str] = mapped_column(String(255))
+    # Follow-up URLs are built from these: the path prefix before /threads/ and the query string
+    # (Azure's api-version) of the request in which the run was seen.
+    api_prefix: Mapped[str] = mapped_column(String(512))
+    api_query: Mapped[str] = mapped_column(String(1024), default="")
+    run_json: Mapped[str] = mapped_column(Text)
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
+    key_hint: Mapped[str | None] = mapped_column(String(32))
+    team: Mapped[str | None] = mapped_column(String(128))
+    tag: Mapped[str | None] = mapped_column(String(128))
+    project: Mapped[str | None] = mapped_column(String(255))
+    organization: Mapped[str | None] = mapped_column(String(255))
+    has_reported_usage: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[dt.datetime | None]
+
+
+class KeyTeam(Base):
+    __tablename__ = "key_teams"
+
+    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hint: Mapped[str | None] = mapped_column(String(32))
+    team: Mapped[str] = mapped_column(String(128))
+    label: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ProjectTeam(Base):
+    __tablename__ = "project_teams"
+
+    project: Mapped[str] = mapped_column(String(255), primary_key=True)
+    team: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ThreadSession(Base):
+    """The code interpreter session currently open in a thread (billed per session-hour)."""
+
+    __tablename__ = "thread_sessions"
+
+    thread_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    session_started_at: Mapped[dt.datetime]
+    sessions: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ProxySecret(Base):
+    """Server-side secrets generated once and shared by every replica (the key HMAC secret)."""
+
+    __tablename__ = "proxy_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

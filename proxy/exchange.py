@@ -1,0 +1,170 @@
+"""The observation seam: what forwarding hands to observers, and how it is delivered.
+
+Contract:
+- Every exchange ends in exactly one `on_response` or one `on_error` for each observer that
+  defines it. `on_event` fires for each parsed server-sent event, before the exchange ends.
+- Hooks run on the dispatcher's worker task, never on the client's path. A hook that raises is
+  logged with its traceback and the others still run; a slow hook delays only later hooks.
+- Observers are read-only. A missing hook method means "not interested".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from multidict import CIMultiDictProxy
+
+from proxy.decode import DecodeError, SSEEvent, decode_body, parse_json
+
+__all__ = ["Dispatcher", "Exchange", "Observer"]
+
+_log = logging.getLogger("proxy.observers")
+
+_UNSET: Any = object()
+
+
+@dataclass(eq=False)
+class Exchange:
+    """One request and its response, as far as observers may see it.
+
+    `request_body` and `raw_response_body` are copies capped at the configured limits;
+    `*_truncated` says when the cap cut them. The response copy is the wire bytes; `json()`
+    decodes Content-Encoding and parses it lazily, on the observer's side of the seam.
+    """
+
+    request_id: str
+    method: str
+    path: str
+    query_string: str
+    request_headers: CIMultiDictProxy[str]
+    request_body: bytes = b""
+    request_body_truncated: bool = False
+    started_at: float = field(default_factory=time.time)
+    status: int | None = None
+    response_headers: CIMultiDictProxy[str] | None = None
+    raw_response_body: bytes = b""
+    response_truncated: bool = False
+    events: list[SSEEvent] = field(default_factory=list)
+    ended_at: float | None = None
+    error: str | None = None
+    client_disconnected: bool = False
+    _json: Any = field(default=_UNSET, repr=False)
+    _request_json: Any = field(default=_UNSET, repr=False)
+
+    @property
+    def content_type(self) -> str:
+        if self.response_headers is None:
+            return ""
+        return self.response_headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+    @property
+    def is_sse(self) -> bool:
+        return self.content_type == "text/event-stream"
+
+    def response_body(self) -> bytes:
+        """The response copy with Content-Encoding undone. Raises DecodeError."""
+        enc = self.response_headers.get("Content-Encoding") if self.response_headers else None
+        return decode_body(self.raw_response_body, enc) if enc else self.raw_response_body
+
+    def json(self) -> Any:
+        """The response body as JSON, or None when it is absent, truncated or unreadable."""
+        if self._json is _UNSET:
+            self._json = None
+            if self.raw_response_body and not self.response_truncated:
+                with contextlib.suppress(DecodeError):
+                    self._json = parse_json(self.response_body())
+        return self._json
+
+    def request_json(self) -> Any:
+        """The request body as JSON, or None when it is absent, truncated or not JSON."""
+        if self._request_json is _UNSET:
+            self._request_json = None
+            if self.request_body and not self.request_body_truncated:
+                with contextlib.suppress(DecodeError):
+                    self._request_json = parse_json(self.request_body)
+        return self._request_json
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """Any object; each hook is optional. Hooks may be plain or async functions."""
+
+
+_HOOKS = ("on_event", "on_response", "on_error")
+
+
+class Dispatcher:
+    """Delivers exchanges to observers on a background task, guarded and in order.
+
+    `submit` never blocks and never raises: when the queue is full the item is dropped and
+    counted (fail open: forwarding must not wait on accounting).
+    """
+
+    def __init__(self, observers: Iterable[object], *, maxsize: int = 100_000) -> None:
+        self.observers = list(observers)
+        self._hooks: Mapping[str, list[Any]] = {
+            h: [getattr(o, h) for o in self.observers if callable(getattr(o, h, None))]
+            for h in _HOOKS
+        }
+        self._queue: asyncio.Queue[tuple[str, Exchange, Any]] = asyncio.Queue(maxsize)
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.failures = 0
+
+    def wants(self, hook: str) -> bool:
+        return bool(self._hooks[hook])
+
+    def submit(self, hook: str, exchange: Exchange, arg: Any = None) -> None:
+        if not self._hooks[hook]:
+            return
+        try:
+            self._queue.put_nowait((hook, exchange, arg))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            _log.error("observer queue full; dropped %s for %s", hook, exchange.request_id)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="observer-dispatch")
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until everything submitted so far has been delivered (used at shutdown)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        await self.drain(timeout)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            hook, exchange, arg = await self._queue.get()
+            try:
+                for fn in self._hooks[hook]:
+                    await self._call(fn, hook, exchange, arg)
+            finally:
+                self._queue.task_done()
+
+    async def _call(self, fn: Any, hook: str, exchange: Exchange, arg: Any) -> None:
+        # The guard: an observer's failure is logged and counted, and forwarding goes on.
+        try:
+            result = fn(exchange, arg) if hook == "on_event" else fn(exchange)
+            if asyncio.iscoroutine(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.failures += 1
+            _log.exception(
+                "observer %s.%s failed on %s", type(fn.__self__).__name__, hook, exchange.request_id
+            )

@@ -1,0 +1,91 @@
+"""Client credentials: extraction from headers, HMAC fingerprint, printable hint, and the
+in-memory store that lets the collector fetch a run with the key that ran it.
+
+Keys are never written anywhere: rows carry only `fingerprint()` and `hint()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "CREDENTIAL_HEADERS",
+    "Credential",
+    "CredentialStore",
+    "extract_key",
+    "fingerprint",
+    "hint",
+]
+
+# What the collector replays on its follow-up fetches: the key header plus the headers that
+# select the organisation, project and API beta the run lives in.
+CREDENTIAL_HEADERS = (
+    "Authorization",
+    "api-key",
+    "OpenAI-Organization",
+    "OpenAI-Project",
+    "OpenAI-Beta",
+)
+
+
+def extract_key(headers: Mapping[str, str]) -> str | None:
+    """The API key from `Authorization: Bearer` or Azure's `api-key`, else None."""
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = headers.get("api-key")
+    return key.strip() if key and key.strip() else None
+
+
+def fingerprint(key: str, secret: bytes) -> str:
+    """HMAC-SHA256 of the key under the server secret, hex."""
+    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+
+
+def hint(key: str) -> str:
+    """`sk-...abcd` for OpenAI keys, `...abcd` for others; nothing of keys too short to hide."""
+    prefix = "sk-" if key.startswith("sk-") else ""
+    return f"{prefix}...{key[-4:]}" if len(key) >= 12 else f"{prefix}..."
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    headers: tuple[tuple[str, str], ...]
+    expires_at: float
+
+
+class CredentialStore:
+    """fingerprint -> the headers to replay, held in memory only, each for `ttl` seconds after
+    it was last seen. The expiry bounds how long a key outlives its last use in this process."""
+
+    def __init__(self, ttl: float = 24 * 3600.0, clock=time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._items: dict[str, Credential] = {}
+
+    def remember(self, fp: str, request_headers: Mapping[str, str]) -> None:
+        headers = tuple(
+            (name, request_headers[name]) for name in CREDENTIAL_HEADERS if name in request_headers
+        )
+        self._items[fp] = Credential(headers, self._clock() + self._ttl)
+
+    def get(self, fp: str) -> dict[str, str] | None:
+        cred = self._items.get(fp)
+        if cred is None:
+            return None
+        if cred.expires_at < self._clock():
+            del self._items[fp]
+            return None
+        return dict(cred.headers)
+
+    def fingerprints(self) -> list[str]:
+        now = self._clock()
+        for fp in [fp for fp, c in self._items.items() if c.expires_at < now]:
+            del self._items[fp]
+        return list(self._items)
