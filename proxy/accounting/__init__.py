@@ -1,0 +1,1 @@
+"""Turning observed OpenAI traffic into usage records: estimation, pricing and collection."""

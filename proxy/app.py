@@ -1,0 +1,119 @@
+"""The aiohttp application: `make_app(settings, observers)` builds everything; nothing runs at
+import. Each resource has its own cleanup_ctx, so start-up and shutdown are symmetric."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Sequence
+
+from aiohttp import web
+
+from proxy import admin
+from proxy.exchange import Dispatcher
+from proxy.forward import Forwarder
+from proxy.settings import Settings, mask_url
+
+__all__ = ["DISPATCHER", "FORWARDER", "SETTINGS", "make_app", "serve"]
+
+_log = logging.getLogger("proxy")
+
+SETTINGS = web.AppKey("settings", Settings)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+
+
+def make_app(
+    settings: Settings,
+    observers: Sequence[object] | None = None,
+    *,
+    accounting: bool = True,
+) -> web.Application:
+    """Build the proxy. `observers=None` means the built-in accounting observers; a list
+    replaces them (tests pass recording observers). `accounting=False` runs a bare proxy with no
+    database and no collector."""
+    app = web.Application(client_max_size=0, handler_args={"max_field_size": 65536})
+    app[SETTINGS] = settings
+    service = None
+    if accounting:
+        from proxy.accounting.service import Accounting
+
+        service = Accounting(settings)
+        admin.install_accounting(app, service)
+        app.cleanup_ctx.append(service.context)
+    chosen = (
+        list(observers)
+        if observers is not None
+        else (service.observers() if service is not None else [])
+    )
+    dispatcher = Dispatcher(chosen)
+    forwarder = Forwarder(
+        settings.upstream,
+        dispatcher,
+        timeout=settings.upstream_timeout,
+        connect_timeout=settings.upstream_connect_timeout,
+        limit=settings.upstream_limit,
+        max_observed_body=settings.max_observed_body,
+        max_observed_request=settings.max_observed_request,
+    )
+    if service is not None:
+        service.attach_forwarder(forwarder)
+    app[DISPATCHER] = dispatcher
+    app[FORWARDER] = forwarder
+    app.cleanup_ctx.append(_forwarder_ctx)
+    app.cleanup_ctx.append(_dispatcher_ctx)
+    admin.install(app)
+    app.router.add_route("*", "/{tail:.*}", forwarder.handle)
+    return app
+
+
+async def _forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[FORWARDER].start()
+    yield
+    await app[FORWARDER].close()
+
+
+async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[DISPATCHER].start()
+    yield
+    # Deliver what was observed before shutdown, so finished runs become jobs.
+    await app[DISPATCHER].stop(timeout=10.0)
+
+
+async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start serving `app`; the caller owns the runner. Disconnects cancel the handler, which
+    is how a client that goes away mid-stream closes the upstream connection."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM."""
+    try:
+        import uvloop
+    except ImportError:  # optional speed-up
+        uvloop = None
+    runner_fn = uvloop.run if uvloop is not None else asyncio.run
+    runner_fn(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    app = make_app(settings)
+    runner = await start_site(app, settings.host, settings.port)
+    print(
+        f"usage-proxy listening on http://{settings.host}:{settings.port}, "
+        f"forwarding to {settings.upstream}, database {mask_url(settings.database_url)}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,307 @@
+"""Forwarding: the only code that touches bytes on the wire.
+
+The client gets exactly what the upstream sent (status, reason, headers, body bytes, pacing),
+minus hop-by-hop headers. Observers get copies through the Dispatcher, after the fact.
+This module imports nothing from accounting/ or db/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from proxy.decode import DecodeError, Decompressor, SSEParser
+from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from proxy.exchange import Dispatcher, Exchange
+
+__all__ = ["Forwarder", "error_response"]
+
+_log = logging.getLogger("proxy.forward")
+
+# RFC 9110 section 7.6.1, plus Proxy-* (matched by prefix below).
+_HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+    )
+)
+_NO_COPY_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
+_JSON_TYPES = ("application/json",)
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(4).hex()
+
+
+def error_response(
+    status: int, message: str, code: str, type_: str = "proxy_error"
+) -> web.Response:
+    """An OpenAI-style error body, so SDKs surface it like any API error."""
+    return web.json_response(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}},
+        status=status,
+    )
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def _filter_headers(headers: CIMultiDictProxy[str], *, request: bool) -> CIMultiDict[str]:
+    named = _connection_tokens(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        low = name.lower()
+        if low in _HOP_BY_HOP or low in named or low.startswith("proxy-"):
+            continue
+        if request and low.startswith("x-usage-"):
+            continue  # addressed to this proxy, never to the upstream
+        out.add(name, value)
+    return out
+
+
+def _unsafe_target(raw_path: str) -> str | None:
+    """Why a request target must not be forwarded, or None. Only origin-form is accepted, and
+    no dot-segment may climb out of the upstream's base path (also when percent-encoded)."""
+    if not raw_path.startswith("/") or raw_path.startswith("//"):
+        return "only origin-form request targets are accepted"
+    path = raw_path.split("?", 1)[0]
+    decoded = path
+    for _ in range(3):  # double and triple encoding: %252e%252e
+        decoded = unquote(decoded)
+    segments = decoded.replace("\\", "/").split("/")
+    if any(s in ("..", ".") for s in segments):
+        return "dot-segments are not allowed in the path"
+    if any(c in decoded for c in "\r\n\0"):
+        return "control characters are not allowed in the path"
+    return None
+
+
+class Forwarder:
+    """Forwards every request to one upstream over one shared connection pool."""
+
+    def __init__(
+        self,
+        upstream: str,
+        dispatcher: Dispatcher,
+        *,
+        timeout: float = 600.0,
+        connect_timeout: float = 30.0,
+        limit: int = 0,
+        max_observed_body: int = 8 * 1024 * 1024,
+        max_observed_request: int = 4 * 1024 * 1024,
+    ) -> None:
+        base = URL(upstream)
+        self._origin = base.origin()
+        self._base_path = base.raw_path.rstrip("/")
+        self._dispatcher = dispatcher
+        self._timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None
+        )
+        self._limit = limit
+        self._max_body = max_observed_body
+        self._max_request = max_observed_request
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=self._client_timeout,
+            # The client's own headers go through as they are: nothing may be added.
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            requote_redirect_url=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared upstream session (the collector reuses its pool)."""
+        assert self._session is not None, "Forwarder.start() was not awaited"
+        return self._session
+
+    def upstream_url(self, path_qs: str) -> URL:
+        return URL(str(self._origin) + self._base_path + path_qs, encoded=True)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.raw_path
+        why = _unsafe_target(raw_path)
+        if why is not None or request.method == "CONNECT":
+            return error_response(400, why or "CONNECT is not supported", "bad_request_target")
+        exchange = Exchange(
+            request_id=f"{_ID_PREFIX}-{next(_ids)}",
+            method=request.method,
+            path=request.path,
+            query_string=request.query_string,
+            request_headers=request.headers,
+        )
+        try:
+            return await self._forward(request, raw_path, exchange)
+        except asyncio.CancelledError:
+            exchange.client_disconnected = True
+            exchange.error = exchange.error or "client disconnected"
+            raise
+        except UpstreamError as exc:
+            exchange.error = str(exc)
+            return error_response(exc.status, str(exc), exc.code)
+        finally:
+            exchange.ended_at = time.time()
+            self._dispatcher.submit("on_error" if exchange.error else "on_response", exchange)
+
+    async def _forward(
+        self, request: web.Request, raw_path: str, exchange: Exchange
+    ) -> web.StreamResponse:
+        headers = _filter_headers(request.headers, request=True)
+        data = self._request_body(request, exchange) if request.body_exists else None
+        session = self.session
+        try:
+            async with asyncio.timeout(self._timeout):
+                upstream = await session.request(
+                    request.method,
+                    self.upstream_url(raw_path),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    compress=False,
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"the upstream sent no response within {self._timeout:g} s"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(
+                f"the upstream could not be reached: {type(exc).__name__}"
+            ) from exc
+        try:
+            return await self._relay(request, upstream, exchange)
+        finally:
+            # Closing (not releasing) an unfinished response drops its connection, so a client
+            # that went away also stops the upstream's generation.
+            if not upstream.content.at_eof():
+                upstream.close()
+            else:
+                upstream.release()
+
+    async def _request_body(self, request: web.Request, exchange: Exchange) -> AsyncIterator[bytes]:
+        ctype = request.headers.get("Content-Type", "").lower()
+        copy = self._max_request > 0 and not ctype.startswith(_NO_COPY_TYPES)
+        buf = bytearray()
+        async for chunk in request.content.iter_any():
+            if copy:
+                room = self._max_request - len(buf)
+                if len(chunk) <= room:
+                    buf += chunk
+                else:
+                    buf += chunk[:room]
+                    exchange.request_body_truncated = True
+                    copy = False
+            yield chunk
+        exchange.request_body = bytes(buf)
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange
+    ) -> web.StreamResponse:
+        exchange.status = upstream.status
+        exchange.response_headers = upstream.headers
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=_filter_headers(upstream.headers, request=False),
+        )
+        ctype = exchange.content_type
+        tap = None
+        if ctype == "text/event-stream":
+            tap = _SSETap(exchange, self._dispatcher, upstream.headers.get("Content-Encoding"))
+        elif (ctype in _JSON_TYPES or ctype.endswith("+json")) and self._max_body > 0:
+            tap = _CopyTap(exchange, self._max_body)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+                if tap is not None:
+                    tap.feed(chunk)
+        except aiohttp.ClientError as exc:
+            # Headers are already out: the honest signal is a cut connection, as the upstream gave.
+            exchange.error = f"upstream broke off the body: {type(exc).__name__}"
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            exchange.client_disconnected = True
+            exchange.error = "client disconnected"
+            return response
+        if tap is not None:
+            tap.close()
+        await response.write_eof()
+        return response
+
+
+class _CopyTap:
+    __slots__ = ("_buf", "_exchange", "_limit")
+
+    def __init__(self, exchange: Exchange, limit: int) -> None:
+        self._exchange = exchange
+        self._limit = limit
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if self._exchange.response_truncated:
+            return
+        if len(self._buf) + len(chunk) > self._limit:
+            self._exchange.response_truncated = True
+            self._buf.clear()
+            return
+        self._buf += chunk
+
+    def close(self) -> None:
+        self._exchange.raw_response_body = bytes(self._buf)
+
+
+class _SSETap:
+    __slots__ = ("_decoder", "_dispatcher", "_exchange", "_parser")
+
+    def __init__(self, exchange: Exchange, dispatcher: Dispatcher, encoding: str | None) -> None:
+        self._exchange = exchange
+        self._dispatcher = dispatcher
+        self._parser: SSEParser | None = SSEParser()
+        self._decoder = Decompressor(encoding) if encoding else None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._parser is None:
+            return
+        try:
+            if self._decoder is not None:
+                chunk = self._decoder.feed(chunk)
+        except DecodeError:
+            self._parser = None  # unreadable copy: the client's bytes are unaffected
+            return
+        for event in self._parser.feed(chunk):
+            self._exchange.events.append(event)
+            self._dispatcher.submit("on_event", self._exchange, event)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,98 @@
+"""End-to-end fixtures: the fake upstream and the proxy, each on a real port in this loop, and
+the official openai SDK pointed at the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+
+from proxy.app import make_app, start_site
+from proxy.exchange import Exchange
+from proxy.settings import Settings
+from tests.e2e.fake_upstream import FakeUpstream
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@dataclass
+class RecordingObserver:
+    """Observes the seam: every hook call is appended, in order."""
+
+    responses: list[Exchange] = field(default_factory=list)
+    errors: list[Exchange] = field(default_factory=list)
+    events: list[tuple[Exchange, Any]] = field(default_factory=list)
+
+    def on_response(self, exchange: Exchange) -> None:
+        self.responses.append(exchange)
+
+    def on_error(self, exchange: Exchange) -> None:
+        self.errors.append(exchange)
+
+    def on_event(self, exchange: Exchange, event: Any) -> None:
+        self.events.append((exchange, event))
+
+
+@dataclass
+class RunningProxy:
+    app: web.Application
+    runner: web.AppRunner
+    url: str
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[RunningProxy]]]:
+    started: list[web.AppRunner] = []
+
+    async def start(settings: Settings, **kwargs: Any) -> RunningProxy:
+        port = _free_port()
+        app = make_app(settings.replace(port=port), **kwargs)
+        runner = await start_site(app, "127.0.0.1", port)
+        started.append(runner)
+        return RunningProxy(app, runner, f"http://127.0.0.1:{port}")
+
+    yield start
+    for runner in reversed(started):
+        await runner.cleanup()
+
+
+def client_for(proxy: RunningProxy, key: str = "sk-test-aaaaaaaaaaaaaaaaaaaa1234", **kw: Any):
+    return openai.AsyncOpenAI(api_key=key, base_url=proxy.base_url, max_retries=0, **kw)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01):
+    """Wait until predicate() is truthy (it may be async); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,660 @@
+"""A fake OpenAI-compatible upstream: a real aiohttp server on a real port.
+
+It plays chat completions, embeddings, responses, files, error and timing cases, and the
+Assistants API (threads, messages, runs that progress over polls, paged run steps) under any
+path prefix, so that both `/v1/...` (OpenAI) and `/openai/...?api-version=` (Azure) work.
+It keeps a ledger: completed runs, and which key fetched which run's steps and messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import itertools
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["FakeUpstream"]
+
+TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
+CODE_INPUT = "print(2+2)"
+ANSWER = 'The output was "4"'
+
+
+@dataclass
+class Faults:
+    """Failures to inject into steps/messages fetches: a list of statuses, consumed in order."""
+
+    fetch_statuses: list[int] = field(default_factory=list)
+    retry_after: str = "0"
+    drop_connections: int = 0
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.faults = Faults()
+        self.steps_page_size = 100
+        self.polls_to_complete = 2  # queued -> in_progress -> terminal on successive retrieves
+        self.poll_after_ms = "5"
+        self.requests: list[dict[str, Any]] = []
+        self.fetches: list[tuple[str, str, str]] = []  # (kind, run_id, key)
+        self.completed_runs: set[str] = set()
+        self.stream_closed = asyncio.Event()
+        self.uploads: dict[str, bytes] = {}
+        self._ids = itertools.count(1)
+        self._clock = itertools.count(int(time.time()) - 3600)
+        self.assistants: dict[str, dict[str, Any]] = {}
+        self.threads: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.polls: Counter[str] = Counter()
+        self.responses: dict[str, dict[str, Any]] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> str:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self._ids):06d}"
+
+    def _now(self) -> int:
+        return next(self._clock)
+
+    # --- routing ---------------------------------------------------------------------------
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "raw_path": request.raw_path,
+                "headers": dict(request.headers),
+                "host": request.host,
+            }
+        )
+        path = request.path
+        for prefix in ("/v1", "/openai"):
+            if path.startswith(prefix + "/"):
+                rest = path[len(prefix) :]
+                break
+        else:
+            return web.json_response({"error": {"message": "not found"}}, status=404)
+        if prefix == "/openai" and "api-version" not in request.query:
+            return web.json_response({"error": {"message": "api-version missing"}}, status=400)
+        key = _key(request)
+        if key is None:
+            return web.json_response(
+                {"error": {"message": "no key", "code": "invalid_api_key"}}, status=401
+            )
+        parts = [p for p in rest.split("/") if p]
+        handler = self._route(request.method, parts)
+        if handler is None:
+            return web.json_response({"error": {"message": f"no route {rest}"}}, status=404)
+        fn, args = handler
+        return await fn(request, key, *args)
+
+    def _route(self, method: str, p: list[str]):
+        n = len(p)
+        table = [
+            ("POST", ["chat", "completions"], self.chat),
+            ("POST", ["embeddings"], self.embeddings),
+            ("POST", ["responses"], self.create_response),
+            ("GET", ["responses", "*"], self.get_response),
+            ("POST", ["files"], self.upload),
+            ("GET", ["files", "*", "content"], self.download),
+            ("GET", ["models"], self.models),
+            ("GET", ["echo"], self.echo),
+            ("POST", ["echo"], self.echo),
+            ("GET", ["ratelimited"], self.ratelimited),
+            ("GET", ["silent"], self.silent),
+            ("GET", ["quiet-stream"], self.quiet_stream),
+            ("GET", ["big"], self.big),
+            ("POST", ["assistants"], self.create_assistant),
+            ("POST", ["threads"], self.create_thread),
+            ("POST", ["threads", "runs"], self.create_thread_and_run),
+            ("POST", ["threads", "*", "messages"], self.add_message),
+            ("GET", ["threads", "*", "messages"], self.list_messages),
+            ("POST", ["threads", "*", "runs"], self.create_run),
+            ("GET", ["threads", "*", "runs"], self.list_runs),
+            ("GET", ["threads", "*", "runs", "*"], self.get_run),
+            ("POST", ["threads", "*", "runs", "*"], self.get_run),
+            ("POST", ["threads", "*", "runs", "*", "cancel"], self.cancel_run),
+            ("POST", ["threads", "*", "runs", "*", "submit_tool_outputs"], self.submit_outputs),
+            ("GET", ["threads", "*", "runs", "*", "steps"], self.list_steps),
+        ]
+        for m, pattern, fn in table:
+            if (
+                m == method
+                and len(pattern) == n
+                and all(a in ("*", b) for a, b in zip(pattern, p, strict=False))
+            ):
+                return fn, [b for a, b in zip(pattern, p, strict=False) if a == "*"]
+        return None
+
+    # --- plain endpoints -------------------------------------------------------------------
+    async def chat(self, request: web.Request, key: str) -> web.StreamResponse:
+        body = await request.json()
+        cid = self._id("chatcmpl")
+        model = body.get("model", "gpt-4o-mini")
+        usage = {
+            "prompt_tokens": 12,
+            "completion_tokens": 5,
+            "total_tokens": 17,
+            "prompt_tokens_details": {"cached_tokens": 2},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+        words = ["Hello", " there", ",", " friend", "!"]
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": self._now(),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "".join(words)},
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        resp = _sse_response()
+        await resp.prepare(request)
+        base = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": self._now(),
+            "model": model,
+        }
+        include = (body.get("stream_options") or {}).get("include_usage")
+        for i, w in enumerate(words):
+            delta = {"role": "assistant", "content": w} if i == 0 else {"content": w}
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            if include:
+                chunk["usage"] = None
+            await resp.write(_sse(chunk))
+        last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await resp.write(_sse(last))
+        if include:
+            await resp.write(_sse({**base, "choices": [], "usage": usage}))
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def embeddings(self, request: web.Request, key: str) -> web.Response:
+        body = await request.json()
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body.get("model", "text-embedding-3-small"),
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                    for i in range(len(inputs))
+                ],
+                "usage": {"prompt_tokens": 8 * len(inputs), "total_tokens": 8 * len(inputs)},
+            }
+        )
+
+    async def create_response(self, request: web.Request, key: str) -> web.StreamResponse:
+        body = await request.json()
+        rid = self._id("resp")
+        model = body.get("model", "gpt-4.1")
+        done = {
+            "id": rid,
+            "object": "response",
+            "created_at": self._now(),
+            "model": model,
+            "status": "completed",
+            "output": [
+                {"type": "web_search_call", "id": self._id("ws"), "status": "completed"},
+                {
+                    "type": "message",
+                    "id": self._id("msg"),
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Hi"}],
+                },
+            ],
+            "usage": {
+                "input_tokens": 20,
+                "output_tokens": 7,
+                "total_tokens": 27,
+                "input_tokens_details": {"cached_tokens": 4},
+                "output_tokens_details": {"reasoning_tokens": 3},
+            },
+            "conversation": body.get("conversation"),
+        }
+        if body.get("background"):
+            self.responses[rid] = {**done, "status": "queued", "usage": None, "_final": done}
+            return web.json_response(
+                {k: v for k, v in self.responses[rid].items() if k != "_final"}
+            )
+        if not body.get("stream"):
+            return web.json_response(done)
+        resp = _sse_response()
+        await resp.prepare(request)
+        created = {**done, "status": "in_progress", "output": [], "usage": None}
+        await resp.write(
+            _sse({"type": "response.created", "response": created}, event="response.created")
+        )
+        await resp.write(
+            _sse(
+                {"type": "response.output_text.delta", "delta": "Hi"},
+                event="response.output_text.delta",
+            )
+        )
+        await resp.write(
+            _sse({"type": "response.completed", "response": done}, event="response.completed")
+        )
+        return resp
+
+    async def get_response(self, request: web.Request, key: str, rid: str) -> web.Response:
+        stored = self.responses.get(rid)
+        if stored is None:
+            return web.json_response({"error": {"message": "no such response"}}, status=404)
+        self.polls[rid] += 1
+        if self.polls[rid] >= 2:
+            stored.update(stored["_final"])
+        elif self.polls[rid] == 1:
+            stored["status"] = "in_progress"
+        return web.json_response({k: v for k, v in stored.items() if k != "_final"})
+
+    async def upload(self, request: web.Request, key: str) -> web.Response:
+        reader = await request.multipart()
+        digest, size, name = hashlib.sha256(), 0, None
+        async for part in reader:
+            if part.name == "file":
+                name = part.filename
+                while chunk := await part.read_chunk(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+            else:
+                await part.read()
+        fid = self._id("file")
+        self.uploads[fid] = digest.digest()
+        return web.json_response(
+            {
+                "id": fid,
+                "object": "file",
+                "bytes": size,
+                "filename": name,
+                "purpose": "assistants",
+                "created_at": self._now(),
+                "status": "processed",
+                "sha256": digest.hexdigest(),
+            }
+        )
+
+    async def download(self, request: web.Request, key: str, fid: str) -> web.StreamResponse:
+        size = int(request.query.get("size", "1048576"))
+        resp = web.StreamResponse(
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        )
+        await resp.prepare(request)
+        block = bytes(range(256)) * 4096
+        sent = 0
+        while sent < size:
+            piece = block[: size - sent]
+            await resp.write(piece)
+            sent += len(piece)
+        return resp
+
+    async def big(self, request: web.Request, key: str) -> web.StreamResponse:
+        return await self.download(request, key, "big")
+
+    async def models(self, request: web.Request, key: str) -> web.Response:
+        body = json.dumps(
+            {
+                "object": "list",
+                "data": [{"id": "gpt-4o", "object": "model", "created": 1, "owned_by": "openai"}],
+            }
+        ).encode()
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            return web.Response(
+                body=gzip.compress(body, mtime=0),
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            )
+        return web.Response(body=body, content_type="application/json")
+
+    async def echo(self, request: web.Request, key: str) -> web.Response:
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.raw_path,
+                "host": request.host,
+                "headers": list(request.headers.items()),
+            }
+        )
+
+    async def ratelimited(self, request: web.Request, key: str) -> web.Response:
+        return web.Response(
+            status=429,
+            text='{"error":{"message":"Rate limit reached","type":"requests",'
+            '"code":"rate_limit_exceeded"}}',
+            headers={
+                "Content-Type": "application/json",
+                "retry-after": "7",
+                "x-ratelimit-remaining-requests": "0",
+            },
+        )
+
+    async def silent(self, request: web.Request, key: str) -> web.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def quiet_stream(self, request: web.Request, key: str) -> web.StreamResponse:
+        resp = _sse_response()
+        await resp.prepare(request)
+        await resp.write(b"data: first\n\n")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.stream_closed.set()
+        return resp
+
+    # --- assistants ------------------------------------------------------------------------
+    async def create_assistant(self, request: web.Request, key: str) -> web.Response:
+        body = await request.json()
+        aid = self._id("asst")
+        self.assistants[aid] = {
+            "id": aid,
+            "object": "assistant",
+            "created_at": self._now(),
+            "model": body.get("model", "gpt-4o"),
+            "instructions": body.get("instructions"),
+            "tools": body.get("tools", []),
+            "metadata": body.get("metadata") or {},
+            "name": body.get("name"),
+        }
+        return web.json_response(self.assistants[aid])
+
+    def _new_thread(self, body: dict[str, Any]) -> dict[str, Any]:
+        tid = self._id("thread")
+        self.threads[tid] = {
+            "id": tid,
+            "object": "thread",
+            "created_at": self._now(),
+            "metadata": {},
+        }
+        for m in body.get("messages") or []:
+            self._add_message(tid, m["role"], m["content"], None)
+        return self.threads[tid]
+
+    async def create_thread(self, request: web.Request, key: str) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        return web.json_response(self._new_thread(body))
+
+    def _add_message(
+        self, tid: str, role: str, content: Any, run_id: str | None, assistant_id: str | None = None
+    ) -> dict[str, Any]:
+        text = content if isinstance(content, str) else content[0]["text"]
+        msg = {
+            "id": self._id("msg"),
+            "object": "thread.message",
+            "created_at": self._now(),
+            "thread_id": tid,
+            "role": role,
+            "run_id": run_id,
+            "assistant_id": assistant_id,
+            "attachments": [],
+            "metadata": {},
+            "status": "completed",
+            "content": [{"type": "text", "text": {"value": text, "annotations": []}}],
+        }
+        self.messages[tid].append(msg)
+        return msg
+
+    async def add_message(self, request: web.Request, key: str, tid: str) -> web.Response:
+        body = await request.json()
+        return web.json_response(self._add_message(tid, body["role"], body["content"], None))
+
+    async def list_messages(self, request: web.Request, key: str, tid: str) -> web.Response:
+        if fault := self._fault(request):
+            return fault
+        self.fetches.append(("messages", tid, key))
+        return _page(self.messages[tid], request, default_order="desc")
+
+    def _new_run(self, tid: str, body: dict[str, Any]) -> dict[str, Any]:
+        asst = self.assistants.get(body.get("assistant_id", ""), {})
+        rid = self._id("run")
+        run = {
+            "id": rid,
+            "object": "thread.run",
+            "created_at": self._now(),
+            "thread_id": tid,
+            "assistant_id": body.get("assistant_id"),
+            "status": "queued",
+            "model": body.get("model") or asst.get("model", "gpt-4o"),
+            "instructions": body.get("instructions") or asst.get("instructions") or "",
+            "tools": asst.get("tools", []),
+            "metadata": body.get("metadata") or {},
+            "started_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "cancelled_at": None,
+            "expired_at": None,
+            "usage": None,
+            "last_error": None,
+            "required_action": None,
+            "incomplete_details": None,
+        }
+        run["_plan"] = {**asst.get("metadata", {}), **(body.get("metadata") or {})}
+        self.runs[rid] = run
+        return run
+
+    def _finish(self, run: dict[str, Any]) -> None:
+        plan = run["_plan"]
+        outcome = plan.get("outcome", "completed")
+        tid, rid = run["thread_id"], run["id"]
+        run["started_at"] = run["started_at"] or self._now()
+        if outcome == "completed":
+            for _ in range(int(plan.get("code_calls", "1"))):
+                self.steps[rid].append(self._ci_step(run))
+            msg = self._add_message(tid, "assistant", ANSWER, rid, run["assistant_id"])
+            self.steps[rid].append(
+                self._step(run, "message_creation", {"message_creation": {"message_id": msg["id"]}})
+            )
+        run["status"] = outcome
+        run[
+            {
+                "completed": "completed_at",
+                "failed": "failed_at",
+                "cancelled": "cancelled_at",
+                "expired": "expired_at",
+                "incomplete": "completed_at",
+            }[outcome]
+        ] = self._now()
+        if outcome == "failed":
+            run["last_error"] = {"code": "server_error", "message": "boom"}
+        if plan.get("usage", "yes") == "yes":
+            run["usage"] = {"prompt_tokens": 300, "completion_tokens": 47, "total_tokens": 347}
+        self.completed_runs.add(rid)
+
+    def _step(self, run: dict[str, Any], type_: str, details: dict[str, Any]) -> dict[str, Any]:
+        now = self._now()
+        return {
+            "id": self._id("step"),
+            "object": "thread.run.step",
+            "created_at": now,
+            "run_id": run["id"],
+            "assistant_id": run["assistant_id"],
+            "thread_id": run["thread_id"],
+            "type": type_,
+            "status": "completed",
+            "completed_at": now,
+            "step_details": {"type": type_, **details},
+            "usage": None,
+        }
+
+    def _ci_step(self, run: dict[str, Any]) -> dict[str, Any]:
+        call = {
+            "id": self._id("call"),
+            "type": "code_interpreter",
+            "code_interpreter": {"input": CODE_INPUT, "outputs": [{"type": "logs", "logs": "4"}]},
+        }
+        return self._step(run, "tool_calls", {"tool_calls": [call]})
+
+    def _public(self, run: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in run.items() if not k.startswith("_")}
+
+    def _advance(self, run: dict[str, Any]) -> None:
+        if run["status"] in TERMINAL or run["status"] == "requires_action":
+            return
+        self.polls[run["id"]] += 1
+        if self.polls[run["id"]] >= self.polls_to_complete:
+            self._finish(run)
+        else:
+            run["status"] = "in_progress"
+            run["started_at"] = run["started_at"] or self._now()
+
+    def _run_response(self, run: dict[str, Any]) -> web.Response:
+        return web.json_response(
+            self._public(run), headers={"openai-poll-after-ms": self.poll_after_ms}
+        )
+
+    async def create_run(self, request: web.Request, key: str, tid: str) -> web.StreamResponse:
+        body = await request.json()
+        for m in body.get("additional_messages") or []:
+            self._add_message(tid, m["role"], m["content"], None)
+        run = self._new_run(tid, body)
+        if body.get("stream"):
+            return await self._stream_run(request, run)
+        return self._run_response(run)
+
+    async def create_thread_and_run(self, request: web.Request, key: str) -> web.StreamResponse:
+        body = await request.json()
+        thread = self._new_thread(body.get("thread") or {})
+        run = self._new_run(thread["id"], body)
+        if body.get("stream"):
+            return await self._stream_run(request, run)
+        return self._run_response(run)
+
+    async def _stream_run(self, request: web.Request, run: dict[str, Any]) -> web.StreamResponse:
+        resp = _sse_response()
+        await resp.prepare(request)
+        await resp.write(_sse(self._public(run), event="thread.run.created"))
+        run["status"] = "in_progress"
+        await resp.write(_sse(self._public(run), event="thread.run.in_progress"))
+        self._finish(run)
+        for step in self.steps[run["id"]]:
+            await resp.write(_sse(step, event="thread.run.step.completed"))
+        await resp.write(_sse(self._public(run), event=f"thread.run.{run['status']}"))
+        await resp.write(b"event: done\ndata: [DONE]\n\n")
+        return resp
+
+    async def list_runs(self, request: web.Request, key: str, tid: str) -> web.Response:
+        runs = [self._public(r) for r in self.runs.values() if r["thread_id"] == tid]
+        return _page(runs, request, default_order="desc")
+
+    async def get_run(self, request: web.Request, key: str, tid: str, rid: str) -> web.Response:
+        run = self.runs.get(rid)
+        if run is None or run["thread_id"] != tid:
+            return web.json_response({"error": {"message": "no such run"}}, status=404)
+        if request.method == "GET":
+            self._advance(run)
+        return self._run_response(run)
+
+    async def cancel_run(self, request: web.Request, key: str, tid: str, rid: str) -> web.Response:
+        run = self.runs[rid]
+        run["_plan"]["outcome"] = "cancelled"
+        run["status"] = "cancelling"
+        return self._run_response(run)
+
+    async def submit_outputs(
+        self, request: web.Request, key: str, tid: str, rid: str
+    ) -> web.Response:
+        run = self.runs[rid]
+        run["status"] = "in_progress"
+        run["required_action"] = None
+        return self._run_response(run)
+
+    async def list_steps(self, request: web.Request, key: str, tid: str, rid: str) -> web.Response:
+        if fault := self._fault(request):
+            return fault
+        self.fetches.append(("steps", rid, key))
+        limit = min(int(request.query.get("limit", "20")), self.steps_page_size)
+        return _page(self.steps[rid], request, default_order="desc", limit=limit)
+
+    def _fault(self, request: web.Request) -> web.Response | None:
+        if self.faults.drop_connections > 0:
+            self.faults.drop_connections -= 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        if self.faults.fetch_statuses:
+            status = self.faults.fetch_statuses.pop(0)
+            return web.json_response(
+                {"error": {"message": "injected", "code": str(status)}},
+                status=status,
+                headers={"retry-after": self.faults.retry_after},
+            )
+        return None
+
+
+def _key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("api-key")
+
+
+def _page(
+    items: list[dict[str, Any]],
+    request: web.Request,
+    *,
+    default_order: str,
+    limit: int | None = None,
+) -> web.Response:
+    order = request.query.get("order", default_order)
+    limit = limit or int(request.query.get("limit", "20"))
+    ordered = sorted(items, key=lambda o: (o["created_at"], o["id"]), reverse=order == "desc")
+    after = request.query.get("after")
+    if after:
+        idx = next((i for i, o in enumerate(ordered) if o["id"] == after), len(ordered))
+        ordered = ordered[idx + 1 :]
+    page = ordered[:limit]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(ordered) > limit,
+        }
+    )
+
+
+def _sse_response() -> web.StreamResponse:
+    return web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+
+
+def _sse(obj: Any, *, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(obj)}\n\n".encode()
