@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DecodeError", "Decompressor", "SSEEvent", "SSEParser", "decode_body", "parse_json"]
+__all__ = [
+    "BodyTooLarge",
+    "DecodeError",
+    "Decompressor",
+    "SSEEvent",
+    "SSEParser",
+    "decode_body",
+    "parse_json",
+]
 
 try:  # optional codecs: used when installed, and the body is left unread otherwise
     import brotli as _brotli
@@ -24,17 +31,28 @@ except ImportError:  # pragma: no cover
     _zstd = None
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 class DecodeError(ValueError):
     """A tapped copy cannot be decoded (unknown or broken encoding, not JSON)."""
 
 
-class Decompressor:
-    """Incremental decoder for one Content-Encoding value (possibly a list, applied in order)."""
+class BodyTooLarge(DecodeError):
+    """Decoding would produce more than the allowed number of bytes."""
 
-    def __init__(self, content_encoding: str | None) -> None:
+
+class Decompressor:
+    """Incremental decoder for one Content-Encoding value (possibly a list, applied in order).
+
+    With `limit`, no stage may produce more than `limit` bytes: DecodeError is raised instead,
+    before a decompression bomb can take the memory.
+    """
+
+    def __init__(self, content_encoding: str | None, *, limit: int | None = None) -> None:
         codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
         # Encodings are listed in the order they were applied, so they are undone in reverse.
-        self._stages = [_stage(c) for c in reversed(codings) if c != "identity"]
+        self._stages = [_stage(c, limit) for c in reversed(codings) if c != "identity"]
 
     def feed(self, data: bytes) -> bytes:
         for stage in self._stages:
@@ -49,49 +67,91 @@ class Decompressor:
 
 
 class _Stage:
+    def __init__(self, limit: int | None) -> None:
+        self._limit = limit
+        self._produced = 0
+
     def feed(self, data: bytes) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError
 
     def flush(self) -> bytes:
         return b""
 
+    def _room(self) -> int:
+        """Bytes this stage may still produce, plus one to detect going over; 0: no limit."""
+        return 0 if self._limit is None else self._limit - self._produced + 1
+
+    def _count(self, out: bytes) -> bytes:
+        self._produced += len(out)
+        if self._limit is not None and self._produced > self._limit:
+            raise BodyTooLarge(f"decoded body exceeds the limit of {self._limit} bytes")
+        return out
+
 
 class _Zlib(_Stage):
-    def __init__(self, wbits: int) -> None:
-        self._d = zlib.decompressobj(wbits)
+    """gzip (all members, RFC 1952 section 2.2) or deflate (zlib, or raw as some servers send)."""
+
+    def __init__(self, wbits: int, limit: int | None) -> None:
+        super().__init__(limit)
         self._wbits = wbits
-        self._started = False
+        self._d = zlib.decompressobj(wbits)
+        # Input kept until the first output, so that a "deflate" body that turns out to be raw
+        # can be decoded again from its start, however small the chunks it came in.
+        self._head: bytearray | None = bytearray() if wbits == zlib.MAX_WBITS else None
+        self._done = False
 
     def feed(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        if self._head is not None:
+            self._head += data
+        out = self._decompress(data)
+        if self._head is not None and out:
+            self._head = None
+        return out
+
+    def _decompress(self, data: bytes) -> bytes:
+        if self._done:
+            return b""
         try:
-            out = self._d.decompress(data)
+            out = self._count(self._d.decompress(data, self._room()))
         except zlib.error as exc:
-            if self._wbits == zlib.MAX_WBITS and not self._started:
-                # "deflate" is raw deflate on some servers despite RFC 9110 saying zlib.
+            if self._head is not None:
+                head, self._head = bytes(self._head), None
                 self._d = zlib.decompressobj(-zlib.MAX_WBITS)
-                self._wbits = -zlib.MAX_WBITS
-                return self.feed(data)
+                return self._decompress(head)
             raise DecodeError(f"bad compressed data: {exc}") from exc
-        self._started = True
+        if self._d.eof and self._d.unused_data:
+            rest = self._d.unused_data
+            if self._wbits > zlib.MAX_WBITS:
+                self._d = zlib.decompressobj(self._wbits)
+                return out + self._decompress(rest)
+            self._done = True  # trailing bytes after a deflate stream carry nothing
         return out
 
     def flush(self) -> bytes:
-        try:
-            out = self._d.flush()
-        except zlib.error as exc:  # pragma: no cover - zlib rarely raises here
-            raise DecodeError(str(exc)) from exc
         if not self._d.eof:
             raise DecodeError("compressed body is truncated")
-        return out
+        return b""
 
 
 class _Brotli(_Stage):
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None) -> None:
+        super().__init__(limit)
         self._d = _brotli.Decompressor()
 
     def feed(self, data: bytes) -> bytes:
+        if not data:
+            return b""
         try:
-            return self._d.process(data)
+            if self._limit is None:
+                return self._count(self._d.process(data))
+            out = self._count(self._d.process(data, output_buffer_limit=self._room()))
+            while not self._d.can_accept_more_data():
+                out += self._count(self._d.process(b"", output_buffer_limit=self._room()))
+            return out
+        except DecodeError:
+            raise
         except Exception as exc:  # brotli raises its own error type
             raise DecodeError(f"bad brotli data: {exc}") from exc
 
@@ -102,14 +162,35 @@ class _Brotli(_Stage):
 
 
 class _Zstd(_Stage):
-    def __init__(self) -> None:
+    # zstandard's decompressobj has no output bound, so a limited stage feeds it in slices.
+    _SLICE = 16 * 1024
+
+    def __init__(self, limit: int | None) -> None:
+        super().__init__(limit)
         self._d = _zstd.ZstdDecompressor().decompressobj()
 
     def feed(self, data: bytes) -> bytes:
+        if not data:
+            return b""  # a decompressobj at its end refuses even empty input
+        if self._limit is None:
+            return self._decompress(data)
+        view = memoryview(data)
+        return b"".join(
+            self._decompress(bytes(view[i : i + self._SLICE]))
+            for i in range(0, len(view), self._SLICE)
+        )
+
+    def _decompress(self, data: bytes) -> bytes:
         try:
-            return self._d.decompress(data)
+            out = self._count(self._d.decompress(data))
         except _zstd.ZstdError as exc:
             raise DecodeError(f"bad zstd data: {exc}") from exc
+        if self._d.eof and self._d.unused_data:
+            # Concatenated frames are one stream (RFC 8878 section 3.1).
+            rest = self._d.unused_data
+            self._d = _zstd.ZstdDecompressor().decompressobj()
+            out += self._decompress(rest)
+        return out
 
     def flush(self) -> bytes:
         if not self._d.eof:
@@ -117,21 +198,22 @@ class _Zstd(_Stage):
         return b""
 
 
-def _stage(coding: str) -> _Stage:
+def _stage(coding: str, limit: int | None) -> _Stage:
     if coding in ("gzip", "x-gzip"):
-        return _Zlib(16 + zlib.MAX_WBITS)
+        return _Zlib(16 + zlib.MAX_WBITS, limit)
     if coding == "deflate":
-        return _Zlib(zlib.MAX_WBITS)
+        return _Zlib(zlib.MAX_WBITS, limit)
     if coding == "br" and _brotli is not None:
-        return _Brotli()
+        return _Brotli(limit)
     if coding == "zstd" and _zstd is not None:
-        return _Zstd()
+        return _Zstd(limit)
     raise DecodeError(f"unsupported Content-Encoding {coding!r}")
 
 
-def decode_body(body: bytes, content_encoding: str | None) -> bytes:
-    """Undo Content-Encoding on a whole body. Raises DecodeError when it can't."""
-    d = Decompressor(content_encoding)
+def decode_body(body: bytes, content_encoding: str | None, *, limit: int | None = None) -> bytes:
+    """Undo Content-Encoding on a whole body. Raises DecodeError when it can't, or when the
+    decoded body would be larger than `limit` bytes."""
+    d = Decompressor(content_encoding, limit=limit)
     return d.feed(body) + d.flush()
 
 
@@ -159,26 +241,39 @@ class SSEEvent:
 class SSEParser:
     """Incremental parser for text/event-stream (WHATWG HTML, "event stream interpretation").
 
-    Feed it bytes split anywhere (even inside a CRLF or a UTF-8 sequence); it yields the same
-    events as for the whole stream at once.
+    Feed it bytes split anywhere (even inside a CRLF, a UTF-8 sequence or the byte order mark);
+    it returns the same events as for the whole stream at once. An event with no data line
+    dispatches nothing, and the id is sticky across events, as the spec says.
     """
+
+    __slots__ = ("_at_start", "_buf", "_data", "_event", "_id", "_pending_cr")
 
     def __init__(self) -> None:
         self._buf = b""
+        self._at_start = True
         self._pending_cr = False
         self._event = ""
-        self._data: list[str] = []
+        self._data: list[str] | None = None
         self._id: str | None = None
-        self._has_data = False
 
-    def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """The events completed by `chunk` (a list, so that nothing fed is ever lost)."""
         if not chunk:
-            return
-        buf = self._buf + chunk
+            return []
+        buf = self._buf + chunk if self._buf else chunk
         start = 0
-        if self._pending_cr and buf.startswith(b"\n"):
-            start = 1  # the LF of a CRLF split across two chunks
-        self._pending_cr = False
+        if self._at_start:
+            if len(buf) < len(_BOM) and _BOM.startswith(buf):
+                self._buf = buf  # maybe the start of a byte order mark: wait for more
+                return []
+            self._at_start = False
+            if buf.startswith(_BOM):
+                start = len(_BOM)
+        if self._pending_cr:
+            self._pending_cr = False
+            if buf[start : start + 1] == b"\n":
+                start += 1  # the LF of a CRLF split across two chunks
+        events: list[SSEEvent] = []
         n = len(buf)
         i = start
         while True:
@@ -191,44 +286,47 @@ class SSEParser:
             else:
                 end = cr
                 if cr + 1 < n:
-                    nxt = cr + 2 if buf[cr + 1 : cr + 2] == b"\n" else cr + 1
+                    nxt = cr + 2 if buf[cr + 1] == 0x0A else cr + 1
                 else:
                     nxt = cr + 1
                     self._pending_cr = True
             event = self._line(buf[i:end])
             if event is not None:
-                yield event
+                events.append(event)
             i = nxt
         self._buf = buf[i:]
+        return events
 
-    def close(self) -> Iterator[SSEEvent]:
+    def close(self) -> list[SSEEvent]:
         """End of stream: an unterminated last event is discarded, as the spec says."""
         self._buf = b""
+        self._pending_cr = False
         self._reset()
-        return iter(())
+        return []
 
     def _reset(self) -> None:
         self._event = ""
-        self._data = []
-        self._has_data = False
+        self._data = None
 
     def _line(self, raw: bytes) -> SSEEvent | None:
         if not raw:
-            if not self._has_data:
+            if self._data is None:
                 self._reset()
                 return None
             ev = SSEEvent(self._event or "message", "\n".join(self._data), self._id)
             self._reset()
             return ev
-        line = raw.decode("utf-8", errors="replace")
-        if line.startswith(":"):
+        if raw[0] == 0x3A:  # ":" starts a comment
             return None
+        line = raw.decode("utf-8", errors="replace")
         field, sep, value = line.partition(":")
         if sep and value.startswith(" "):
             value = value[1:]
         if field == "data":
-            self._data.append(value)
-            self._has_data = True
+            if self._data is None:
+                self._data = [value]
+            else:
+                self._data.append(value)
         elif field == "event":
             self._event = value
         elif field == "id" and "\0" not in value:

@@ -1,13 +1,13 @@
 """The project's exception tree.
 
-    ProxyError
-    ├── ConfigError        a bad setting; names the key and the value (never a secret)
-    ├── UpstreamError      no response from the upstream; 502 or 504 at the boundary
-    │   ├── UpstreamUnreachable   refused, reset, DNS failure    -> 502 upstream_unreachable
-    │   └── UpstreamTimeout       no headers in upstream_timeout -> 504 upstream_timeout
-    └── AccountingError    collecting or recording failed; logged, retried, never shown
-        ├── FetchError          a steps/messages fetch failed (status, retry_after)
-        └── MissingCredential   no key in memory for a job's fingerprint; the job waits
+ProxyError
+├── ConfigError        a bad setting; names the key and the value (never a secret)
+├── UpstreamError      no response from the upstream; 502 or 504 at the boundary
+│   ├── UpstreamUnreachable   refused, reset, DNS failure    -> 502 upstream_unreachable
+│   └── UpstreamTimeout       no headers in upstream_timeout -> 504 upstream_timeout
+└── AccountingError    collecting or recording failed; logged, retried, never shown
+    ├── FetchError          a steps/messages fetch failed (status, retry_after)
+    └── MissingCredential   no key in memory for a job's fingerprint; the job waits
 """
 
 from __future__ import annotations

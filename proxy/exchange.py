@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from multidict import CIMultiDictProxy
 
-from proxy.decode import DecodeError, SSEEvent, decode_body, parse_json
+from proxy.decode import BodyTooLarge, DecodeError, SSEEvent, decode_body, parse_json
 
 __all__ = ["Dispatcher", "Exchange", "Observer"]
 
@@ -35,7 +35,9 @@ class Exchange:
 
     `request_body` and `raw_response_body` are copies capped at the configured limits;
     `*_truncated` says when the cap cut them. The response copy is the wire bytes; `json()`
-    decodes Content-Encoding and parses it lazily, on the observer's side of the seam.
+    decodes Content-Encoding and parses it lazily, on the observer's side of the seam. The
+    decoded copy is capped at `max_body` bytes too: beyond it `json()` returns None and sets
+    `response_truncated`.
     """
 
     request_id: str
@@ -54,6 +56,7 @@ class Exchange:
     ended_at: float | None = None
     error: str | None = None
     client_disconnected: bool = False
+    max_body: int | None = None
     _json: Any = field(default=_UNSET, repr=False)
     _request_json: Any = field(default=_UNSET, repr=False)
 
@@ -68,17 +71,24 @@ class Exchange:
         return self.content_type == "text/event-stream"
 
     def response_body(self) -> bytes:
-        """The response copy with Content-Encoding undone. Raises DecodeError."""
+        """The response copy with Content-Encoding undone, at most `max_body` bytes of it.
+        Raises DecodeError (BodyTooLarge when the cap is reached)."""
         enc = self.response_headers.get("Content-Encoding") if self.response_headers else None
-        return decode_body(self.raw_response_body, enc) if enc else self.raw_response_body
+        if not enc:
+            return self.raw_response_body
+        return decode_body(self.raw_response_body, enc, limit=self.max_body)
 
     def json(self) -> Any:
         """The response body as JSON, or None when it is absent, truncated or unreadable."""
         if self._json is _UNSET:
             self._json = None
             if self.raw_response_body and not self.response_truncated:
-                with contextlib.suppress(DecodeError):
+                try:
                     self._json = parse_json(self.response_body())
+                except BodyTooLarge:
+                    self.response_truncated = True
+                except DecodeError:
+                    pass  # unreadable copy: the observer sees None, the client was unaffected
         return self._json
 
     def request_json(self) -> Any:
@@ -162,9 +172,17 @@ class Dispatcher:
             if asyncio.iscoroutine(result):
                 await result
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # stop() is cancelling the dispatcher itself
+            # An observer's own cancellation (say, a timeout it let escape) is just a failure.
+            self._failed(fn, hook, exchange)
         except Exception:
-            self.failures += 1
-            _log.exception(
-                "observer %s.%s failed on %s", type(fn.__self__).__name__, hook, exchange.request_id
-            )
+            self._failed(fn, hook, exchange)
+
+    def _failed(self, fn: Any, hook: str, exchange: Exchange) -> None:
+        self.failures += 1
+        # Hooks may be plain functions or callables, not only bound methods.
+        owner = getattr(fn, "__self__", None)
+        name = type(owner).__name__ if owner is not None else getattr(fn, "__qualname__", repr(fn))
+        _log.error("observer %s.%s failed on %s", name, hook, exchange.request_id, exc_info=True)

@@ -8,6 +8,7 @@ This module imports nothing from accounting/ or db/.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -20,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.decode import DecodeError, Decompressor, SSEParser
+from proxy.decode import DecodeError, Decompressor, SSEEvent, SSEParser
 from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from proxy.exchange import Dispatcher, Exchange
 
@@ -79,17 +80,21 @@ def _filter_headers(headers: CIMultiDictProxy[str], *, request: bool) -> CIMulti
 
 def _unsafe_target(raw_path: str) -> str | None:
     """Why a request target must not be forwarded, or None. Only origin-form is accepted, and
-    no dot-segment may climb out of the upstream's base path (also when percent-encoded)."""
-    if not raw_path.startswith("/") or raw_path.startswith("//"):
+    no dot-segment may climb out of the upstream's base path (also when percent-encoded, any
+    number of times, or hidden behind a path parameter as in `..;`)."""
+    if raw_path[:1] != "/" or raw_path[:2] == "//":
         return "only origin-form request targets are accepted"
-    path = raw_path.split("?", 1)[0]
+    path = raw_path.partition("?")[0]
     decoded = path
-    for _ in range(3):  # double and triple encoding: %252e%252e
+    for _ in range(8):  # %252e%252e and deeper: decode until nothing changes
+        if "%" not in decoded:
+            break
         decoded = unquote(decoded)
-    segments = decoded.replace("\\", "/").split("/")
-    if any(s in ("..", ".") for s in segments):
-        return "dot-segments are not allowed in the path"
-    if any(c in decoded for c in "\r\n\0"):
+    if "." in decoded:
+        for segment in decoded.replace("\\", "/").split("/"):
+            if segment.partition(";")[0] in (".", ".."):
+                return "dot-segments are not allowed in the path"
+    if decoded is not path and any(c in decoded for c in "\r\n\0"):
         return "control characters are not allowed in the path"
     return None
 
@@ -148,6 +153,7 @@ class Forwarder:
         return URL(str(self._origin) + self._base_path + path_qs, encoded=True)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Forward one request; the aiohttp handler for every path outside /_proxy/."""
         raw_path = request.raw_path
         why = _unsafe_target(raw_path)
         if why is not None or request.method == "CONNECT":
@@ -158,17 +164,25 @@ class Forwarder:
             path=request.path,
             query_string=request.query_string,
             request_headers=request.headers,
+            max_body=self._max_body,
         )
+        done = False
         try:
-            return await self._forward(request, raw_path, exchange)
+            response = await self._forward(request, raw_path, exchange)
+            done = True
+            return response
         except asyncio.CancelledError:
             exchange.client_disconnected = True
             exchange.error = exchange.error or "client disconnected"
             raise
         except UpstreamError as exc:
             exchange.error = str(exc)
+            done = True
             return error_response(exc.status, str(exc), exc.code)
         finally:
+            if not done and exchange.error is None:
+                # Whatever escaped (aiohttp answers it with a bare 500), observers hear of it.
+                exchange.error = "the proxy failed to forward the request"
             exchange.ended_at = time.time()
             self._dispatcher.submit("on_error" if exchange.error else "on_response", exchange)
 
@@ -188,13 +202,14 @@ class Forwarder:
                     allow_redirects=False,
                     compress=False,
                 )
+        except aiohttp.ClientError as exc:
+            # Before TimeoutError: a connect timeout is both, and it means "unreachable".
+            raise UpstreamUnreachable(
+                f"the upstream could not be reached: {type(exc).__name__}"
+            ) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"the upstream sent no response within {self._timeout:g} s"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(
-                f"the upstream could not be reached: {type(exc).__name__}"
             ) from exc
         try:
             return await self._relay(request, upstream, exchange)
@@ -207,6 +222,8 @@ class Forwarder:
                 upstream.release()
 
     async def _request_body(self, request: web.Request, exchange: Exchange) -> AsyncIterator[bytes]:
+        # A generator, so the body streams through in the chunks it arrives in: an upload of
+        # any size is never held whole. Observers get a capped copy, and none of file uploads.
         ctype = request.headers.get("Content-Type", "").lower()
         copy = self._max_request > 0 and not ctype.startswith(_NO_COPY_TYPES)
         buf = bytearray()
@@ -219,6 +236,8 @@ class Forwarder:
                     buf += chunk[:room]
                     exchange.request_body_truncated = True
                     copy = False
+            elif chunk:
+                exchange.request_body_truncated = True
             yield chunk
         exchange.request_body = bytes(buf)
 
@@ -233,27 +252,35 @@ class Forwarder:
             headers=_filter_headers(upstream.headers, request=False),
         )
         ctype = exchange.content_type
-        tap = None
-        if ctype == "text/event-stream":
-            tap = _SSETap(exchange, self._dispatcher, upstream.headers.get("Content-Encoding"))
-        elif (ctype in _JSON_TYPES or ctype.endswith("+json")) and self._max_body > 0:
-            tap = _CopyTap(exchange, self._max_body)
+        tap: _CopyTap | _SSETap | None = None
+        if self._max_body > 0:  # 0: observers asked for no copy of response bodies
+            if ctype == "text/event-stream":
+                tap = _SSETap(exchange, self._dispatcher, self._max_body)
+            elif ctype in _JSON_TYPES or ctype.endswith("+json"):
+                tap = _CopyTap(exchange, self._max_body)
         await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_any():
+        content = upstream.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except aiohttp.ClientError as exc:
+                # Headers are already out: the honest signal is a cut connection, as the
+                # upstream gave.
+                exchange.error = f"the upstream broke off the body: {type(exc).__name__}"
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            if not chunk:
+                break
+            try:
+                # Written as it comes: an SSE event reaches the client when the upstream sent it.
                 await response.write(chunk)
-                if tap is not None:
-                    tap.feed(chunk)
-        except aiohttp.ClientError as exc:
-            # Headers are already out: the honest signal is a cut connection, as the upstream gave.
-            exchange.error = f"upstream broke off the body: {type(exc).__name__}"
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            exchange.client_disconnected = True
-            exchange.error = "client disconnected"
-            return response
+            except ConnectionError:
+                exchange.client_disconnected = True
+                exchange.error = "client disconnected"
+                return response
+            if tap is not None:
+                tap.feed(chunk)
         if tap is not None:
             tap.close()
         await response.write_eof()
@@ -282,13 +309,27 @@ class _CopyTap:
 
 
 class _SSETap:
-    __slots__ = ("_decoder", "_dispatcher", "_exchange", "_parser")
+    """Parses the proxy's copy of an event stream for observers. Fails closed for the copy
+    only: an unreadable stream stops the parsing, never the bytes to the client."""
 
-    def __init__(self, exchange: Exchange, dispatcher: Dispatcher, encoding: str | None) -> None:
+    __slots__ = ("_decoder", "_dispatcher", "_exchange", "_kept", "_limit", "_parser", "_since")
+
+    def __init__(self, exchange: Exchange, dispatcher: Dispatcher, limit: int) -> None:
         self._exchange = exchange
         self._dispatcher = dispatcher
+        self._limit = limit
+        self._kept = 0  # bytes of event data kept in exchange.events
+        self._since = 0  # bytes fed since the last event: bounds the parser's line buffer
         self._parser: SSEParser | None = SSEParser()
-        self._decoder = Decompressor(encoding) if encoding else None
+        self._decoder: Decompressor | None = None
+        encoding = (
+            exchange.response_headers.get("Content-Encoding") if exchange.response_headers else None
+        )
+        if encoding:
+            try:
+                self._decoder = Decompressor(encoding)
+            except DecodeError:
+                self._parser = None
 
     def feed(self, chunk: bytes) -> None:
         if self._parser is None:
@@ -299,9 +340,29 @@ class _SSETap:
         except DecodeError:
             self._parser = None  # unreadable copy: the client's bytes are unaffected
             return
-        for event in self._parser.feed(chunk):
-            self._exchange.events.append(event)
-            self._dispatcher.submit("on_event", self._exchange, event)
+        self._events(self._parser.feed(chunk), len(chunk))
 
     def close(self) -> None:
-        pass
+        if self._parser is None or self._decoder is None:
+            return
+        # A truncated compressed stream raises here: the events parsed so far stand.
+        with contextlib.suppress(DecodeError):
+            self._events(self._parser.feed(self._decoder.flush()), 0)
+
+    def _events(self, events: list[SSEEvent], fed: int) -> None:
+        exchange = self._exchange
+        if not events:
+            self._since += fed
+            if self._since > self._limit:
+                # An event larger than the limit: stop reading the copy, not the stream.
+                self._parser = None
+                exchange.response_truncated = True
+            return
+        self._since = 0
+        for event in events:
+            self._kept += len(event.data)
+            if self._kept <= self._limit:
+                exchange.events.append(event)
+            else:
+                exchange.response_truncated = True
+            self._dispatcher.submit("on_event", exchange, event)

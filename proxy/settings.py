@@ -60,6 +60,9 @@ class Settings:
     collector_workers: int = _opt(2, "concurrent run collections per process", flag=False)
     collector_poll_interval: float = _opt(1.0, "seconds between scans of the job table", flag=False)
     collector_lease: float = _opt(120.0, "seconds a claimed job stays claimed", flag=False)
+    collector_retry_base: float = _opt(
+        1.0, "first retry delay in seconds; doubles per attempt", flag=False
+    )
     collector_max_backoff: float = _opt(300.0, "cap on retry backoff, in seconds", flag=False)
     collector_fetch_timeout: float = _opt(60.0, "seconds per steps/messages fetch", flag=False)
     reported_usage_wait: float = _opt(
@@ -82,6 +85,21 @@ class Settings:
     estimate_code_interpreter_completion: int = _opt(
         6, "seed: completion overhead of a code interpreter call", flag=False
     )
+    estimate_per_code_interpreter_output: int = _opt(
+        0, "extra prompt tokens per code interpreter output", flag=False
+    )
+    estimate_function_call_prompt: int = _opt(14, "prompt overhead of a function call", flag=False)
+    estimate_function_call_completion: int = _opt(
+        6, "completion overhead of a function call", flag=False
+    )
+    estimate_per_function_definition: int = _opt(
+        0, "overhead per function definition, beside its JSON", flag=False
+    )
+    estimate_file_search_prompt: int = _opt(28, "prompt overhead of a file search call", flag=False)
+    estimate_file_search_completion: int = _opt(
+        20, "completion overhead of a file search call", flag=False
+    )
+    estimate_per_image: int = _opt(765, "tokens per image part or image output", flag=False)
     config: str = _opt("", "TOML config file")
 
     def __post_init__(self) -> None:

@@ -35,9 +35,9 @@ _MTOK = Decimal(1_000_000)
 _PLACES = Decimal("1e-10")  # the usage table stores money as Numeric(20, 10)
 _SNAPSHOT = re.compile(r"(?P<alias>.+)-\d{4}-\d{2}-\d{2}")
 _TOOLS = ("code_interpreter_session", "file_search_call", "web_search_call")
-# The required and the optional keys of an entry.
-_MODEL_KEYS = ({"model", "effective_from", "input", "output"}, {"cached_input"})
-_TOOL_KEYS = ({"tool", "effective_from", "price"}, {"per"})
+# The key naming an entry, then its other required keys and its optional ones.
+_MODEL_KEYS = ("model", {"effective_from", "input", "output"}, {"cached_input"})
+_TOOL_KEYS = ("tool", {"effective_from", "price"}, {"per"})
 
 _Lookup = Callable[[str, datetime], "ModelPrice | None"]
 _Entry = TypeVar("_Entry", "ModelPrice", "_ToolPrice")
@@ -95,8 +95,7 @@ class _ToolPrice(NamedTuple):
     unit: Decimal  # USD per session or per call
 
 
-@dataclass(frozen=True)
-class _Source:
+class _Source(NamedTuple):
     models: Mapping[str, tuple[ModelPrice, ...]]  # lower-cased name -> newest first
     tools: Mapping[str, tuple[_ToolPrice, ...]]  # newest first
 
@@ -145,10 +144,8 @@ def cost_of(table: PriceTable, model: str | None, at: datetime, usage: Usage) ->
         cached = min(usage.cached_tokens, usage.prompt_tokens)
         cached_rate = price.input if price.cached_input is None else price.cached_input
         uncached = usage.prompt_tokens - cached
-        tokens = (
-            uncached * price.input + cached * cached_rate + usage.completion_tokens * price.output
-        )
-        tokens /= _MTOK
+        tokens = uncached * price.input + cached * cached_rate
+        tokens = (tokens + usage.completion_tokens * price.output) / _MTOK
     tools = Decimal(0)
     counts = (usage.code_interpreter_sessions, usage.file_search_calls, usage.web_search_calls)
     for tool, count in zip(_TOOLS, counts, strict=True):
@@ -200,14 +197,12 @@ def _parse(text: str, where: str, source: str) -> _Source:
         doc = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
-    for section in doc:
-        if section not in ("models", "tools"):
-            raise ConfigError(
-                f"{where}: unknown section {section!r}; expected [[models]], [[tools]]"
-            )
+    if unknown := sorted(set(doc) - {"models", "tools"}):
+        raise ConfigError(
+            f"{where}: unknown section {unknown[0]!r}; expected [[models]], [[tools]]"
+        )
     models: dict[str, list[ModelPrice]] = {}
-    for at, entry in _entries(doc, "models", where, _MODEL_KEYS):
-        name = _name(entry, "model", at)
+    for at, name, entry in _entries(doc, "models", where, _MODEL_KEYS):
         cached = entry.get("cached_input")
         models.setdefault(name.lower(), []).append(
             ModelPrice(
@@ -220,8 +215,7 @@ def _parse(text: str, where: str, source: str) -> _Source:
             )
         )
     tools: dict[str, list[_ToolPrice]] = {}
-    for at, entry in _entries(doc, "tools", where, _TOOL_KEYS):
-        name = _name(entry, "tool", at)
+    for at, name, entry in _entries(doc, "tools", where, _TOOL_KEYS):
         if name not in _TOOLS:
             raise ConfigError(f"{at}: tool = {name!r} is not one of {', '.join(_TOOLS)}")
         per = entry.get("per", 1)
@@ -233,9 +227,11 @@ def _parse(text: str, where: str, source: str) -> _Source:
 
 
 def _entries(
-    doc: dict[str, Any], section: str, where: str, keys: tuple[set[str], set[str]]
-) -> list[tuple[str, dict[str, Any]]]:
-    required, optional = keys
+    doc: dict[str, Any], section: str, where: str, keys: tuple[str, set[str], set[str]]
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """Each entry of `section` with where it is, for messages, and its name, all keys checked."""
+    name_key, required, optional = keys
+    required = {name_key, *required}
     entries = doc.get(section, [])
     if not isinstance(entries, list):
         raise ConfigError(f"{where}: {section} must be an array of tables, written [[{section}]]")
@@ -248,15 +244,11 @@ def _entries(
             raise ConfigError(f"{at}: unknown key {unknown[0]!r} = {entry[unknown[0]]!r}")
         if absent := sorted(required - entry.keys()):
             raise ConfigError(f"{at}: the key {absent[0]!r} is missing")
-        checked.append((at, entry))
+        name = entry[name_key]
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{at}: {name_key} = {name!r} must be a non-empty string")
+        checked.append((f"{at} ({name_key} = {name.strip()!r})", name.strip(), entry))
     return checked
-
-
-def _name(entry: dict[str, Any], key: str, at: str) -> str:
-    value = entry[key]
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{at}: {key} = {value!r} must be a non-empty string")
-    return value.strip()
 
 
 def _date(entry: dict[str, Any], at: str) -> date:
@@ -268,7 +260,7 @@ def _date(entry: dict[str, Any], at: str) -> date:
         return date.fromisoformat(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
-            f"{at}: effective_from = {value!r} is not a date such as 2024-10-02"
+            f"{at}: effective_from = {value!r} is not a date like 2024-10-02"
         ) from exc
 
 

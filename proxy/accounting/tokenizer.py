@@ -64,6 +64,7 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     Raises ValueError for an encoding that is not shipped, and AccountingError when its file is
     missing or fails the SHA-256 check.
     """
+    # A dict read is atomic, so the lock is only paid while an encoding is still missing.
     encoding = _encodings.get(name)
     if encoding is not None:
         return encoding
@@ -141,7 +142,7 @@ def _build(name: str) -> tiktoken.Encoding:
 def _load_bpe_offline(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
     if not expected_hash:
         raise AccountingError(f"refusing to load {url} without an expected SHA-256")
-    path, data = _read_file(hashlib.sha1(url.encode()).hexdigest())
+    path, data = _read_file(hashlib.sha1(url.encode()).hexdigest(), url)
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected_hash:
         raise AccountingError(
@@ -151,7 +152,7 @@ def _load_bpe_offline(url: str, expected_hash: str | None = None) -> dict[bytes,
     return _parse_bpe(data, path)
 
 
-def _read_file(file_name: str) -> tuple[str, bytes]:
+def _read_file(file_name: str, url: str) -> tuple[str, bytes]:
     cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR")
     if cache_dir:
         override = Path(cache_dir) / file_name
@@ -159,7 +160,9 @@ def _read_file(file_name: str) -> tuple[str, bytes]:
             return str(override), override.read_bytes()
     packaged = resources.files("proxy").joinpath("data").joinpath("tiktoken").joinpath(file_name)
     if not packaged.is_file():
-        raise AccountingError(f"tiktoken file {file_name} is neither in TIKTOKEN_CACHE_DIR nor packaged")
+        raise AccountingError(
+            f"tiktoken file {file_name} ({url}) is neither in TIKTOKEN_CACHE_DIR nor packaged"
+        )
     return str(packaged), packaged.read_bytes()
 
 

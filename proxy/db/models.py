@@ -7,7 +7,7 @@ runs in the tests so the two cannot drift.
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import (
     BigInteger,
@@ -28,9 +28,11 @@ __all__ = [
     "Base",
     "CollectionJob",
     "KeyTeam",
+    "Money",
     "ProjectTeam",
     "ProxySecret",
     "ThreadSession",
+    "UTCDateTime",
     "UsageRecord",
     "utcnow",
 ]
@@ -67,12 +69,41 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-Money = Numeric(20, 10, asdecimal=True)
+class Money(TypeDecorator[Decimal]):
+    """Numeric(20, 10) on PostgreSQL. On SQLite, an integer count of 1e-10 dollars: SQLite has no
+    decimal type (NUMERIC stores a float), so a float column would round costs and SUM() them
+    in floating point; integers keep storage and SUM() exact on both backends."""
+
+    impl = Numeric(20, 10, asdecimal=True)
+    cache_ok = True
+    _SCALE = 10
+    _QUANTUM = Decimal(1).scaleb(-_SCALE)
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(self.impl)
+
+    def process_bind_param(self, value: Decimal | int | None, dialect) -> Decimal | int | None:
+        if value is None:
+            return None
+        # Round half away from zero to the column's scale, as PostgreSQL does.
+        value = Decimal(value).quantize(self._QUANTUM, rounding=ROUND_HALF_UP)
+        if dialect.name == "sqlite":
+            return int(value.scaleb(self._SCALE))
+        return value
+
+    def process_result_value(self, value: Decimal | int | None, dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-self._SCALE)
+        return Decimal(value)
 
 
 class Base(AsyncAttrs, DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dt.datetime: UTCDateTime(), Decimal: Money}
+    type_annotation_map = {dt.datetime: UTCDateTime(), Decimal: Money()}
 
 
 class UsageRecord(Base):

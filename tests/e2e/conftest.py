@@ -96,3 +96,73 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+# --- forwarding and relay tests ------------------------------------------------------------
+
+
+@pytest.fixture
+def recorder() -> RecordingObserver:
+    return RecordingObserver()
+
+
+@pytest.fixture
+async def bare_proxy(
+    upstream: FakeUpstream,
+    start_proxy: Callable[..., Awaitable[RunningProxy]],
+    recorder: RecordingObserver,
+) -> RunningProxy:
+    """A proxy without accounting in front of the fake upstream, observed by `recorder`."""
+    return await start_proxy(
+        Settings(upstream=upstream.url), observers=[recorder], accounting=False
+    )
+
+
+@dataclass
+class RawResponse:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+def _parse_responses(data: bytes) -> list[RawResponse]:
+    out: list[RawResponse] = []
+    while data:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        if not sep:
+            raise AssertionError(f"incomplete response head: {head!r}")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        _, status, reason = [*status_line.split(" ", 2), ""][:3]
+        headers = [tuple(p.strip() for p in line.split(":", 1)) for line in lines]
+        values = {k.lower(): v for k, v in headers}
+        if values.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size_line, _, data = data.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                body, data = body + data[:size], data[size + 2 :]
+                if size == 0:
+                    break
+        else:
+            length = int(values.get("content-length", "0"))
+            body, data = data[:length], data[length:]
+        out.append(RawResponse(int(status), reason, headers, body))  # type: ignore[arg-type]
+    return out
+
+
+async def raw_http(port: int, data: bytes, *, timeout: float = 10.0) -> list[RawResponse]:
+    """Write `data` as is to 127.0.0.1:port, read until the server closes the connection, and
+    parse what came back (every response, for pipelined requests). Send `Connection: close`
+    in the last request, or rely on the server closing after an error."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        received = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    return _parse_responses(received)

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeUpstream"]
+__all__ = ["Canned", "FakeUpstream"]
 
 TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
 CODE_INPUT = "print(2+2)"
@@ -56,6 +56,11 @@ class FakeUpstream:
         self.steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.polls: Counter[str] = Counter()
         self.responses: dict[str, dict[str, Any]] = {}
+        # Forwarding tests: canned responses by name, a gate that paces /gated-stream one
+        # event per token, and the peers (client ports) that reached /whoami.
+        self.canned: dict[str, Canned] = {}
+        self.gate: asyncio.Queue[None] = asyncio.Queue()
+        self.peers: list[int] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -132,6 +137,15 @@ class FakeUpstream:
             ("GET", ["silent"], self.silent),
             ("GET", ["quiet-stream"], self.quiet_stream),
             ("GET", ["big"], self.big),
+            ("GET", ["canned", "*"], self.serve_canned),
+            ("POST", ["canned", "*"], self.serve_canned),
+            ("HEAD", ["canned", "*"], self.serve_canned),
+            ("POST", ["echo-body"], self.echo_body),
+            ("PUT", ["echo-body"], self.echo_body),
+            ("GET", ["gated-stream"], self.gated_stream),
+            ("GET", ["cut"], self.cut),
+            ("GET", ["reset"], self.reset),
+            ("GET", ["whoami"], self.whoami),
             ("POST", ["assistants"], self.create_assistant),
             ("POST", ["threads"], self.create_thread),
             ("POST", ["threads", "runs"], self.create_thread_and_run),
@@ -377,6 +391,66 @@ class FakeUpstream:
             self.stream_closed.set()
         return resp
 
+    # --- forwarding tests ------------------------------------------------------------------
+    async def serve_canned(self, request: web.Request, key: str, name: str) -> web.StreamResponse:
+        """Exactly the status, headers and body chunks a test registered in `canned`."""
+        await request.read()
+        canned = self.canned[name]
+        resp = web.StreamResponse(status=canned.status, headers=canned.headers)
+        if canned.length is not None:
+            resp.content_length = canned.length
+        await resp.prepare(request)
+        for chunk in canned.chunks:
+            await resp.write(chunk)
+        return resp
+
+    async def echo_body(self, request: web.Request, key: str) -> web.Response:
+        """The request body's digest and size, read as a stream, and the headers it came with."""
+        digest, size = hashlib.sha256(), 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        return web.json_response(
+            {
+                "sha256": digest.hexdigest(),
+                "bytes": size,
+                "headers": list(request.headers.items()),
+            }
+        )
+
+    async def gated_stream(self, request: web.Request, key: str) -> web.StreamResponse:
+        """n events; each after the first waits for a token in `gate` (the client's ack)."""
+        resp = _sse_response()
+        await resp.prepare(request)
+        for i in range(int(request.query.get("n", "3"))):
+            if i:
+                await self.gate.get()
+            await resp.write(f"data: {i}\n\n".encode())
+        return resp
+
+    async def cut(self, request: web.Request, key: str) -> web.StreamResponse:
+        """Promises 1000 bytes, sends 10, and drops the connection."""
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b'{"partial"')
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async def reset(self, request: web.Request, key: str) -> web.StreamResponse:
+        """Drops the connection before any response byte."""
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response(status=500)
+
+    async def whoami(self, request: web.Request, key: str) -> web.Response:
+        """The client's port, so tests can tell whether connections are reused."""
+        assert request.transport is not None
+        port = request.transport.get_extra_info("peername")[1]
+        self.peers.append(port)
+        return web.json_response({"port": port})
+
     # --- assistants ------------------------------------------------------------------------
     async def create_assistant(self, request: web.Request, key: str) -> web.Response:
         body = await request.json()
@@ -614,6 +688,17 @@ class FakeUpstream:
                 headers={"retry-after": self.faults.retry_after},
             )
         return None
+
+
+@dataclass
+class Canned:
+    """A response for /canned/<name>: sent as given, chunk by chunk. `length` forces a
+    Content-Length (otherwise aiohttp picks chunked encoding)."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)
+    length: int | None = None
 
 
 def _key(request: web.Request) -> str | None:

@@ -1,0 +1,1 @@
+"""Alembic migrations of usage-proxy; run them with `usage-proxy migrate` (proxy.db.migrate)."""

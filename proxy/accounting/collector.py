@@ -1,0 +1,235 @@
+"""The collector: claims finished runs from the jobs table, fetches their steps and messages
+with the client's own credentials, estimates, prices and records exactly one row per run.
+
+Failure handling (fail open for traffic, lose nothing for accounting):
+- a fetch that fails with 429/5xx/timeout is retried with backoff (429 honours retry-after);
+- a fetch the upstream refuses for good (401/403/404) records what the run itself tells;
+- a database that is down leaves the job claimed; its lease runs out and it is claimed again;
+- an unexpected error in estimation is logged and retried like a fetch failure.
+None of this is ever visible to a client: the collector runs on its own tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from proxy.accounting.attribution import Attribution
+from proxy.accounting.estimate import EstimateConstants, RunEstimate, estimate_run
+from proxy.accounting.fetch import RunFetcher
+from proxy.accounting.pricing import PriceTable
+from proxy.accounting.rows import run_row
+from proxy.accounting.tokenizer import counter_for_model
+from proxy.db import jobs, records
+from proxy.db.models import utcnow
+from proxy.errors import FetchError
+from proxy.keys import CredentialStore
+from proxy.metrics import Metrics
+
+__all__ = ["DB_ERRORS", "RunCollector"]
+
+_log = logging.getLogger("proxy.accounting.collector")
+
+DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, TimeoutError)
+
+
+class RunCollector:
+    """Background worker(s) of one process. Several processes may share one database: the
+    claim (FOR UPDATE SKIP LOCKED, or SQLite's single writer) keeps them off each other's jobs,
+    and the usage row's unique key keeps a run from being counted twice."""
+
+    def __init__(
+        self,
+        sm: Callable[[], async_sessionmaker[AsyncSession]],
+        fetcher: RunFetcher,
+        credentials: CredentialStore,
+        prices: PriceTable,
+        constants: EstimateConstants,
+        metrics: Metrics,
+        *,
+        workers: int = 2,
+        poll_interval: float = 1.0,
+        lease: float = 120.0,
+        reported_wait: float = 600.0,
+        max_backoff: float = 300.0,
+        retry_base: float = 1.0,
+        before_claim: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._sm = sm
+        self._fetcher = fetcher
+        self._credentials = credentials
+        self._prices = prices
+        self._constants = constants
+        self._metrics = metrics
+        self._workers = workers
+        self._poll = poll_interval
+        self._lease = lease
+        self._reported_wait = reported_wait
+        self._max_backoff = max_backoff
+        self._retry_base = retry_base
+        self._before_claim = before_claim
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._wake = asyncio.Event()
+        self._busy: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """A job may be due now (a run just finished here): look without waiting for the poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="run-collector")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for task in list(self._busy):
+            task.cancel()
+        await asyncio.gather(*self._busy, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            delay = self._poll
+            try:
+                if self._before_claim is not None:
+                    await self._before_claim()
+                free = self._workers - len(self._busy)
+                claimed = await self._claim(free) if free > 0 else []
+                for job in claimed:
+                    task = asyncio.create_task(self._process(job))
+                    self._busy.add(task)
+                    task.add_done_callback(self._done)
+                if claimed and len(claimed) == free:
+                    delay = 0.0
+            except asyncio.CancelledError:
+                raise
+            except DB_ERRORS as exc:
+                # Database down: keep proxying, look again later; nothing is lost meanwhile.
+                _log.warning("collector cannot reach the database: %s", type(exc).__name__)
+                delay = max(self._poll, 1.0)
+            except Exception:
+                _log.exception("collector loop failed; retrying")
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._busy.discard(task)
+        self._wake.set()
+
+    async def _claim(self, limit: int) -> list[jobs.ClaimedJob]:
+        return await jobs.claim(
+            self._sm(),
+            worker=self.worker_id,
+            fingerprints=self._credentials.fingerprints(),
+            reported_wait=self._reported_wait,
+            lease=self._lease,
+            limit=limit,
+        )
+
+    async def _process(self, job: jobs.ClaimedJob) -> None:
+        try:
+            await self._collect(job)
+        except asyncio.CancelledError:
+            raise
+        except DB_ERRORS as exc:
+            # The job stays claimed until its lease ends, then any replica takes it again.
+            self._metrics.collection_failures.labels(reason="database").inc()
+            _log.warning("recording run %s failed: %s", job.run_id, type(exc).__name__)
+        except Exception as exc:
+            self._metrics.collection_failures.labels(reason="internal").inc()
+            _log.exception("collecting run %s failed", job.run_id)
+            await self._retry(job, f"internal error: {type(exc).__name__}", None)
+
+    async def _collect(self, job: jobs.ClaimedJob) -> None:
+        run = json.loads(job.run_json)
+        headers = self._credentials.get(job.key_fingerprint) if job.key_fingerprint else None
+        estimate: RunEstimate | None = None
+        if headers is None:
+            if not job.has_reported_usage:
+                # The key expired since the claim (or lives in another replica): wait for it.
+                await jobs.release(self._sm(), job.id, self.worker_id)
+                return
+            _log.info("recording run %s from its reported usage alone (key not seen)", job.run_id)
+        else:
+            try:
+                estimate = await self._estimate(job, run, headers)
+            except FetchError as exc:
+                self._metrics.collection_failures.labels(reason=_reason(exc)).inc()
+                if exc.retryable:
+                    _log.warning("fetching run %s: %s; will retry", job.run_id, exc)
+                    await self._retry(job, str(exc), exc.retry_after)
+                    return
+                _log.warning("fetching run %s: %s; recording the run alone", job.run_id, exc)
+                estimate = await self._estimate_from(run, [], [])
+        await self._record(job, run, estimate)
+
+    async def _estimate(
+        self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]
+    ) -> RunEstimate:
+        steps, messages = await asyncio.gather(
+            self._fetcher.steps(job.api_prefix, job.api_query, job.thread_id, job.run_id, headers),
+            self._fetcher.messages(job.api_prefix, job.api_query, job.thread_id, headers),
+        )
+        return await self._estimate_from(run, steps, messages)
+
+    async def _estimate_from(
+        self, run: dict[str, Any], steps: list[dict[str, Any]], messages: list[dict[str, Any]]
+    ) -> RunEstimate:
+        count = counter_for_model(run.get("model"))
+        # Tokenizing is CPU work: off the event loop, so forwarding never waits on it.
+        return await asyncio.get_running_loop().run_in_executor(
+            None, estimate_run, run, steps, messages, count, self._constants
+        )
+
+    async def _record(
+        self, job: jobs.ClaimedJob, run: dict[str, Any], estimate: RunEstimate | None
+    ) -> None:
+        who = Attribution(
+            job.key_fingerprint,
+            job.key_hint,
+            job.team or records.UNASSIGNED,
+            job.tag,
+            job.project,
+            job.organization,
+        )
+        built = run_row(run, who, estimate, self._prices, utcnow())
+        inserted = await records.record_usage(
+            self._sm(),
+            built.row,
+            code_interpreter_call_times=built.call_times,
+            session_price=built.session_price,
+        )
+        await jobs.complete(self._sm(), job.id, self.worker_id)
+        if inserted:
+            row = built.row
+            self._metrics.runs_recorded.labels(source=row.usage_source).inc()
+            self._metrics.usage(
+                row.team, row.model, row.prompt_tokens, row.completion_tokens, row.cost_usd
+            )
+
+    async def _retry(self, job: jobs.ClaimedJob, error: str, retry_after: float | None) -> None:
+        delay = jobs.backoff(
+            job.attempts + 1, base=self._retry_base, cap=self._max_backoff, retry_after=retry_after
+        )
+        with contextlib.suppress(*DB_ERRORS):
+            await jobs.retry(self._sm(), job.id, self.worker_id, error=error, delay=delay)
+
+
+def _reason(exc: FetchError) -> str:
+    if exc.status is None:
+        return "network"
+    return "rate_limited" if exc.status == 429 else f"http_{exc.status // 100}xx"

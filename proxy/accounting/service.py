@@ -1,0 +1,248 @@
+"""Accounting, wired: the database, the key fingerprinter, team lookup, the observers and the
+collector, with one lifecycle (`context`, an aiohttp cleanup_ctx).
+
+Writes that fail because the database is down are kept in a bounded in-memory backlog and
+replayed by the collector loop, so a database outage loses nothing short of a restart (after a
+restart, runs are seen again when clients poll them; fail open for traffic either way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from proxy.accounting.attribution import Attribution
+from proxy.accounting.collector import DB_ERRORS, RunCollector
+from proxy.accounting.estimate import EstimateConstants
+from proxy.accounting.fetch import RunFetcher
+from proxy.accounting.pricing import load_price_table
+from proxy.accounting.runs import RunObserver, RunSighting
+from proxy.accounting.tokenizer import warm_up
+from proxy.db import jobs, records
+from proxy.db.engine import make_engine, make_sessionmaker, ping
+from proxy.errors import ConfigError
+from proxy.forward import Forwarder
+from proxy.keys import CredentialStore, extract_key, fingerprint, hint
+from proxy.metrics import Metrics
+from proxy.settings import Settings
+
+__all__ = ["Accounting"]
+
+_log = logging.getLogger("proxy.accounting")
+
+_BACKLOG_LIMIT = 100_000
+_TEAM_TTL = 60.0
+_FP_CACHE = 10_000
+
+
+class Accounting:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        try:
+            self.prices = load_price_table(settings.pricing_file or None)
+            self.constants = EstimateConstants.from_mapping(settings.estimate_constants())
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.credentials = CredentialStore(settings.credential_ttl)
+        self.engine: AsyncEngine | None = None
+        self._sm: async_sessionmaker[AsyncSession] | None = None
+        self._secret: bytes | None = settings.key_secret.encode() or None
+        self._secret_ready = asyncio.Event() if self._secret is None else None
+        self._fps: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._teams: dict[tuple[str | None, str | None], tuple[str, float]] = {}
+        self._backlog: collections.deque[Callable[[], Awaitable[object]]] = collections.deque()
+        self._forwarder: Forwarder | None = None
+        self.collector: RunCollector | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- wiring --------------------------------------------------------------------------
+    def attach_forwarder(self, forwarder: Forwarder) -> None:
+        """The collector fetches through the proxy's own upstream pool and base URL."""
+        self._forwarder = forwarder
+
+    def observers(self) -> list[object]:
+        return [RunObserver(self.open_job, remember_key=self.remember_key)]
+
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        assert self._sm is not None, "accounting is not started"
+        return self._sm
+
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        self.engine = make_engine(self.settings.database_url)
+        self._sm = make_sessionmaker(self.engine)
+        assert self._forwarder is not None
+        fetcher = RunFetcher(
+            lambda: self._forwarder.session,  # type: ignore[union-attr]
+            self._forwarder.upstream_url,
+            timeout=self.settings.collector_fetch_timeout,
+        )
+        s = self.settings
+        self.collector = RunCollector(
+            self.sessionmaker,
+            fetcher,
+            self.credentials,
+            self.prices,
+            self.constants,
+            self.metrics,
+            workers=s.collector_workers,
+            poll_interval=s.collector_poll_interval,
+            lease=s.collector_lease,
+            reported_wait=s.reported_usage_wait,
+            max_backoff=s.collector_max_backoff,
+            retry_base=s.collector_retry_base,
+            before_claim=self._flush_backlog,
+        )
+        loop = asyncio.get_running_loop()
+        # Loading the encodings takes a moment: do it now, off the loop, not on the first run.
+        warm = loop.run_in_executor(None, warm_up)
+        if self._secret is None:
+            self._tasks.append(asyncio.create_task(self._load_secret()))
+        self.collector.start()
+        try:
+            yield
+        finally:
+            await self.collector.stop()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await warm
+            await self.engine.dispose()
+
+    async def _load_secret(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self._secret = await records.hmac_secret(self.sessionmaker())
+                assert self._secret_ready is not None
+                self._secret_ready.set()
+                return
+            except DB_ERRORS as exc:
+                # No secret yet means no fingerprints: observers wait, traffic does not.
+                _log.warning("cannot read the key secret from the database: %s", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def database_ok(self) -> bool:
+        return self.engine is not None and await ping(self.engine)
+
+    # --- attribution ---------------------------------------------------------------------
+    async def _fingerprint(self, key: str) -> str:
+        fp = self._fps.get(key)
+        if fp is not None:
+            self._fps.move_to_end(key)
+            return fp
+        if self._secret is None:
+            assert self._secret_ready is not None
+            await self._secret_ready.wait()
+        assert self._secret is not None
+        fp = fingerprint(key, self._secret)
+        self._fps[key] = fp
+        if len(self._fps) > _FP_CACHE:
+            self._fps.popitem(last=False)
+        return fp
+
+    async def remember_key(self, headers: Mapping[str, str]) -> None:
+        """Keep this request's credential in memory: a job waiting for this key (after a
+        restart, or from another replica's sighting) can now be collected here."""
+        key = extract_key(headers)
+        if key is None:
+            return
+        fp = await self._fingerprint(key)
+        known = self.credentials.get(fp) is not None
+        self.credentials.remember(fp, headers)
+        if not known and self.collector is not None:
+            self.collector.wake()
+
+    async def attribute(self, headers: Mapping[str, str]) -> Attribution:
+        """Who pays for a request: the key's fingerprint, team, tag, project and organization.
+        Also keeps the credential in memory for collection."""
+        key = extract_key(headers)
+        fp = await self._fingerprint(key) if key else None
+        if key and fp:
+            self.credentials.remember(fp, headers)
+        project = Attribution.header(headers, "OpenAI-Project")
+        team = None
+        if self.settings.allow_client_team:
+            team = Attribution.header(headers, "X-Usage-Team")
+        if team is None:
+            team = await self._team(fp, project)
+        return Attribution(
+            key_fingerprint=fp,
+            key_hint=hint(key) if key else None,
+            team=team,
+            tag=Attribution.header(headers, "X-Usage-Tag"),
+            project=project,
+            organization=Attribution.header(headers, "OpenAI-Organization"),
+        )
+
+    async def _team(self, fp: str | None, project: str | None) -> str:
+        cached = self._teams.get((fp, project))
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            team = await records.team_for(self.sessionmaker(), fingerprint=fp, project=project)
+        except DB_ERRORS:
+            # Database down: bill to the last known team, else "unassigned", and move on.
+            return cached[0] if cached else records.UNASSIGNED
+        if len(self._teams) > _FP_CACHE:
+            self._teams.clear()
+        self._teams[(fp, project)] = (team, now + _TEAM_TTL)
+        return team
+
+    # --- writes --------------------------------------------------------------------------
+    async def open_job(self, sighting: RunSighting) -> None:
+        """A run was seen finished: write its collection job (or keep it until the DB is back)."""
+        who = await self.attribute(sighting.request_headers)
+        run = sighting.run
+        job = jobs.NewJob(
+            run_id=run["id"],
+            thread_id=run["thread_id"],
+            api_prefix=sighting.api_prefix,
+            api_query=sighting.api_query,
+            run_json=sighting.run_json,
+            key_fingerprint=who.key_fingerprint,
+            key_hint=who.key_hint,
+            team=who.team,
+            tag=who.tag,
+            project=who.project,
+            organization=who.organization,
+            has_reported_usage=isinstance(run.get("usage"), dict),
+        )
+        await self.write(lambda: jobs.enqueue(self.sessionmaker(), job))
+        if self.collector is not None:
+            self.collector.wake()
+
+    async def write(self, op: Callable[[], Awaitable[object]]) -> None:
+        """Run a database write now, or keep it for later if the database is unreachable."""
+        if self._backlog:
+            self._keep(op)
+            return
+        try:
+            await op()
+        except DB_ERRORS as exc:
+            _log.warning("database write failed (%s); kept in memory", type(exc).__name__)
+            self._keep(op)
+
+    def _keep(self, op: Callable[[], Awaitable[object]]) -> None:
+        if len(self._backlog) >= _BACKLOG_LIMIT:
+            self.metrics.collection_failures.labels(reason="backlog_full").inc()
+            _log.error("in-memory backlog full; dropping the oldest write")
+            self._backlog.popleft()
+        self._backlog.append(op)
+        self.metrics.backlog.set(len(self._backlog))
+
+    async def _flush_backlog(self) -> None:
+        while self._backlog:
+            await self._backlog[0]()  # raises while the database is still down
+            self._backlog.popleft()
+            self.metrics.backlog.set(len(self._backlog))

@@ -1,0 +1,158 @@
+"""Report queries: plain functions over usage_records returning plain rows (dicts).
+
+Time bounds apply to occurred_at: `since` inclusive, `until` exclusive, both timezone-aware.
+Days and months are UTC. Money comes back as Decimal, summed exactly in SQL on both backends
+(numeric on PostgreSQL; integer units on SQLite, see proxy.db.models.Money).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from proxy.db.engine import reading
+from proxy.db.models import UsageRecord
+
+__all__ = ["EVENT_COLUMNS", "FILTERS", "GROUP_FIELDS", "SUMS", "usage_events", "usage_groups"]
+
+_U = UsageRecord
+EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in _U.__table__.columns if c.name != "id")
+# group-by field -> the output columns it adds
+GROUP_FIELDS: dict[str, tuple[str, ...]] = {
+    "team": ("team",),
+    "assistant": ("assistant_id",),
+    "model": ("model",),
+    "key": ("key_fingerprint", "key_hint"),
+    "project": ("project",),
+    "kind": ("kind",),
+    "tag": ("tag",),
+    "day": ("day",),
+    "month": ("month",),
+}
+SUMS: tuple[str, ...] = (
+    "events",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "code_interpreter_sessions",
+    "cost_usd",
+)
+# filter keyword -> column; None values are ignored
+FILTERS = {
+    "team": _U.team,
+    "assistant_id": _U.assistant_id,
+    "model": _U.model,
+    "key_fingerprint": _U.key_fingerprint,
+    "project": _U.project,
+    "kind": _U.kind,
+    "tag": _U.tag,
+}
+
+
+def _where(
+    stmt: Select[Any], since: dt.datetime | None, until: dt.datetime | None, filters: dict
+) -> Select[Any]:
+    for name, value in filters.items():
+        if name not in FILTERS:
+            raise ValueError(f"unknown filter {name!r} (one of {', '.join(FILTERS)})")
+        if value is not None:
+            stmt = stmt.where(FILTERS[name] == value)
+    if since is not None:
+        stmt = stmt.where(_U.occurred_at >= since)
+    if until is not None:
+        stmt = stmt.where(_U.occurred_at < until)
+    return stmt
+
+
+async def usage_events(
+    sm: async_sessionmaker[AsyncSession],
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    *,
+    limit: int | None = None,
+    **filters: str | None,
+) -> list[dict[str, Any]]:
+    """One dict per usage row (keys: EVENT_COLUMNS), in occurred_at order.
+    Filters: the keywords of FILTERS, each an exact match."""
+    cols = [_U.__table__.c[name] for name in EVENT_COLUMNS]
+    stmt = _where(select(*cols), since, until, filters).order_by(_U.occurred_at, _U.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    async with reading(sm) as session:
+        return [dict(row) for row in (await session.execute(stmt)).mappings()]
+
+
+def _period(dialect: str, field: str) -> ColumnElement[str]:
+    # Literals, not bound parameters: GROUP BY must repeat the SELECT expression exactly, and
+    # PostgreSQL sees two different parameters as two different expressions.
+    if dialect == "postgresql":
+        fmt = "'YYYY-MM-DD'" if field == "day" else "'YYYY-MM'"
+        utc = func.timezone(literal_column("'UTC'"), _U.occurred_at)
+        return func.to_char(utc, literal_column(fmt))
+    # SQLite keeps UTC datetimes as "YYYY-MM-DD HH:MM:SS.ffffff" text.
+    fmt = "'%Y-%m-%d'" if field == "day" else "'%Y-%m'"
+    return func.strftime(literal_column(fmt), _U.occurred_at)
+
+
+async def usage_groups(
+    sm: async_sessionmaker[AsyncSession],
+    group_by: Sequence[str],
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    **filters: str | None,
+) -> list[dict[str, Any]]:
+    """Totals per group, ordered by the group columns. Each dict has the columns of the
+    GROUP_FIELDS of `group_by`, in order, then SUMS. With no group_by, one row of totals.
+    Raises ValueError for an unknown field."""
+    unknown = [name for name in group_by if name not in GROUP_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"unknown group-by field {unknown[0]!r} (one of {', '.join(GROUP_FIELDS)})"
+        )
+    async with reading(sm) as session:
+        dialect = session.get_bind().dialect.name
+        keys: list[ColumnElement[Any]] = []
+        selected: list[ColumnElement[Any]] = []
+        for name in dict.fromkeys(group_by):
+            if name in ("day", "month"):
+                keys.append(_period(dialect, name).label(name))
+                selected.append(keys[-1])
+            elif name == "key":
+                keys.append(_U.key_fingerprint.label("key_fingerprint"))
+                # One key has one hint; max() picks it without grouping on it.
+                selected += [keys[-1], func.max(_U.key_hint).label("key_hint")]
+            else:
+                column = GROUP_FIELDS[name][0]
+                keys.append(_U.__table__.c[column].label(column))
+                selected.append(keys[-1])
+        sums = [
+            func.count().label("events"),
+            func.coalesce(func.sum(_U.prompt_tokens), 0).label("prompt_tokens"),
+            func.coalesce(func.sum(_U.completion_tokens), 0).label("completion_tokens"),
+            func.coalesce(func.sum(_U.total_tokens), 0).label("total_tokens"),
+            func.coalesce(func.sum(_U.code_interpreter_sessions), 0).label(
+                "code_interpreter_sessions"
+            ),
+            func.sum(_U.cost_usd).label("cost_usd"),
+        ]
+        stmt = _where(select(*selected, *sums), since, until, filters)
+        if keys:
+            stmt = stmt.group_by(*keys).order_by(*(key.asc().nulls_last() for key in keys))
+        rows = (await session.execute(stmt)).mappings().all()
+    out = []
+    for row in rows:
+        item = dict(row)
+        for name in SUMS:
+            if name == "cost_usd":
+                # NULL only for the totals row of an empty selection.
+                item[name] = Decimal(0) if item[name] is None else item[name]
+            else:
+                # PostgreSQL's sum(bigint) is numeric: normalise to int.
+                item[name] = int(item[name])
+        out.append(item)
+    return out

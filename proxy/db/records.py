@@ -1,0 +1,275 @@
+"""Usage rows (exactly once), code interpreter sessions per thread, team mappings, and the
+server secret shared by replicas.
+
+Every function takes the async_sessionmaker and runs one short transaction of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import delete, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from proxy.db.engine import reading
+from proxy.db.models import KeyTeam, ProjectTeam, ProxySecret, ThreadSession, UsageRecord, utcnow
+
+__all__ = [
+    "SESSION_LENGTH",
+    "UNASSIGNED",
+    "UsageRow",
+    "add_key_team",
+    "add_project_team",
+    "get_or_create_secret",
+    "hmac_secret",
+    "list_key_teams",
+    "list_project_teams",
+    "record_usage",
+    "remove_key_team",
+    "remove_project_team",
+    "team_for",
+]
+
+UNASSIGNED = "unassigned"
+SESSION_LENGTH = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageRow:
+    """The content of one usage_records row (see proxy.db.models.UsageRecord)."""
+
+    kind: str
+    object_id: str
+    occurred_at: dt.datetime
+    usage_source: str
+    thread_id: str | None = None
+    assistant_id: str | None = None
+    conversation_id: str | None = None
+    prompt_id: str | None = None
+    model: str | None = None
+    status: str | None = None
+    key_fingerprint: str | None = None
+    key_hint: str | None = None
+    team: str = UNASSIGNED
+    tag: str | None = None
+    project: str | None = None
+    organization: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated_prompt_tokens: int | None = None
+    estimated_completion_tokens: int | None = None
+    code_interpreter_calls: int = 0
+    code_interpreter_sessions: int = 0
+    file_search_calls: int = 0
+    web_search_calls: int = 0
+    function_calls: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+
+class _Duplicate(Exception):
+    """Raised inside the transaction to roll it back: the row was recorded before."""
+
+
+def _insert(session: AsyncSession, model):
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+
+
+async def record_usage(
+    sm: async_sessionmaker[AsyncSession],
+    row: UsageRow,
+    *,
+    code_interpreter_call_times: Sequence[dt.datetime] = (),
+    session_price: Decimal | None = None,
+) -> bool:
+    """Insert the row unless (kind, object_id) exists; True if this call inserted it.
+
+    With `code_interpreter_call_times` (the calls of this run), the row's
+    code_interpreter_sessions is computed here from the thread's open session: a session
+    lasts one hour from its first call, so a call before start + 1h opens none and a call at
+    or after it opens a new one. Calls earlier than the thread's current session (a run
+    collected out of order) open none. Without call times, row.code_interpreter_sessions is
+    stored as given. With `session_price`, cost_usd is row.cost_usd + sessions * price, so the
+    caller passes the cost without sessions.
+
+    One transaction: the thread's session row is locked first (FOR UPDATE on PostgreSQL;
+    SQLite has one writer), then the usage row is inserted, and only if that insert happened
+    is the thread's session state advanced. A duplicate rolls everything back, so sessions are
+    counted exactly once however many times a run is recorded.
+    """
+    if any(t.tzinfo is None for t in code_interpreter_call_times):
+        raise ValueError("naive datetime in code_interpreter_call_times")
+    times = sorted(t.astimezone(dt.UTC) for t in code_interpreter_call_times)
+    now = utcnow()
+    try:
+        async with sm.begin() as session:
+            sessions = row.code_interpreter_sessions
+            started: dt.datetime | None = None
+            known = 0
+            if times:
+                if row.thread_id:
+                    started, known = await _lock_thread(session, row.thread_id, times[0], now)
+                started, sessions = _open_sessions(started if known else None, times)
+            cost = row.cost_usd
+            if session_price is not None:
+                cost += sessions * session_price
+            values = dataclasses.asdict(row) | {
+                "code_interpreter_sessions": sessions,
+                "cost_usd": cost,
+                "recorded_at": now,
+            }
+            stmt = (
+                _insert(session, UsageRecord)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=["kind", "object_id"])
+                .returning(UsageRecord.id)
+            )
+            if (await session.execute(stmt)).first() is None:
+                raise _Duplicate
+            if times and row.thread_id and sessions:
+                await session.execute(
+                    update(ThreadSession)
+                    .where(ThreadSession.thread_id == row.thread_id)
+                    .values(session_started_at=started, sessions=known + sessions, updated_at=now)
+                )
+    except _Duplicate:
+        return False
+    return True
+
+
+async def _lock_thread(
+    session: AsyncSession, thread_id: str, first_call: dt.datetime, now: dt.datetime
+) -> tuple[dt.datetime, int]:
+    # A placeholder with sessions=0 (no session yet) makes a row to lock even for a new thread;
+    # it is committed only together with a usage row, which then sets it.
+    await session.execute(
+        _insert(session, ThreadSession)
+        .values(thread_id=thread_id, session_started_at=first_call, sessions=0, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["thread_id"])
+    )
+    state = await session.execute(
+        select(ThreadSession.session_started_at, ThreadSession.sessions)
+        .where(ThreadSession.thread_id == thread_id)
+        .with_for_update()
+    )
+    started, count = state.one()
+    return started, count
+
+
+def _open_sessions(
+    started: dt.datetime | None, times: Sequence[dt.datetime]
+) -> tuple[dt.datetime | None, int]:
+    opened = 0
+    for t in times:
+        if started is None or t >= started + SESSION_LENGTH:
+            started = t
+            opened += 1
+    return started, opened
+
+
+async def team_for(
+    sm: async_sessionmaker[AsyncSession], *, fingerprint: str | None, project: str | None
+) -> str:
+    """The key's team, else the project's team, else "unassigned". One primary-key lookup
+    per table, in one round trip."""
+    candidates = []
+    if fingerprint:
+        candidates.append(
+            select(KeyTeam.team).where(KeyTeam.key_fingerprint == fingerprint).scalar_subquery()
+        )
+    if project:
+        candidates.append(
+            select(ProjectTeam.team).where(ProjectTeam.project == project).scalar_subquery()
+        )
+    if not candidates:
+        return UNASSIGNED
+    async with reading(sm) as session:
+        team = await session.scalar(select(func.coalesce(*candidates, literal(UNASSIGNED))))
+    return team or UNASSIGNED
+
+
+async def add_key_team(
+    sm: async_sessionmaker[AsyncSession],
+    fingerprint: str,
+    hint: str | None,
+    team: str,
+    label: str | None = None,
+) -> None:
+    """Map a key (by fingerprint) to a team; replaces an existing mapping of that key."""
+    async with sm.begin() as session:
+        stmt = _insert(session, KeyTeam).values(
+            key_fingerprint=fingerprint, key_hint=hint, team=team, label=label, created_at=utcnow()
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key_fingerprint"],
+            set_={"key_hint": hint, "team": team, "label": label},
+        )
+        await session.execute(stmt)
+
+
+async def list_key_teams(sm: async_sessionmaker[AsyncSession]) -> list[KeyTeam]:
+    async with reading(sm) as session:
+        rows = await session.scalars(select(KeyTeam).order_by(KeyTeam.team, KeyTeam.created_at))
+        return list(rows)
+
+
+async def remove_key_team(sm: async_sessionmaker[AsyncSession], fingerprint: str) -> bool:
+    """True if a mapping was removed."""
+    async with sm.begin() as session:
+        result = await session.execute(
+            delete(KeyTeam).where(KeyTeam.key_fingerprint == fingerprint)
+        )
+        return result.rowcount == 1
+
+
+async def add_project_team(sm: async_sessionmaker[AsyncSession], project: str, team: str) -> None:
+    """Map an OpenAI project id to a team; replaces an existing mapping of that project."""
+    async with sm.begin() as session:
+        stmt = _insert(session, ProjectTeam).values(project=project, team=team, created_at=utcnow())
+        stmt = stmt.on_conflict_do_update(index_elements=["project"], set_={"team": team})
+        await session.execute(stmt)
+
+
+async def list_project_teams(sm: async_sessionmaker[AsyncSession]) -> list[ProjectTeam]:
+    async with reading(sm) as session:
+        rows = await session.scalars(select(ProjectTeam).order_by(ProjectTeam.project))
+        return list(rows)
+
+
+async def remove_project_team(sm: async_sessionmaker[AsyncSession], project: str) -> bool:
+    """True if a mapping was removed."""
+    async with sm.begin() as session:
+        result = await session.execute(delete(ProjectTeam).where(ProjectTeam.project == project))
+        return result.rowcount == 1
+
+
+async def get_or_create_secret(
+    sm: async_sessionmaker[AsyncSession], name: str = "key_hmac"
+) -> bytes:
+    """The named secret, generated on first use. Concurrent replicas agree: each offers a new
+    value with insert-or-do-nothing, and all read back the one that won. The value is 64 hex
+    characters and this returns their bytes, so setting the same text as
+    USAGE_PROXY_KEY_SECRET yields the same fingerprints."""
+    async with sm.begin() as session:
+        await session.execute(
+            _insert(session, ProxySecret)
+            .values(name=name, value=secrets.token_hex(32), created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        value = await session.scalar(select(ProxySecret.value).where(ProxySecret.name == name))
+    assert value is not None
+    return value.encode()
+
+
+async def hmac_secret(sm: async_sessionmaker[AsyncSession], configured: str = "") -> bytes:
+    """The key fingerprint secret: the `key_secret` setting if set, else the database's."""
+    return configured.encode() if configured else await get_or_create_secret(sm)

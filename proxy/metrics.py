@@ -1,0 +1,99 @@
+"""Prometheus metrics, one registry per app (so tests and several apps in one process don't
+collide). Labels are bounded: method class, status, team, model, kind; never ids or keys."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_MAX_LABEL_VALUES = 200  # beyond this many distinct teams or models, the rest become "other"
+
+
+class _Bounded:
+    """Caps the distinct values one label may take, so a misbehaving client cannot blow up the
+    series count with made-up team or model names."""
+
+    def __init__(self, limit: int = _MAX_LABEL_VALUES) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+
+    def __call__(self, value: str | None) -> str:
+        value = value or "unknown"
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return "other"
+        self._seen.add(value)
+        return value
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "usage_proxy_requests", "Forwarded requests", ["method", "status"], registry=r
+        )
+        self.upstream_latency = Histogram(
+            "usage_proxy_upstream_latency_seconds",
+            "Time from forwarding a request to the upstream's response headers",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.runs_recorded = Counter(
+            "usage_proxy_runs_recorded", "Assistants runs recorded", ["source"], registry=r
+        )
+        self.events_recorded = Counter(
+            "usage_proxy_events_recorded", "Usage rows recorded", ["kind"], registry=r
+        )
+        self.pending_jobs = Gauge(
+            "usage_proxy_pending_jobs", "Collection jobs waiting in the database", registry=r
+        )
+        self.backlog = Gauge(
+            "usage_proxy_unwritten_jobs",
+            "Jobs held in memory because the database could not be written",
+            registry=r,
+        )
+        self.collection_failures = Counter(
+            "usage_proxy_collection_failures", "Failed collection attempts", ["reason"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "usage_proxy_upstream_errors", "4xx/5xx API responses", ["team", "status"], registry=r
+        )
+        self.tokens = Counter(
+            "usage_proxy_tokens", "Tokens recorded", ["team", "model", "type"], registry=r
+        )
+        self.cost = Counter("usage_proxy_cost_usd", "Cost recorded", ["team", "model"], registry=r)
+        self.observer_failures = Gauge(
+            "usage_proxy_observer_failures", "Observer calls that raised", registry=r
+        )
+        self._team = _Bounded()
+        self._model = _Bounded()
+
+    def request(self, method: str, status: int) -> None:
+        self.requests.labels(method=_method_class(method), status=str(status)).inc()
+
+    def api_error(self, team: str | None, status: int) -> None:
+        self.upstream_errors.labels(team=self._team(team), status=str(status)).inc()
+
+    def usage(
+        self, team: str | None, model: str | None, prompt: int, completion: int, cost: Decimal
+    ) -> None:
+        t, m = self._team(team), self._model(model)
+        self.tokens.labels(team=t, model=m, type="prompt").inc(prompt)
+        self.tokens.labels(team=t, model=m, type="completion").inc(completion)
+        self.cost.labels(team=t, model=m).inc(float(cost))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+_KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def _method_class(method: str) -> str:
+    return method if method in _KNOWN_METHODS else "OTHER"

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.util.exc import CommandError
+from sqlalchemy import inspect
+
+from proxy.db import migrate
+from proxy.db.engine import make_engine, split_url
+from proxy.db.models import Base
+from proxy.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_from_empty_to_head(empty_db_url: str):
+    assert await migrate.current(empty_db_url) is None
+    await migrate.upgrade(empty_db_url)
+    assert await migrate.current(empty_db_url) == migrate.head()
+    assert await _tables(empty_db_url) == set(Base.metadata.tables) | {"alembic_version"}
+    await migrate.upgrade(empty_db_url)  # a second run has nothing to do
+    await migrate.require_head(empty_db_url)
+
+
+async def test_postgres_tables_and_version_live_in_the_url_schema(empty_db_url: str):
+    parsed, schema = split_url(empty_db_url)
+    if schema is None:
+        pytest.skip("PostgreSQL only")
+    await migrate.upgrade(empty_db_url)
+    engine = make_engine(parsed.render_as_string(False))
+    try:
+        async with engine.connect() as conn:
+            in_schema = await conn.run_sync(lambda c: inspect(c).get_table_names(schema=schema))
+            in_public = await conn.run_sync(lambda c: inspect(c).get_table_names(schema="public"))
+    finally:
+        await engine.dispose()
+    assert "alembic_version" in in_schema and "usage_records" in in_schema
+    assert not {"alembic_version", "usage_records"} & set(in_public)
+
+
+async def test_alembic_check_finds_nothing_to_do(db_url: str):
+    await migrate.check(db_url)
+
+
+async def test_alembic_check_fails_on_an_unmigrated_database(empty_db_url: str):
+    with pytest.raises(CommandError):
+        await migrate.check(empty_db_url)
+
+
+async def test_concurrent_upgrades_both_succeed(empty_db_url: str):
+    await asyncio.gather(migrate.upgrade(empty_db_url), migrate.upgrade(empty_db_url))
+    assert await migrate.current(empty_db_url) == migrate.head()
+
+
+async def test_require_head_explains_what_is_missing(empty_db_url: str, tmp_path: Path):
+    assert await migrate.current(empty_db_url) is None  # connects: SQLite creates the file
+    with pytest.raises(ConfigError, match="not migrated"):
+        await migrate.require_head(empty_db_url)
+    missing = tmp_path / "nowhere" / "usage.db"
+    with pytest.raises(ConfigError, match="does not exist"):
+        await migrate.require_head(f"sqlite+aiosqlite:///{missing}")
+    assert not missing.parent.exists()
+
+
+async def test_percent_in_the_url_survives_the_alembic_config(tmp_path: Path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/100%25/usage.db"
+    await migrate.upgrade(url)
+    assert await migrate.current(url) == migrate.head()
+
+
+def test_developer_alembic_check_from_the_repository_root(db_url: str):
+    env = {**os.environ, "USAGE_PROXY_DATABASE_URL": db_url}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "alembic"), "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No new upgrade operations detected" in done.stdout

@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from proxy.db import records
+from proxy.db.engine import make_engine, make_sessionmaker
+from proxy.db.models import ThreadSession, UsageRecord
+from proxy.db.records import UsageRow
+
+T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+PRICE = Decimal("0.03")
+
+
+def make_row(object_id: str = "run_1", **overrides) -> UsageRow:
+    fields = {
+        "kind": "assistant_run",
+        "object_id": object_id,
+        "occurred_at": T0,
+        "usage_source": "estimated",
+        "thread_id": "thread_1",
+        "assistant_id": "asst_1",
+        "model": "gpt-4o",
+        "status": "completed",
+        "key_fingerprint": "fp",
+        "key_hint": "sk-...abcd",
+        "team": "red",
+        "prompt_tokens": 100,
+        "completion_tokens": 47,
+        "total_tokens": 147,
+        "estimated_prompt_tokens": 100,
+        "estimated_completion_tokens": 47,
+        "cost_usd": Decimal("0.0012345678"),
+    }
+    return UsageRow(**(fields | overrides))
+
+
+def at(minutes: float) -> dt.datetime:
+    return T0 + dt.timedelta(minutes=minutes)
+
+
+async def rows(sm) -> list[UsageRecord]:
+    async with sm() as session:
+        return list(await session.scalars(select(UsageRecord).order_by(UsageRecord.id)))
+
+
+async def thread(sm, thread_id: str = "thread_1") -> ThreadSession | None:
+    async with sm() as session:
+        return await session.get(ThreadSession, thread_id)
+
+
+async def test_record_usage_inserts_once_with_every_column(sm):
+    row = make_row(tag="batch", project="proj_1", cached_tokens=3, function_calls=2)
+    assert await records.record_usage(sm, row)
+    assert not await records.record_usage(sm, dataclasses.replace(row, prompt_tokens=1))
+    [stored] = await rows(sm)
+    for field in dataclasses.fields(UsageRow):
+        assert getattr(stored, field.name) == getattr(row, field.name), field.name
+    assert stored.cost_usd == Decimal("0.0012345678")
+    assert stored.recorded_at.tzinfo is not None
+
+
+async def test_concurrent_records_of_one_run_count_it_and_its_sessions_once(db_url: str, sm):
+    engines = [make_engine(db_url) for _ in range(4)]
+    row = make_row(code_interpreter_calls=2)
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    records.record_usage(
+                        make_sessionmaker(engines[i % 4]),
+                        row,
+                        code_interpreter_call_times=[at(0), at(61)],
+                        session_price=PRICE,
+                    )
+                    for i in range(20)
+                )
+            ),
+            timeout=60,
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert results.count(True) == 1
+    [stored] = await rows(sm)
+    assert stored.code_interpreter_sessions == 2
+    assert stored.cost_usd == Decimal("0.0012345678") + 2 * PRICE
+    state = await thread(sm)
+    assert (state.sessions, state.session_started_at) == (2, at(61))
+
+
+async def test_concurrent_runs_in_one_thread_share_its_session(sm):
+    # Ten runs whose calls all fall in one hour, recorded at once in any order: one session.
+    results = await asyncio.gather(
+        *(
+            records.record_usage(
+                sm,
+                make_row(f"run_{i}"),
+                code_interpreter_call_times=[at(5 * i)],
+                session_price=PRICE,
+            )
+            for i in range(10)
+        )
+    )
+    assert all(results)
+    stored = await rows(sm)
+    assert sum(r.code_interpreter_sessions for r in stored) == 1
+    assert sum(r.cost_usd for r in stored) == 10 * Decimal("0.0012345678") + PRICE
+    assert (await thread(sm)).sessions == 1
+
+
+async def test_a_session_lasts_one_hour_from_its_first_call_across_runs(sm):
+    runs = [
+        ("run_1", [at(0), at(30)], 1),  # opens the session at 10:00
+        ("run_2", [at(59.99)], 0),  # still inside it
+        ("run_3", [at(60)], 1),  # at start + 1h: a new session, from 11:00
+        ("run_4", [at(90), at(130), at(119)], 1),  # 11:30 and 11:59 inside; 12:10 opens one
+        ("run_5", [at(20)], 0),  # collected out of order: before the current session
+    ]
+    for run_id, times, expected in runs:
+        assert await records.record_usage(
+            sm, make_row(run_id), code_interpreter_call_times=times, session_price=PRICE
+        )
+        [stored] = [r for r in await rows(sm) if r.object_id == run_id]
+        assert stored.code_interpreter_sessions == expected, run_id
+        assert stored.cost_usd == Decimal("0.0012345678") + expected * PRICE, run_id
+    state = await thread(sm)
+    assert (state.sessions, state.session_started_at) == (3, at(130))
+
+
+async def test_threads_have_separate_sessions(sm):
+    for thread_id in ("thread_a", "thread_b"):
+        await records.record_usage(
+            sm,
+            make_row(f"run_{thread_id}", thread_id=thread_id),
+            code_interpreter_call_times=[at(0)],
+        )
+    assert [r.code_interpreter_sessions for r in await rows(sm)] == [1, 1]
+
+
+async def test_without_call_times_sessions_are_stored_as_given(sm):
+    row = make_row(kind="response", object_id="resp_1", thread_id=None, code_interpreter_sessions=2)
+    assert await records.record_usage(sm, row, session_price=PRICE)
+    [stored] = await rows(sm)
+    assert stored.code_interpreter_sessions == 2
+    assert stored.cost_usd == Decimal("0.0012345678") + 2 * PRICE
+    assert await thread(sm) is None
+
+
+async def test_a_duplicate_leaves_the_thread_sessions_untouched(sm):
+    await records.record_usage(sm, make_row("run_1"), code_interpreter_call_times=[at(0)])
+    again = await records.record_usage(sm, make_row("run_1"), code_interpreter_call_times=[at(90)])
+    assert not again
+    state = await thread(sm)
+    assert (state.sessions, state.session_started_at) == (1, at(0))
+
+
+async def test_team_for_prefers_the_key_then_the_project(sm):
+    assert await records.team_for(sm, fingerprint="fp1", project="proj_1") == "unassigned"
+    await records.add_project_team(sm, "proj_1", "blue")
+    assert await records.team_for(sm, fingerprint="fp1", project="proj_1") == "blue"
+    await records.add_key_team(sm, "fp1", "sk-...1111", "red", "ci")
+    assert await records.team_for(sm, fingerprint="fp1", project="proj_1") == "red"
+    assert await records.team_for(sm, fingerprint="fp2", project="proj_1") == "blue"
+    assert await records.team_for(sm, fingerprint=None, project="proj_1") == "blue"
+    assert await records.team_for(sm, fingerprint="fp1", project=None) == "red"
+    assert await records.team_for(sm, fingerprint=None, project=None) == "unassigned"
+
+
+async def test_key_and_project_mappings_upsert_list_and_remove(sm):
+    await records.add_key_team(sm, "fp1", "sk-...1111", "red", "ci")
+    await records.add_key_team(sm, "fp1", "sk-...1111", "green", None)
+    await records.add_key_team(sm, "fp2", "sk-...2222", "blue")
+    keys = await records.list_key_teams(sm)
+    assert [(k.key_fingerprint, k.team, k.label) for k in keys] == [
+        ("fp2", "blue", None),
+        ("fp1", "green", None),
+    ]
+    assert await records.remove_key_team(sm, "fp1")
+    assert not await records.remove_key_team(sm, "fp1")
+    assert [k.key_fingerprint for k in await records.list_key_teams(sm)] == ["fp2"]
+
+    await records.add_project_team(sm, "proj_b", "blue")
+    await records.add_project_team(sm, "proj_a", "red")
+    await records.add_project_team(sm, "proj_a", "green")
+    projects = await records.list_project_teams(sm)
+    assert [(p.project, p.team) for p in projects] == [("proj_a", "green"), ("proj_b", "blue")]
+    assert await records.remove_project_team(sm, "proj_a")
+    assert not await records.remove_project_team(sm, "proj_a")
+
+
+async def test_the_secret_is_created_once_and_shared(db_url: str, sm):
+    engines = [make_engine(db_url) for _ in range(3)]
+    try:
+        secrets = await asyncio.gather(
+            *(records.get_or_create_secret(make_sessionmaker(e)) for e in engines for _ in range(3))
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert len(set(secrets)) == 1
+    assert len(secrets[0]) == 64 and bytes.fromhex(secrets[0].decode())
+    assert await records.get_or_create_secret(sm) == secrets[0]
+    assert await records.get_or_create_secret(sm, "other") != secrets[0]
+    assert await records.hmac_secret(sm) == secrets[0]
+    assert await records.hmac_secret(sm, "configured") == b"configured"
+
+
+async def test_naive_call_times_are_refused(sm):
+    with pytest.raises(ValueError, match="naive"):
+        await records.record_usage(
+            sm, make_row(), code_interpreter_call_times=[dt.datetime(2026, 11, 27, 10)]
+        )
+    assert await rows(sm) == []
