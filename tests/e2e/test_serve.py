@@ -1,0 +1,154 @@
+"""`usage-proxy serve` as a user runs it: a real process, its start line, health, a request
+forwarded to the fake upstream, a clean stop on SIGTERM, and one-line errors for bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e.fake_upstream import FakeUpstream
+
+_CLI = [sys.executable, "-m", "proxy"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60.0):
+    proc = await asyncio.create_subprocess_exec(
+        *_CLI,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_serve_prints_where_it_listens_forwards_and_stops_on_sigterm(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    port = _port()
+    db = tmp_path / "usage.db"
+    proc = await asyncio.create_subprocess_exec(
+        *_CLI,
+        "serve",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream.url,
+        "--database-url",
+        f"sqlite+aiosqlite:///{db}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "USAGE_PROXY_KEY_SECRET": "s3cret-for-tests"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert f"127.0.0.1:{port}" in line and upstream.url in line and str(db) in line, line
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/_proxy/health") as resp:
+                health = await resp.json()
+                assert resp.status == 200
+            assert health["upstream"] == upstream.url
+            assert health["database"]["ok"] is True
+            async with http.get(
+                f"http://127.0.0.1:{port}/v1/models",
+                headers={"Authorization": "Bearer sk-test-serve-0000000000001111"},
+            ) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["data"][0]["id"] == "gpt-4o"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_serve_keeps_proxying_with_the_database_down_and_masks_its_password(
+    upstream: FakeUpstream,
+) -> None:
+    port = _port()
+    proc = await asyncio.create_subprocess_exec(
+        *_CLI,
+        "serve",
+        "--no-migrate",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream.url,
+        "--database-url",
+        "postgresql+asyncpg://user:hunter2@127.0.0.1:1/db",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "USAGE_PROXY_KEY_SECRET": "x"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert "user:***@127.0.0.1:1/db" in line, line
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer sk-x"}
+            ) as resp:
+                assert resp.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/_proxy/health") as resp:
+                assert (await resp.json())["database"]["ok"] is False
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert proc.stderr is not None
+        assert "hunter2" not in line + (await proc.stderr.read()).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "config", "needle"),
+    [
+        (["--port", "70000"], {}, None, "port"),
+        (["--port", "eighty"], {}, None, "port"),
+        ([], {"USAGE_PROXY_PORT": "0"}, None, "port"),
+        (["--upstream", "not a url"], {}, None, "upstream"),
+        (["--upstream-timeout", "-1"], {}, None, "upstream_timeout"),
+        ([], {}, 'colour = "blue"\n', "colour"),
+        ([], {}, "port = [\n", "config"),
+        (["--database-url", "nonsense"], {}, None, "database_url"),
+    ],
+)
+async def test_bad_settings_give_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str], config: str | None, needle: str
+) -> None:
+    if config is not None:
+        path = tmp_path / "proxy.toml"
+        path.write_text(config)
+        args = [*args, "--config", str(path)]
+    code, out, err = await _run("serve", "--no-migrate", *args, env=env)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (out, err)
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+async def test_report_json_after_serve_lists_rows(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+    code, _, err = await _run("migrate", "--database-url", url)
+    assert code == 0, err
+    code, out, err = await _run("report", "--format", "json", "--database-url", url)
+    assert code == 0, err
+    assert json.loads(out) == []
