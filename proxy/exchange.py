@@ -49,6 +49,7 @@ class Exchange:
     request_body_truncated: bool = False
     started_at: float = field(default_factory=time.time)
     status: int | None = None
+    response_started_at: float | None = None
     response_headers: CIMultiDictProxy[str] | None = None
     raw_response_body: bytes = b""
     response_truncated: bool = False

@@ -105,6 +105,15 @@ class Settings:
     def __post_init__(self) -> None:
         _validate(self)
 
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            if f.metadata.get("secret"):
+                continue
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={mask_url(value) if f.name == 'database_url' else value!r}")
+        return f"Settings({', '.join(shown)})"
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -159,7 +168,9 @@ def _validate(s: Settings) -> None:
     except ValueError as exc:
         raise ConfigError(f"upstream: {s.upstream!r} has a bad port") from exc
     if "://" not in s.database_url:
-        raise ConfigError(f"database_url: {mask_url(s.database_url)!r} is not a URL")
+        # Shown only when it cannot hold credentials (user:password@host).
+        shown = "the value" if "@" in s.database_url else repr(s.database_url)
+        raise ConfigError(f"database_url: {shown} is not a URL (expected scheme://...)")
     if s.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: {s.log_format!r} must be text or json")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -163,10 +163,6 @@ def test_secrets_are_not_in_repr() -> None:
     assert SECRET not in str(s)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settings.py: database_url is a plain repr field, so its password shows in repr()",
-)
 def test_database_password_is_not_in_repr() -> None:
     s = Settings(database_url=f"postgresql+asyncpg://usage:{SECRET}@db:5432/usage")
     assert SECRET not in repr(s)

@@ -13,7 +13,7 @@ import random
 import socket
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import brotli
@@ -48,6 +48,20 @@ MODELS = json.dumps(
 
 
 @pytest.fixture
+async def sdk() -> AsyncIterator[Callable[..., openai.AsyncOpenAI]]:
+    """client_for(), with every client closed at the end of the test."""
+    clients: list[openai.AsyncOpenAI] = []
+
+    def make(proxy: RunningProxy, **kw: object) -> openai.AsyncOpenAI:
+        clients.append(client_for(proxy, **kw))  # type: ignore[arg-type]
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     # auto_decompress=False: the test sees the bytes the proxy sent, not a decoded version.
     async with aiohttp.ClientSession(auto_decompress=False) as session:
@@ -68,8 +82,13 @@ async def _one_response(recorder: RecordingObserver) -> Exchange:
 # --- the SDK through the proxy ---------------------------------------------------------------
 
 
-async def test_json_call(bare_proxy: RunningProxy, upstream: FakeUpstream, recorder) -> None:
-    client = client_for(bare_proxy)
+async def test_json_call(
+    sdk: Callable[..., openai.AsyncOpenAI],
+    bare_proxy: RunningProxy,
+    upstream: FakeUpstream,
+    recorder,
+) -> None:
+    client = sdk(bare_proxy)
     completion = await client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
     )
@@ -87,8 +106,10 @@ async def test_json_call(bare_proxy: RunningProxy, upstream: FakeUpstream, recor
     assert exchange.json()["id"] == completion.id
 
 
-async def test_streamed_chat_completion(bare_proxy: RunningProxy, recorder) -> None:
-    client = client_for(bare_proxy)
+async def test_streamed_chat_completion(
+    sdk: Callable[..., openai.AsyncOpenAI], bare_proxy: RunningProxy, recorder
+) -> None:
+    client = sdk(bare_proxy)
     stream = await client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
     )
@@ -105,9 +126,11 @@ async def test_streamed_chat_completion(bare_proxy: RunningProxy, recorder) -> N
     assert "".join(deltas) == text
 
 
-async def test_multipart_upload_is_streamed(bare_proxy: RunningProxy, recorder) -> None:
+async def test_multipart_upload_is_streamed(
+    sdk: Callable[..., openai.AsyncOpenAI], bare_proxy: RunningProxy, recorder
+) -> None:
     data = random.Random(2).randbytes(64 * 1024 * 1024 + 3)
-    client = client_for(bare_proxy)
+    client = sdk(bare_proxy)
     uploaded = await client.files.create(
         file=("big.bin", data, "application/octet-stream"), purpose="assistants"
     )
@@ -121,10 +144,12 @@ async def test_multipart_upload_is_streamed(bare_proxy: RunningProxy, recorder) 
     assert exchange.request_json() is None
 
 
-async def test_binary_download(bare_proxy: RunningProxy, http, recorder) -> None:
+async def test_binary_download(
+    sdk: Callable[..., openai.AsyncOpenAI], bare_proxy: RunningProxy, http, recorder
+) -> None:
     size = 5 * 1024 * 1024 + 7
     expected = (bytes(range(256)) * 4096 * 6)[:size]
-    client = client_for(bare_proxy)
+    client = sdk(bare_proxy)
     content = await client.files.content("file_1", extra_query={"size": size})
     assert content.content == expected
 
@@ -138,11 +163,13 @@ async def test_binary_download(bare_proxy: RunningProxy, http, recorder) -> None
     assert all(ex.raw_response_body == b"" for ex in recorder.responses)  # binary: no copy
 
 
-async def test_upstream_429_passes_through(bare_proxy: RunningProxy, http, recorder) -> None:
+async def test_upstream_429_passes_through(
+    sdk: Callable[..., openai.AsyncOpenAI], bare_proxy: RunningProxy, http, recorder
+) -> None:
     body = (
         b'{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}'
     )
-    client = client_for(bare_proxy)
+    client = sdk(bare_proxy)
     with pytest.raises(openai.RateLimitError) as info:
         await client.get("/ratelimited", cast_to=object)
     assert info.value.status_code == 429
@@ -166,7 +193,11 @@ async def test_upstream_429_passes_through(bare_proxy: RunningProxy, http, recor
 
 
 async def test_gzip_passes_through_compressed(
-    bare_proxy: RunningProxy, http, recorder, upstream: FakeUpstream
+    sdk: Callable[..., openai.AsyncOpenAI],
+    bare_proxy: RunningProxy,
+    http,
+    recorder,
+    upstream: FakeUpstream,
 ) -> None:
     headers = {**AUTH, "Accept-Encoding": "gzip"}
     async with http.get(f"{bare_proxy.base_url}/models", headers=headers) as resp:
@@ -181,7 +212,7 @@ async def test_gzip_passes_through_compressed(
     assert exchange.json() == json.loads(MODELS)
 
     # And the SDK (httpx asks for gzip and decodes) reads it as usual.
-    models = await client_for(bare_proxy).models.list()
+    models = await sdk(bare_proxy).models.list()
     assert [m.id for m in models.data] == ["gpt-4o"]
 
 
@@ -383,14 +414,14 @@ async def test_request_body_copy_for_observers(
 
 
 async def test_response_copy_truncated_at_the_limit(
-    upstream: FakeUpstream, start_proxy, recorder
+    sdk: Callable[..., openai.AsyncOpenAI], upstream: FakeUpstream, start_proxy, recorder
 ) -> None:
     proxy = await start_proxy(
         Settings(upstream=upstream.url, max_observed_body=200),
         observers=[recorder],
         accounting=False,
     )
-    completion = await client_for(proxy).chat.completions.create(
+    completion = await sdk(proxy).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
     )
     assert completion.choices[0].message.content == "Hello there, friend!"  # client unaffected
@@ -425,9 +456,12 @@ async def test_gzip_copy_decoding_past_the_limit_is_truncated(
 
 
 async def test_x_usage_headers_are_stripped(
-    bare_proxy: RunningProxy, upstream: FakeUpstream, recorder
+    sdk: Callable[..., openai.AsyncOpenAI],
+    bare_proxy: RunningProxy,
+    upstream: FakeUpstream,
+    recorder,
 ) -> None:
-    client = client_for(
+    client = sdk(
         bare_proxy,
         organization="org-abc",
         project="proj_abc",
@@ -584,14 +618,16 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_upstream_down_is_502(start_proxy, recorder, http) -> None:
+async def test_upstream_down_is_502(
+    sdk: Callable[..., openai.AsyncOpenAI], start_proxy, recorder, http
+) -> None:
     proxy = await start_proxy(
         Settings(upstream=f"http://127.0.0.1:{_closed_port()}"),
         observers=[recorder],
         accounting=False,
     )
     with pytest.raises(openai.InternalServerError) as info:
-        await client_for(proxy).models.list()
+        await sdk(proxy).models.list()
     assert info.value.status_code == 502
     assert info.value.code == "upstream_unreachable"
     assert info.value.type == "proxy_error"
@@ -609,7 +645,9 @@ async def test_upstream_down_is_502(start_proxy, recorder, http) -> None:
     assert recorder.errors[0].status is None
 
 
-async def test_upstream_silent_is_504(upstream: FakeUpstream, start_proxy, recorder, http) -> None:
+async def test_upstream_silent_is_504(
+    sdk: Callable[..., openai.AsyncOpenAI], upstream: FakeUpstream, start_proxy, recorder, http
+) -> None:
     proxy = await start_proxy(
         Settings(upstream=upstream.url, upstream_timeout=0.5),
         observers=[recorder],
@@ -627,7 +665,7 @@ async def test_upstream_silent_is_504(upstream: FakeUpstream, start_proxy, recor
     assert recorder.errors[0].error
 
     with pytest.raises(openai.APIStatusError) as info:
-        await client_for(proxy).get("/silent", cast_to=object)
+        await sdk(proxy).get("/silent", cast_to=object)
     assert info.value.status_code == 504
     assert info.value.code == "upstream_timeout"
 
@@ -704,6 +742,7 @@ class SleepingObserver:
 
 
 async def test_raising_and_sleeping_observers_do_not_touch_the_response(
+    sdk: Callable[..., openai.AsyncOpenAI],
     upstream: FakeUpstream,
     start_proxy,
     recorder,
@@ -728,7 +767,7 @@ async def test_raising_and_sleeping_observers_do_not_touch_the_response(
                 assert await asyncio.wait_for(fetch(observed, path), 5) == await fetch(plain, path)
             # The sleeper is stuck in its first hook, yet responses keep coming, streams too.
             await asyncio.wait_for(sleeping.entered.wait(), 5)
-            client = client_for(observed)
+            client = sdk(observed)
             stream = await asyncio.wait_for(
                 client.chat.completions.create(
                     model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
@@ -762,3 +801,150 @@ async def test_health(bare_proxy: RunningProxy, http, upstream: FakeUpstream) ->
     async with http.get(f"{bare_proxy.url}/_proxy/anything-else") as resp:
         assert resp.status == 404
     assert upstream.requests == []  # nothing under /_proxy/ is forwarded
+
+
+# --- exact response heads, from an upstream that writes raw bytes ------------------------------
+
+
+class RawUpstream:
+    """Answers every request with `response`, byte for byte, and keeps the request heads."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+        self.heads: list[bytes] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(self.response)
+        await writer.drain()
+        writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
+    server = RawUpstream(b"")
+    yield server
+    await server.close()
+
+
+async def test_response_head_passes_through_exactly(
+    raw_upstream: RawUpstream, start_proxy, recorder
+) -> None:
+    raw_upstream.response = (
+        b"HTTP/1.1 418 Teapot Of Some Kind\r\n"
+        b"x-request-id: req_1\r\n"
+        b"Set-Cookie: a=1\r\n"
+        b"OpenAI-Processing-Ms: 12\r\n"
+        b"Set-Cookie: b=2\r\n"
+        b"Content-Length: 5\r\n"
+        b"X-Unicode: caf\xc3\xa9\r\n"
+        b"\r\n"
+        b"hello"
+    )
+    proxy = await start_proxy(
+        Settings(upstream=await raw_upstream.start()), observers=[recorder], accounting=False
+    )
+    request = b"GET /v1/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + AUTH_LINE + b"\r\n"
+    [resp] = await raw_http(_port(proxy), request)
+    assert (resp.status, resp.reason, resp.body) == (418, "Teapot Of Some Kind", b"hello")
+    # Upstream headers in their order with their values (names are case-insensitive, and
+    # aiohttp spells well-known ones its way); no Content-Type or Server made up for the
+    # upstream, and only the proxy's own hop (Connection) and the Date RFC 9110 asks for added.
+    own = {"date", "connection"}
+    assert [(k.lower(), v) for k, v in resp.headers if k.lower() not in own] == [
+        ("x-request-id", "req_1"),
+        ("set-cookie", "a=1"),
+        ("openai-processing-ms", "12"),
+        ("set-cookie", "b=2"),
+        ("content-length", "5"),
+        ("x-unicode", "caf\u00c3\u00a9"),  # the UTF-8 bytes, read back as latin-1 here
+    ]
+    assert resp.header("Date")
+    await wait_for(lambda: recorder.responses)
+
+
+async def test_request_head_reaches_the_upstream_exactly(
+    raw_upstream: RawUpstream, start_proxy
+) -> None:
+    raw_upstream.response = b"HTTP/1.1 204 No Content\r\n\r\n"
+    proxy = await start_proxy(
+        Settings(upstream=await raw_upstream.start()), observers=[], accounting=False
+    )
+    request = (
+        b"GET /v1/models?limit=2&x=%2F HTTP/1.1\r\n"
+        b"Host: proxy.example\r\n"
+        b"authorization: Bearer sk-abc\r\n"
+        b"OpenAI-Beta: assistants=v2\r\n"
+        b"X-Usage-Team: research\r\n"
+        b"Connection: close\r\n"
+        b"\r\n"
+    )
+    [resp] = await raw_http(_port(proxy), request)
+    assert resp.status == 204
+    port = raw_upstream._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    [head] = raw_upstream.heads
+    assert (
+        head.lower()
+        == (
+            b"GET /v1/models?limit=2&x=%2F HTTP/1.1\r\n"
+            + f"Host: 127.0.0.1:{port}\r\n".encode()
+            + b"Authorization: Bearer sk-abc\r\n"
+            b"OpenAI-Beta: assistants=v2\r\n"
+            b"\r\n"
+        ).lower()
+    )
+    assert b"Bearer sk-abc\r\n" in head  # values keep their case
+
+
+async def test_expect_100_continue(bare_proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    # curl sends this for uploads: the body follows only after an interim 100 response.
+    body = random.Random(5).randbytes(100_000)
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(bare_proxy))
+    try:
+        writer.write(
+            b"POST /v1/echo-body HTTP/1.1\r\nHost: x\r\n"
+            + AUTH_LINE
+            + f"Content-Length: {len(body)}\r\n".encode()
+            + b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        writer.write(body)
+        final = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, payload = final.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(payload)["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_client_gone_mid_download_is_quiet(
+    bare_proxy: RunningProxy, recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = b"GET /v1/big?size=200000000 HTTP/1.1\r\nHost: x\r\n" + AUTH_LINE + b"\r\n"
+    with caplog.at_level(logging.WARNING):
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(bare_proxy))
+        writer.write(request)
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 200"
+        )
+        await asyncio.wait_for(reader.readexactly(100_000), 5)
+        # Reset rather than close, so the proxy's next write fails at once.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()
+        await wait_for(lambda: recorder.errors)
+    [exchange] = recorder.errors
+    assert exchange.client_disconnected
+    assert recorder.responses == []
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
