@@ -11,17 +11,21 @@ from collections.abc import AsyncIterator, Sequence
 from aiohttp import web
 
 from proxy import admin
+from proxy.chat_usage import IncludeUsage
 from proxy.exchange import Dispatcher
 from proxy.forward import Forwarder
+from proxy.logs import ACCESS_LOGGER, AccessLogger
+from proxy.metrics import Metrics
 from proxy.settings import Settings, mask_url
 
-__all__ = ["DISPATCHER", "FORWARDER", "SETTINGS", "make_app", "serve"]
+__all__ = ["DISPATCHER", "FORWARDER", "METRICS", "SETTINGS", "make_app", "serve", "start_site"]
 
 _log = logging.getLogger("proxy")
 
 SETTINGS = web.AppKey("settings", Settings)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def make_app(
@@ -40,14 +44,15 @@ def make_app(
         from proxy.accounting.service import Accounting
 
         service = Accounting(settings)
-        admin.install_accounting(app, service)
         app.cleanup_ctx.append(service.context)
+    metrics = service.metrics if service is not None else Metrics()
     chosen = (
         list(observers)
         if observers is not None
         else (service.observers() if service is not None else [])
     )
-    dispatcher = Dispatcher(chosen)
+    # Request metrics are operations, not accounting: counted whichever observers were chosen.
+    dispatcher = Dispatcher([admin.MetricsObserver(metrics), *chosen])
     forwarder = Forwarder(
         settings.upstream,
         dispatcher,
@@ -56,14 +61,16 @@ def make_app(
         limit=settings.upstream_limit,
         max_observed_body=settings.max_observed_body,
         max_observed_request=settings.max_observed_request,
+        rewriter=IncludeUsage() if settings.chat_include_usage else None,
     )
     if service is not None:
         service.attach_forwarder(forwarder)
     app[DISPATCHER] = dispatcher
     app[FORWARDER] = forwarder
+    app[METRICS] = metrics
     app.cleanup_ctx.append(_forwarder_ctx)
     app.cleanup_ctx.append(_dispatcher_ctx)
-    admin.install(app)
+    admin.install(app, settings, metrics=metrics, dispatcher=dispatcher, accounting=service)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
 
@@ -83,8 +90,14 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving `app`; the caller owns the runner. Disconnects cancel the handler, which
-    is how a client that goes away mid-stream closes the upstream connection."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    is how a client that goes away mid-stream closes the upstream connection. Each request
+    gets one line on the `proxy.access` logger (see proxy.logs.AccessLogger)."""
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger(ACCESS_LOGGER),
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

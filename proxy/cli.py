@@ -4,6 +4,9 @@ Commands stay thin: parse, call, format. Every command takes --database-url and 
 the precedence of proxy.settings (flag > environment > config file > default). Secrets
 (key_secret, admin_token) have no flags: flags show in `ps`.
 
+`serve` logs to stderr (proxy.logs), waits up to DB_WAIT seconds for a database server that is
+still starting, migrates unless --no-migrate, and serves until SIGINT or SIGTERM.
+
 Exit codes: 0 success; 2 a bad argument or setting (one `usage-proxy: error: ...` line on
 stderr); 1 anything else (one line, no traceback).
 """
@@ -14,7 +17,9 @@ import argparse
 import asyncio
 import datetime as dt
 import getpass
+import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -22,9 +27,21 @@ from proxy import __version__
 from proxy.errors import ConfigError
 from proxy.settings import OPTIONS, Settings, load_settings, mask_url
 
-__all__ = ["main"]
+__all__ = [
+    "DB_WAIT",
+    "main",
+    "parse_group_by",
+    "parse_month",
+    "parse_when",
+    "upgrade_when_reachable",
+]
 
 _PROG = "usage-proxy"
+_log = logging.getLogger("proxy.cli")
+# Seconds `serve` waits for a database server that does not answer yet: long enough for a
+# PostgreSQL container to initialise its data directory on first start.
+DB_WAIT = 120.0
+_LOCAL_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 _GROUP_FIELDS = ("team", "assistant", "model", "key", "project", "kind", "tag", "day", "month")
 
 
@@ -54,37 +71,54 @@ def _hide_values(message: str) -> str:
     return prefix + " ".join(shown)
 
 
-def _when(text: str) -> dt.datetime:
-    """An ISO date (midnight UTC) or datetime; naive means UTC."""
+def parse_when(text: str) -> dt.datetime:
+    """An ISO date (midnight UTC) or datetime; naive means UTC. Raises ValueError."""
     try:
         if len(text) == 10:
             value = dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
         else:
             value = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or datetime") from None
+        raise ValueError(f"{text!r} is not an ISO date or datetime") from None
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-def _month(text: str) -> tuple[dt.datetime, dt.datetime]:
+def parse_month(text: str) -> tuple[dt.datetime, dt.datetime]:
+    """A UTC month, YYYY-MM, as (its first instant, the next month's). Raises ValueError."""
     try:
         start = dt.datetime.strptime(text, "%Y-%m").replace(tzinfo=dt.UTC)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a month (YYYY-MM)") from None
+        raise ValueError(f"{text!r} is not a month (YYYY-MM)") from None
     end = (start + dt.timedelta(days=32)).replace(day=1)
     return start, end
 
 
-def _group_by(text: str) -> list[str]:
+def parse_group_by(text: str) -> list[str]:
+    """A comma list of report group-by fields. Raises ValueError."""
     fields = [f.strip() for f in text.split(",") if f.strip()]
     for name in fields:
         if name not in _GROUP_FIELDS:
-            raise argparse.ArgumentTypeError(
-                f"unknown field {name!r} (choose from {', '.join(_GROUP_FIELDS)})"
-            )
+            raise ValueError(f"unknown field {name!r} (choose from {', '.join(_GROUP_FIELDS)})")
     if not fields:
-        raise argparse.ArgumentTypeError("no fields given")
+        raise ValueError("no fields given")
     return fields
+
+
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    # argparse shows the message of an ArgumentTypeError, but only "invalid value" otherwise.
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+_when = _argument(parse_when)
+_month = _argument(parse_month)
+_group_by = _argument(parse_group_by)
 
 
 def _build_parser() -> _Parser:
@@ -184,15 +218,70 @@ def _with_db(
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from proxy.logs import configure_logging
+
     settings = _settings(args)
-    if settings.migrate:
-        from proxy.db.migrate import upgrade
+    restore_logging = configure_logging(settings)
+    try:
+        if settings.migrate:
+            asyncio.run(upgrade_when_reachable(settings.database_url, DB_WAIT))
+        from proxy.app import serve
 
-        asyncio.run(upgrade(settings.database_url))
-    from proxy.app import serve
-
-    serve(settings)
+        serve(settings)
+    finally:
+        restore_logging()
     return 0
+
+
+async def upgrade_when_reachable(url: str, wait: float) -> None:
+    """Upgrade the schema. While a database server cannot be reached (it is still starting, as
+    in docker compose or after a reboot), try again with backoff for up to `wait` seconds;
+    any other error, and every SQLite error, is raised at once."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from proxy.db.migrate import upgrade
+
+    deadline = time.monotonic() + wait
+    delay = 0.5
+    while True:
+        try:
+            await upgrade(url)
+            return
+        except (OSError, SQLAlchemyError) as exc:
+            if not _unreachable(exc, url) or time.monotonic() + delay > deadline:
+                raise
+            _log.warning(
+                "database %s not reachable yet (%s); retrying in %.1f s",
+                mask_url(url),
+                type(exc).__name__,
+                delay,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _unreachable(exc: BaseException, url: str) -> bool:
+    """Whether `exc` says the database server is not there yet, rather than that something is
+    wrong (bad credentials, a bad schema, a SQLite file that cannot be opened)."""
+    from asyncpg.exceptions import CannotConnectNowError, TooManyConnectionsError
+
+    from proxy.db.engine import split_url
+
+    if split_url(url)[0].get_backend_name() == "sqlite":
+        return False
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, CannotConnectNowError | TooManyConnectionsError):
+            return True  # "the database system is starting up"
+        if isinstance(current, OSError) and not isinstance(current, _LOCAL_OS_ERRORS):
+            return True  # refused, unreachable, DNS not resolvable yet, timed out
+        todo += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+    return False
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.chat_usage import IncludeUsage
 from proxy.decode import DecodeError, Decompressor, SSEEvent, SSEParser
 from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from proxy.exchange import Dispatcher, Exchange
@@ -42,6 +43,8 @@ _HOP_BY_HOP = frozenset(
         "Host",
     )
 )
+# Headers aiohttp's server fills in when a response lacks them.
+_DEFAULTED = (hdrs.CONTENT_TYPE, hdrs.SERVER)
 _NO_COPY_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
 _JSON_TYPES = ("application/json",)
 _ids = itertools.count(1)
@@ -112,6 +115,7 @@ class Forwarder:
         limit: int = 0,
         max_observed_body: int = 8 * 1024 * 1024,
         max_observed_request: int = 4 * 1024 * 1024,
+        rewriter: IncludeUsage | None = None,
     ) -> None:
         base = URL(upstream)
         self._origin = base.origin()
@@ -124,6 +128,8 @@ class Forwarder:
         self._limit = limit
         self._max_body = max_observed_body
         self._max_request = max_observed_request
+        # The one change the proxy may make to traffic, opt-in: see proxy.chat_usage.
+        self._rewriter = rewriter
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -190,7 +196,22 @@ class Forwarder:
         self, request: web.Request, raw_path: str, exchange: Exchange
     ) -> web.StreamResponse:
         headers = _filter_headers(request.headers, request=True)
-        data = self._request_body(request, exchange) if request.body_exists else None
+        data: AsyncIterator[bytes] | bytes | None = None
+        rewritten, rw = False, self._rewriter
+        if (
+            rw is not None
+            and request.body_exists
+            and rw.wants(request.method, request.path, request.headers)
+        ):
+            data = await request.read()
+            exchange.request_body = data[: self._max_request]
+            exchange.request_body_truncated = len(data) > self._max_request
+            if (new := rw.rewrite(data)) is not None:
+                # Observers keep what the client sent; the upstream gets the rewritten body.
+                data, rewritten = new, True
+                headers[hdrs.CONTENT_LENGTH] = str(len(new))
+        elif request.body_exists:
+            data = self._request_body(request, exchange)
         session = self.session
         try:
             async with asyncio.timeout(self._timeout):
@@ -211,8 +232,9 @@ class Forwarder:
             raise UpstreamTimeout(
                 f"the upstream sent no response within {self._timeout:g} s"
             ) from exc
+        exchange.response_started_at = time.time()
         try:
-            return await self._relay(request, upstream, exchange)
+            return await self._relay(request, upstream, exchange, rewritten)
         finally:
             # Closing (not releasing) an unfinished response drops its connection, so a client
             # that went away also stops the upstream's generation.
@@ -242,15 +264,25 @@ class Forwarder:
         exchange.request_body = bytes(buf)
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange,
+        rewritten: bool = False,
     ) -> web.StreamResponse:
         exchange.status = upstream.status
         exchange.response_headers = upstream.headers
-        response = web.StreamResponse(
+        response = _Relayed(
             status=upstream.status,
             reason=upstream.reason,
             headers=_filter_headers(upstream.headers, request=False),
         )
+        response.unsent = tuple(h for h in _DEFAULTED if h not in upstream.headers)
+        body_filter = None
+        if rewritten and self._rewriter is not None:
+            body_filter = self._rewriter.response_filter(upstream.status, upstream.headers)
+            for name in body_filter.drop_headers if body_filter is not None else ():
+                response.headers.popall(name, None)
         ctype = exchange.content_type
         tap: _CopyTap | _SSETap | None = None
         if self._max_body > 0:  # 0: observers asked for no copy of response bodies
@@ -258,7 +290,10 @@ class Forwarder:
                 tap = _SSETap(exchange, self._dispatcher, self._max_body)
             elif ctype in _JSON_TYPES or ctype.endswith("+json"):
                 tap = _CopyTap(exchange, self._max_body)
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            return _client_gone(exchange, response)
         content = upstream.content
         while True:
             try:
@@ -272,19 +307,45 @@ class Forwarder:
                 return response
             if not chunk:
                 break
+            out = body_filter.feed(chunk) if body_filter is not None else chunk
             try:
                 # Written as it comes: an SSE event reaches the client when the upstream sent it.
-                await response.write(chunk)
+                if out:
+                    await response.write(out)
             except ConnectionError:
-                exchange.client_disconnected = True
-                exchange.error = "client disconnected"
-                return response
+                return _client_gone(exchange, response)
             if tap is not None:
                 tap.feed(chunk)
         if tap is not None:
             tap.close()
-        await response.write_eof()
+        try:
+            if body_filter is not None and (rest := body_filter.close()):
+                await response.write(rest)
+            await response.write_eof()
+        except ConnectionError:
+            return _client_gone(exchange, response)
         return response
+
+
+def _client_gone(exchange: Exchange, response: web.StreamResponse) -> web.StreamResponse:
+    # A write to a client that went away: nothing to answer, and nothing to log as a failure.
+    exchange.client_disconnected = True
+    exchange.error = "client disconnected"
+    return response
+
+
+class _Relayed(web.StreamResponse):
+    """A StreamResponse that keeps aiohttp from adding what the upstream left out:
+    Content-Type (RFC 9110 section 8.3 lets the recipient sniff instead) and Server. Date is
+    still added when missing, as RFC 9110 section 6.6.1 asks of a forwarding recipient.
+    aiohttp has no public switch for these defaults, hence the override."""
+
+    unsent: tuple[str, ...] = ()
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        for name in self.unsent:
+            self._headers.popall(name, None)
 
 
 class _CopyTap:

@@ -7,6 +7,11 @@ Failure handling (fail open for traffic, lose nothing for accounting):
 - a database that is down leaves the job claimed; its lease runs out and it is claimed again;
 - an unexpected error in estimation is logged and retried like a fetch failure.
 None of this is ever visible to a client: the collector runs on its own tasks.
+
+Shutdown: database operations run to their end (shielded); a transaction cut off by
+cancellation would leave its connection idle in transaction, holding row locks, outside the
+pool. Jobs still held are then given back, so another replica (or the next start) takes them at
+once instead of after their lease.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,7 +36,8 @@ from proxy.accounting.pricing import PriceTable
 from proxy.accounting.rows import run_row
 from proxy.accounting.tokenizer import counter_for_model
 from proxy.db import jobs, records
-from proxy.db.models import utcnow
+from proxy.db.engine import reading
+from proxy.db.models import UsageRecord, utcnow
 from proxy.errors import FetchError
 from proxy.keys import CredentialStore
 from proxy.metrics import Metrics
@@ -40,6 +47,11 @@ __all__ = ["DB_ERRORS", "RunCollector"]
 _log = logging.getLogger("proxy.accounting.collector")
 
 DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, TimeoutError)
+_KIND = "assistants.run"
+_SCOPE_HEADERS = ("openai-project", "openai-organization")
+_STOP_TIMEOUT = 10.0
+
+_T = TypeVar("_T")
 
 
 class RunCollector:
@@ -80,6 +92,8 @@ class RunCollector:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._wake = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()
+        self._held: dict[int, jobs.ClaimedJob] = {}
+        self._db_ops: set[asyncio.Future[Any]] = set()
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -90,6 +104,8 @@ class RunCollector:
         self._task = asyncio.create_task(self._loop(), name="run-collector")
 
     async def stop(self) -> None:
+        """Stop claiming, abandon fetches in flight, let database operations finish, and give
+        back the jobs still held. Returns before the engine may be disposed of."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,16 +114,35 @@ class RunCollector:
         for task in list(self._busy):
             task.cancel()
         await asyncio.gather(*self._busy, return_exceptions=True)
+        if self._db_ops:
+            await asyncio.wait(self._db_ops, timeout=_STOP_TIMEOUT)
+        held, self._held = list(self._held.values()), {}
+        try:
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                for job in held:
+                    await jobs.release(self._sm(), job.id, self.worker_id)
+        except (*DB_ERRORS, TimeoutError) as exc:
+            # Their leases run out instead: nothing is lost, it is only later.
+            _log.warning("could not give back %d job(s): %s", len(held), type(exc).__name__)
+
+    async def _db(self, op: Awaitable[_T]) -> _T:
+        """Await a database operation that cancellation cannot cut off half-way (see the
+        module docstring); `stop` waits for the ones still running."""
+        future = asyncio.ensure_future(op)
+        self._db_ops.add(future)
+        future.add_done_callback(self._db_ops.discard)
+        return await asyncio.shield(future)
 
     async def _loop(self) -> None:
         while True:
             delay = self._poll
             try:
                 if self._before_claim is not None:
-                    await self._before_claim()
+                    await self._db(self._before_claim())
                 free = self._workers - len(self._busy)
-                claimed = await self._claim(free) if free > 0 else []
+                claimed = await self._db(self._claim(free)) if free > 0 else []
                 for job in claimed:
+                    self._held[job.id] = job
                     task = asyncio.create_task(self._process(job))
                     self._busy.add(task)
                     task.add_done_callback(self._done)
@@ -144,7 +179,7 @@ class RunCollector:
         try:
             await self._collect(job)
         except asyncio.CancelledError:
-            raise
+            raise  # stop() gives the job back
         except DB_ERRORS as exc:
             # The job stays claimed until its lease ends, then any replica takes it again.
             self._metrics.collection_failures.labels(reason="database").inc()
@@ -153,20 +188,26 @@ class RunCollector:
             self._metrics.collection_failures.labels(reason="internal").inc()
             _log.exception("collecting run %s failed", job.run_id)
             await self._retry(job, f"internal error: {type(exc).__name__}", None)
+        self._held.pop(job.id, None)
 
     async def _collect(self, job: jobs.ClaimedJob) -> None:
+        if await self._db(self._recorded(job.run_id)):
+            # Seen again after it was recorded (after a restart, or by another replica): the
+            # unique row would refuse it anyway, so spare the upstream the fetches.
+            await self._db(jobs.complete(self._sm(), job.id, self.worker_id))
+            return
         run = json.loads(job.run_json)
         headers = self._credentials.get(job.key_fingerprint) if job.key_fingerprint else None
         estimate: RunEstimate | None = None
         if headers is None:
             if not job.has_reported_usage:
                 # The key expired since the claim (or lives in another replica): wait for it.
-                await jobs.release(self._sm(), job.id, self.worker_id)
+                await self._db(jobs.release(self._sm(), job.id, self.worker_id))
                 return
             _log.info("recording run %s from its reported usage alone (key not seen)", job.run_id)
         else:
             try:
-                estimate = await self._estimate(job, run, headers)
+                estimate = await self._estimate(job, run, _scoped(headers, job))
             except FetchError as exc:
                 self._metrics.collection_failures.labels(reason=_reason(exc)).inc()
                 if exc.retryable:
@@ -176,6 +217,15 @@ class RunCollector:
                 _log.warning("fetching run %s: %s; recording the run alone", job.run_id, exc)
                 estimate = await self._estimate_from(run, [], [])
         await self._record(job, run, estimate)
+
+    async def _recorded(self, run_id: str) -> bool:
+        async with reading(self._sm()) as session:
+            found = await session.scalar(
+                select(UsageRecord.id)
+                .where(UsageRecord.kind == _KIND, UsageRecord.object_id == run_id)
+                .limit(1)
+            )
+        return found is not None
 
     async def _estimate(
         self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]
@@ -207,13 +257,15 @@ class RunCollector:
             job.organization,
         )
         built = run_row(run, who, estimate, self._prices, utcnow())
-        inserted = await records.record_usage(
-            self._sm(),
-            built.row,
-            code_interpreter_call_times=built.call_times,
-            session_price=built.session_price,
+        inserted = await self._db(
+            records.record_usage(
+                self._sm(),
+                built.row,
+                code_interpreter_call_times=built.call_times,
+                session_price=built.session_price,
+            )
         )
-        await jobs.complete(self._sm(), job.id, self.worker_id)
+        await self._db(jobs.complete(self._sm(), job.id, self.worker_id))
         if inserted:
             row = built.row
             self._metrics.runs_recorded.labels(source=row.usage_source).inc()
@@ -226,7 +278,18 @@ class RunCollector:
             job.attempts + 1, base=self._retry_base, cap=self._max_backoff, retry_after=retry_after
         )
         with contextlib.suppress(*DB_ERRORS):
-            await jobs.retry(self._sm(), job.id, self.worker_id, error=error, delay=delay)
+            await self._db(jobs.retry(self._sm(), job.id, self.worker_id, error=error, delay=delay))
+
+
+def _scoped(headers: Mapping[str, str], job: jobs.ClaimedJob) -> dict[str, str]:
+    """The key's headers, with the project and organization of the request the run was seen
+    in: the key's latest request may have named another project, where the thread is unknown."""
+    scoped = {k: v for k, v in headers.items() if k.lower() not in _SCOPE_HEADERS}
+    if job.project:
+        scoped["OpenAI-Project"] = job.project
+    if job.organization:
+        scoped["OpenAI-Organization"] = job.organization
+    return scoped
 
 
 def _reason(exc: FetchError) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.collector import DB_ERRORS, RunCollector
 from proxy.accounting.estimate import EstimateConstants
+from proxy.accounting.events import EventObserver
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.runs import RunObserver, RunSighting
@@ -69,7 +70,7 @@ class Accounting:
         self._forwarder = forwarder
 
     def observers(self) -> list[object]:
-        return [RunObserver(self.open_job, remember_key=self.remember_key)]
+        return [RunObserver(self.open_job, remember_key=self.remember_key), EventObserver(self)]
 
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         assert self._sm is not None, "accounting is not started"

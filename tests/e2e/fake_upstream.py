@@ -4,6 +4,18 @@ It plays chat completions, embeddings, responses, files, error and timing cases,
 Assistants API (threads, messages, runs that progress over polls, paged run steps) under any
 path prefix, so that both `/v1/...` (OpenAI) and `/openai/...?api-version=` (Azure) work.
 It keeps a ledger: completed runs, and which key fetched which run's steps and messages.
+
+An assistant's (or run's) metadata plans the run: "outcome" (completed, failed, cancelled,
+expired, incomplete), "usage" (yes/no: whether the terminal run reports usage), "code_calls" and
+"file_search_calls" (how many tool call steps), "requires_action" (yes: the run first stops for
+one function call, and continues once its output is submitted).
+
+Chat and responses requests plan their answer with metadata too. Chat: "fake_status" (answer
+with that error status), "fake_reply": "tool_call" (a get_weather tool call instead of text),
+"fake_hang_after": N (stream N chunks, then hang until the client goes away). Responses:
+"fake_outcome" (failed or incomplete), "fake_tools" (comma-separated: code_interpreter,
+file_search, each adding one call item). `embedding_request_ids` makes embeddings carry an
+x-request-id header. Azure's /openai/deployments/{d}/chat/completions and .../embeddings work.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import gzip
 import hashlib
 import itertools
 import json
+import random
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -29,17 +42,34 @@ ANSWER = 'The output was "4"'
 
 @dataclass
 class Faults:
-    """Failures to inject into steps/messages fetches: a list of statuses, consumed in order."""
+    """Failures to inject into steps/messages fetches (which clients do not call; the collector
+    does): a list of statuses, consumed in order, and a number of connections to drop.
+
+    The probabilistic mode (tests/fault): each fetch draws from the seeded `rng` and is
+    answered 429 (with `retry_after`), 500, or a dropped connection at the given rates, after
+    waiting `latency` seconds. `injected` counts what was injected, by kind. `echo_key` puts
+    the request's key into the injected error bodies, as a careless upstream might.
+    """
 
     fetch_statuses: list[int] = field(default_factory=list)
     retry_after: str = "0"
     drop_connections: int = 0
+    # When set, fetches wait until the event is set (a collection caught mid-fetch).
+    fetch_gate: asyncio.Event | None = None
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_drop: float = 0.0
+    latency: float = 0.0
+    echo_key: bool = False
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    injected: Counter[str] = field(default_factory=Counter)
 
 
 class FakeUpstream:
     def __init__(self) -> None:
         self.faults = Faults()
         self.steps_page_size = 100
+        self.messages_page_size = 100
         self.polls_to_complete = 2  # queued -> in_progress -> terminal on successive retrieves
         self.poll_after_ms = "5"
         self.requests: list[dict[str, Any]] = []
@@ -56,6 +86,7 @@ class FakeUpstream:
         self.steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.polls: Counter[str] = Counter()
         self.responses: dict[str, dict[str, Any]] = {}
+        self.embedding_request_ids = False
         # Forwarding tests: canned responses by name, a gate that paces /gated-stream one
         # event per token, and the peers (client ports) that reached /whoami.
         self.canned: dict[str, Canned] = {}
@@ -89,6 +120,10 @@ class FakeUpstream:
     def _now(self) -> int:
         return next(self._clock)
 
+    def advance_clock(self, seconds: int) -> None:
+        """Move the fake's clock (created_at and friends) forward."""
+        self._clock = itertools.count(next(self._clock) + seconds)
+
     # --- routing ---------------------------------------------------------------------------
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(
@@ -96,8 +131,10 @@ class FakeUpstream:
                 "method": request.method,
                 "path": request.path,
                 "raw_path": request.raw_path,
+                "query": dict(request.query),
                 "headers": dict(request.headers),
                 "host": request.host,
+                "at": time.monotonic(),
             }
         )
         path = request.path
@@ -125,6 +162,8 @@ class FakeUpstream:
         n = len(p)
         table = [
             ("POST", ["chat", "completions"], self.chat),
+            ("POST", ["deployments", "*", "chat", "completions"], self.deployment_chat),
+            ("POST", ["deployments", "*", "embeddings"], self.deployment_embeddings),
             ("POST", ["embeddings"], self.embeddings),
             ("POST", ["responses"], self.create_response),
             ("GET", ["responses", "*"], self.get_response),
@@ -171,6 +210,8 @@ class FakeUpstream:
     # --- plain endpoints -------------------------------------------------------------------
     async def chat(self, request: web.Request, key: str) -> web.StreamResponse:
         body = await request.json()
+        if (planned := await self._planned_chat(request, body)) is not None:
+            return planned
         cid = self._id("chatcmpl")
         model = body.get("model", "gpt-4o-mini")
         usage = {
@@ -232,7 +273,8 @@ class FakeUpstream:
                     for i in range(len(inputs))
                 ],
                 "usage": {"prompt_tokens": 8 * len(inputs), "total_tokens": 8 * len(inputs)},
-            }
+            },
+            headers={"x-request-id": self._id("req")} if self.embedding_request_ids else None,
         )
 
     async def create_response(self, request: web.Request, key: str) -> web.StreamResponse:
@@ -263,6 +305,7 @@ class FakeUpstream:
             },
             "conversation": body.get("conversation"),
         }
+        self._plan_response(body, done)
         if body.get("background"):
             self.responses[rid] = {**done, "status": "queued", "usage": None, "_final": done}
             return web.json_response(
@@ -282,9 +325,8 @@ class FakeUpstream:
                 event="response.output_text.delta",
             )
         )
-        await resp.write(
-            _sse({"type": "response.completed", "response": done}, event="response.completed")
-        )
+        final = f"response.{done['status']}"
+        await resp.write(_sse({"type": final, "response": done}, event=final))
         return resp
 
     async def get_response(self, request: web.Request, key: str, rid: str) -> web.Response:
@@ -390,6 +432,94 @@ class FakeUpstream:
         finally:
             self.stream_closed.set()
         return resp
+
+    # --- usage of chat, responses and embeddings (see the module docstring) -----------------
+    async def deployment_chat(self, request: web.Request, key: str, d: str) -> web.StreamResponse:
+        return await self.chat(request, key)
+
+    async def deployment_embeddings(self, request: web.Request, key: str, d: str) -> web.Response:
+        return await self.embeddings(request, key)
+
+    async def _planned_chat(
+        self, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse | None:
+        plan = body.get("metadata") or {}
+        if "fake_status" in plan:
+            return web.json_response(
+                {"error": {"message": "planned", "type": "fake", "code": "planned"}},
+                status=int(plan["fake_status"]),
+            )
+        tool = plan.get("fake_reply") == "tool_call"
+        hang = int(plan.get("fake_hang_after", "0"))
+        if not tool and not hang:
+            return None
+        cid, model = self._id("chatcmpl"), body.get("model", "gpt-4o-mini")
+        usage = {"prompt_tokens": 60, "completion_tokens": 9, "total_tokens": 69}
+        call = {"id": "call_1", "type": "function", "function": {"name": "get_weather"}}
+        args = ['{"city"', ': "Paris"}']
+        if not body.get("stream"):
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {**call, "function": {**call["function"], "arguments": "".join(args)}}
+                ],
+            }
+            choice = {"index": 0, "finish_reason": "tool_calls", "message": message}
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": self._now(),
+                    "model": model,
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
+        base = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": self._now(),
+            "model": model,
+        }
+        if tool:
+            first = {"index": 0, **call, "function": {**call["function"], "arguments": ""}}
+            deltas = [{"role": "assistant", "content": None, "tool_calls": [first]}]
+            deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in args]
+        else:
+            deltas = [{"role": "assistant", "content": "Once"}]
+            deltas += [{"content": f" upon a time {i}"} for i in range(hang)]
+        resp = _sse_response()
+        await resp.prepare(request)
+        try:
+            for i, delta in enumerate(deltas):
+                if hang and i == hang:
+                    await asyncio.Event().wait()
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                await resp.write(_sse({**base, "choices": [choice]}))
+            end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+            await resp.write(_sse({**base, "choices": [end]}))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await resp.write(_sse({**base, "choices": [], "usage": usage}))
+            await resp.write(b"data: [DONE]\n\n")
+        finally:
+            self.stream_closed.set()
+        return resp
+
+    def _plan_response(self, body: dict[str, Any], done: dict[str, Any]) -> None:
+        plan = body.get("metadata") or {}
+        if "prompt" in body:
+            done["prompt"] = body["prompt"]
+        for tool in filter(None, plan.get("fake_tools", "").split(",")):
+            item = {"type": f"{tool}_call", "id": self._id(tool[:2]), "status": "completed"}
+            if tool == "code_interpreter":
+                item["container_id"] = "cntr_" + body.get("model", "x")
+            done["output"].insert(0, item)
+        outcome = plan.get("fake_outcome")
+        if outcome == "failed":
+            done.update(status="failed", usage=None, error={"code": "server_error", "message": "x"})
+        elif outcome == "incomplete":
+            done.update(status="incomplete", incomplete_details={"reason": "max_output_tokens"})
 
     # --- forwarding tests ------------------------------------------------------------------
     async def serve_canned(self, request: web.Request, key: str, name: str) -> web.StreamResponse:
@@ -508,10 +638,11 @@ class FakeUpstream:
         return web.json_response(self._add_message(tid, body["role"], body["content"], None))
 
     async def list_messages(self, request: web.Request, key: str, tid: str) -> web.Response:
-        if fault := self._fault(request):
+        if fault := await self._fault(request):
             return fault
         self.fetches.append(("messages", tid, key))
-        return _page(self.messages[tid], request, default_order="desc")
+        limit = min(int(request.query.get("limit", "20")), self.messages_page_size)
+        return _page(self.messages[tid], request, default_order="desc", limit=limit)
 
     def _new_run(self, tid: str, body: dict[str, Any]) -> dict[str, Any]:
         asst = self.assistants.get(body.get("assistant_id", ""), {})
@@ -549,6 +680,8 @@ class FakeUpstream:
         if outcome == "completed":
             for _ in range(int(plan.get("code_calls", "1"))):
                 self.steps[rid].append(self._ci_step(run))
+            for _ in range(int(plan.get("file_search_calls", "0"))):
+                self.steps[rid].append(self._fs_step(run))
             msg = self._add_message(tid, "assistant", ANSWER, rid, run["assistant_id"])
             self.steps[rid].append(
                 self._step(run, "message_creation", {"message_creation": {"message_id": msg["id"]}})
@@ -593,6 +726,23 @@ class FakeUpstream:
         }
         return self._step(run, "tool_calls", {"tool_calls": [call]})
 
+    def _fs_step(self, run: dict[str, Any]) -> dict[str, Any]:
+        call = {"id": self._id("call"), "type": "file_search", "file_search": {"results": []}}
+        return self._step(run, "tool_calls", {"tool_calls": [call]})
+
+    def _require_action(self, run: dict[str, Any]) -> None:
+        function = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+        call = {"id": self._id("call"), "type": "function", "function": function}
+        step_call = {**call, "function": {**function, "output": None}}
+        step = self._step(run, "tool_calls", {"tool_calls": [step_call]})
+        step.update(status="in_progress", completed_at=None)
+        self.steps[run["id"]].append(step)
+        run["status"] = "requires_action"
+        run["required_action"] = {
+            "type": "submit_tool_outputs",
+            "submit_tool_outputs": {"tool_calls": [call]},
+        }
+
     def _public(self, run: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in run.items() if not k.startswith("_")}
 
@@ -600,11 +750,18 @@ class FakeUpstream:
         if run["status"] in TERMINAL or run["status"] == "requires_action":
             return
         self.polls[run["id"]] += 1
-        if self.polls[run["id"]] >= self.polls_to_complete:
-            self._finish(run)
-        else:
-            run["status"] = "in_progress"
+        if self.polls[run["id"]] < self.polls_to_complete:
+            if run["status"] != "cancelling":
+                run["status"] = "in_progress"
             run["started_at"] = run["started_at"] or self._now()
+        elif (
+            run["_plan"].get("requires_action") == "yes"
+            and not run.get("_submitted")
+            and run["status"] != "cancelling"
+        ):
+            self._require_action(run)
+        else:
+            self._finish(run)
 
     def _run_response(self, run: dict[str, Any]) -> web.Response:
         return web.json_response(
@@ -628,10 +785,13 @@ class FakeUpstream:
             return await self._stream_run(request, run)
         return self._run_response(run)
 
-    async def _stream_run(self, request: web.Request, run: dict[str, Any]) -> web.StreamResponse:
+    async def _stream_run(
+        self, request: web.Request, run: dict[str, Any], *, created: bool = True
+    ) -> web.StreamResponse:
         resp = _sse_response()
         await resp.prepare(request)
-        await resp.write(_sse(self._public(run), event="thread.run.created"))
+        if created:
+            await resp.write(_sse(self._public(run), event="thread.run.created"))
         run["status"] = "in_progress"
         await resp.write(_sse(self._public(run), event="thread.run.in_progress"))
         self._finish(run)
@@ -661,20 +821,36 @@ class FakeUpstream:
 
     async def submit_outputs(
         self, request: web.Request, key: str, tid: str, rid: str
-    ) -> web.Response:
+    ) -> web.StreamResponse:
+        body = await request.json()
         run = self.runs[rid]
+        if run["status"] != "requires_action":
+            return web.json_response({"error": {"message": "run is not waiting"}}, status=400)
+        outputs = {o["tool_call_id"]: o.get("output") for o in body.get("tool_outputs") or []}
+        for step in self.steps[rid]:
+            if step["status"] != "in_progress":
+                continue
+            for call in step["step_details"]["tool_calls"]:
+                call["function"]["output"] = outputs.get(call["id"])
+            step.update(status="completed", completed_at=self._now())
         run["status"] = "in_progress"
         run["required_action"] = None
+        run["_submitted"] = True
+        self.polls[rid] = 0
+        if body.get("stream"):
+            return await self._stream_run(request, run, created=False)
         return self._run_response(run)
 
     async def list_steps(self, request: web.Request, key: str, tid: str, rid: str) -> web.Response:
-        if fault := self._fault(request):
+        if fault := await self._fault(request):
             return fault
         self.fetches.append(("steps", rid, key))
         limit = min(int(request.query.get("limit", "20")), self.steps_page_size)
         return _page(self.steps[rid], request, default_order="desc", limit=limit)
 
-    def _fault(self, request: web.Request) -> web.Response | None:
+    async def _fault(self, request: web.Request) -> web.Response | None:
+        if self.faults.fetch_gate is not None:
+            await self.faults.fetch_gate.wait()
         if self.faults.drop_connections > 0:
             self.faults.drop_connections -= 1
             assert request.transport is not None
@@ -682,12 +858,38 @@ class FakeUpstream:
             return web.Response(status=500)
         if self.faults.fetch_statuses:
             status = self.faults.fetch_statuses.pop(0)
-            return web.json_response(
-                {"error": {"message": "injected", "code": str(status)}},
-                status=status,
-                headers={"retry-after": self.faults.retry_after},
-            )
+            return self._injected(request, status)
+        return await self._random_fault(request)
+
+    async def _random_fault(self, request: web.Request) -> web.Response | None:
+        f = self.faults
+        if f.latency > 0:
+            await asyncio.sleep(f.latency)
+        if f.rate_429 <= 0 and f.rate_500 <= 0 and f.rate_drop <= 0:
+            return None
+        draw = f.rng.random()
+        if draw < f.rate_drop:
+            f.injected["drop"] += 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        if draw < f.rate_drop + f.rate_429:
+            f.injected["429"] += 1
+            return self._injected(request, 429)
+        if draw < f.rate_drop + f.rate_429 + f.rate_500:
+            f.injected["500"] += 1
+            return self._injected(request, 500)
         return None
+
+    def _injected(self, request: web.Request, status: int) -> web.Response:
+        message = "injected"
+        if self.faults.echo_key:
+            message = f"injected; incorrect API key provided: {_key(request)}"
+        return web.json_response(
+            {"error": {"message": message, "code": str(status)}},
+            status=status,
+            headers={"retry-after": self.faults.retry_after},
+        )
 
 
 @dataclass

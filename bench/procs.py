@@ -1,0 +1,123 @@
+"""Processes under test: start them in their own process groups, wait until they serve, and
+read what they cost from /proc (CPU ticks, RSS, peak RSS). Everything listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Proc", "cpu_seconds", "free_port", "reset_peak", "status_kib"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of the process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A kB field of /proc/PID/status: VmRSS, VmHWM, ..."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux clear_refs 5); False where that is not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class Proc:
+    """One server process, in its own process group, listening on `port`."""
+
+    name: str
+    argv: list[str]
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    settled: bool = True
+    waited: float = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> Proc:
+        out = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            self.argv,
+            env={**os.environ, **self.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.popen.returncode}; see {self.log}"
+                )
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on port {self.port} within {timeout:g} s")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def settle(self, quiet: float = 0.25, bound: float = 60.0) -> float:
+        """Wait until the process stops using CPU (observers and collectors may still be
+        working after the last response); returns its CPU seconds then. `settled` says
+        whether it did within `bound` seconds, `waited` how long it took."""
+        t0 = time.monotonic()
+        last = self.cpu()
+        while time.monotonic() - t0 < bound:
+            time.sleep(quiet)
+            now = self.cpu()
+            if now - last < 1.5 / _TICK:
+                self.settled, self.waited = True, time.monotonic() - t0 - quiet
+                return now
+            last = now
+        self.settled, self.waited = False, time.monotonic() - t0
+        return last
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.popen.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue

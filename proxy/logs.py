@@ -1,0 +1,197 @@
+"""Logging: one access line per request, text or JSON, with secrets masked.
+
+`configure_logging(settings)` is called by `usage-proxy serve`, never at import; it returns a
+function that undoes it. Access lines come from `AccessLogger`, which aiohttp calls after the
+response has been sent. Every record that reaches the handler passes `RedactingFilter`, which
+masks anything that looks like an API key or a bearer token: the code never logs a credential
+on purpose, and the filter is the defence in depth for the places that might by accident
+(an upstream error body echoing a key, an exception message).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+from proxy.settings import Settings
+
+__all__ = [
+    "ACCESS_LOGGER",
+    "AccessLogger",
+    "JsonFormatter",
+    "RedactingFilter",
+    "configure_logging",
+    "redact",
+]
+
+ACCESS_LOGGER = "proxy.access"
+
+_SECRET = re.compile(
+    r"\b(sk-)[A-Za-z0-9_\-]{6,}"
+    r"|\b(Bearer\s+)[^\s\"',;&]+"
+    r"|\b(api[-_]key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+",
+    re.IGNORECASE,
+)
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# aiohttp makes one access logger per connection: ids are counted per process, and the random
+# prefix tells replicas (all pid 1 in their containers) apart.
+_ID_PREFIX = os.urandom(3).hex()
+_ids = itertools.count(1)
+# Loggers whose INFO lines say nothing an operator needs, quieted while logging is configured.
+_CHATTY = ("alembic.runtime.plugins",)
+# Attributes every LogRecord has; anything else on a record came in through `extra=`.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def redact(text: str) -> str:
+    """`text` with API keys, bearer tokens and api-key values replaced by ***."""
+    return _SECRET.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "***", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in the message, its arguments, the traceback and `extra` fields. Installed
+    on the handler, so it sees records of every logger, aiohttp's and SQLAlchemy's included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+            # The formatter would render the traceback again from exc_info, unmasked.
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and isinstance(value, str):
+                setattr(record, name, redact(value))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, any `extra`
+    fields, and the traceback as `exc_info` text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_"):
+                out[name] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exc_info"] = record.exc_text
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class _UtcFormatter(logging.Formatter):
+    converter = time.gmtime
+    default_msec_format = "%s.%03dZ"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time of the write, so a test that swaps stderr
+    (or a server whose stderr is redirected later) is never left with a closed stream."""
+
+    previous_level: int = logging.NOTSET
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def configure_logging(settings: Settings) -> Callable[[], None]:
+    """Send every log record at `settings.log_level` or above to stderr, as text or as JSON
+    (`settings.log_format`), through the redacting filter. Replaces what an earlier call
+    installed. Returns a function that restores the root logger as it was."""
+    root = logging.getLogger()
+    handler = _StderrHandler()
+    handler.previous_level = root.level
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+        # Undoing the replacement must restore what was there before the first call.
+        handler.previous_level = old.previous_level
+    handler.addFilter(RedactingFilter())
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(_UtcFormatter(_TEXT_FORMAT, "%Y-%m-%dT%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    chatty = {name: logging.getLogger(name).level for name in _CHATTY}
+    for name in chatty:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+    def undo() -> None:
+        root.removeHandler(handler)
+        root.setLevel(handler.previous_level)
+        for name, level in chatty.items():
+            logging.getLogger(name).setLevel(level)
+
+    return undo
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One INFO line per request: method, path (never the query string, which may carry a
+    secret), status, duration in milliseconds, a request id, the client's address and, when
+    the upstream sent one, its x-request-id. No header value is ever logged.
+
+    aiohttp calls `log` after the response is sent; a request whose client went away before
+    that (its handler cancelled) gets no access line, but its exchange still reaches the
+    observers."""
+
+    __slots__ = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        # The raw path is percent-encoded, so a path cannot forge a second log line.
+        path = request.rel_url.raw_path
+        ms = round(time * 1000, 1)
+        request_id = f"{_ID_PREFIX}-{next(_ids)}"
+        upstream_id = response.headers.get("x-request-id")
+        fields = {
+            "method": request.method,
+            "path": path,
+            "status": response.status,
+            "duration_ms": ms,
+            "request_id": request_id,
+            "remote": request.remote,
+        }
+        if upstream_id:
+            fields["upstream_request_id"] = upstream_id
+        self.logger.info(
+            "%s %s %s %.1fms id=%s%s",
+            request.method,
+            path,
+            response.status,
+            ms,
+            request_id,
+            f" upstream_id={upstream_id}" if upstream_id else "",
+            extra=fields,
+        )

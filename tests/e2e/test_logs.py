@@ -1,0 +1,106 @@
+"""Access logging through a real in-process proxy: one line per request, text or JSON, and
+never a credential, whatever the client sends."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from proxy.logs import configure_logging
+from proxy.settings import Settings
+from tests.e2e.conftest import wait_for
+from tests.e2e.fake_upstream import FakeUpstream
+
+KEY = "sk-test-logs-cccccccccccccccccc4321"
+AZURE_KEY = "0123456789abcdef0123456789abcdef"
+TOKEN = "admin-token-for-log-tests"
+
+
+class _Stderr:
+    """What the proxy wrote to stderr so far, accumulated across readouterr() calls."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+        self.text = ""
+
+    def lines(self) -> list[str]:
+        self.text += self._capsys.readouterr().err
+        return self.text.splitlines()
+
+
+@pytest.fixture(params=["text", "json"])
+def log_format(request: pytest.FixtureRequest) -> Iterator[str]:
+    undo = configure_logging(Settings(log_format=request.param))
+    yield request.param
+    undo()
+
+
+async def test_one_access_line_per_request_and_no_secret(
+    upstream: FakeUpstream, start_proxy, capsys, log_format: str
+) -> None:
+    settings = Settings(upstream=upstream.url, admin_token=TOKEN, log_format=log_format)
+    proxy = await start_proxy(settings, accounting=False)
+    secrets = {"Authorization": f"Bearer {KEY}", "api-key": AZURE_KEY}
+    requests = [
+        ("GET", f"/v1/models?api_key={KEY}&x=1", secrets, 200),
+        ("POST", "/v1/chat/completions", secrets, 200),
+        ("GET", "/v1/nowhere", secrets, 404),
+        ("GET", "/_proxy/health", secrets, 200),
+        ("GET", "/_proxy/metrics", {"Authorization": f"Bearer {TOKEN}"}, 200),
+        ("GET", "/_proxy/metrics", {"Authorization": "Bearer wrong-admin-token"}, 401),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for method, path, headers, status in requests:
+            body = {"model": "gpt-4o", "messages": []} if method == "POST" else None
+            async with http.request(method, proxy.url + path, headers=headers, json=body) as resp:
+                await resp.read()
+                assert resp.status == status, path
+
+    err = _Stderr(capsys)
+
+    await wait_for(lambda: len(_access(err.lines(), log_format)) >= len(requests))
+    entries = _access(err.lines(), log_format)
+    assert len(entries) == len(requests)
+    seen_ids = set()
+    for entry, (method, path, _, status) in zip(entries, requests, strict=True):
+        assert (entry["method"], entry["path"], entry["status"]) == (
+            method,
+            path.partition("?")[0],
+            status,
+        )
+        assert entry["duration_ms"] >= 0
+        seen_ids.add(entry["request_id"])
+    assert len(seen_ids) == len(requests)
+    for secret in (KEY, KEY[3:], AZURE_KEY, TOKEN, "wrong-admin-token", "api_key="):
+        assert secret not in err.text, secret
+
+
+_TEXT = re.compile(
+    r"INFO proxy\.access: (?P<method>[A-Z]+) (?P<path>\S+) (?P<status>\d+) "
+    r"(?P<duration_ms>[\d.]+)ms id=(?P<request_id>\S+)"
+)
+
+
+def _access(lines: list[str], log_format: str) -> list[dict[str, object]]:
+    """The access entries among stderr's lines, in order, as dicts of their fields."""
+    out: list[dict[str, object]] = []
+    for line in lines:
+        if log_format == "json":
+            entry = json.loads(line)  # every line, not only access lines, must be JSON
+            if entry["logger"] == "proxy.access":
+                assert entry["level"] == "INFO"
+                out.append(entry)
+        elif (match := _TEXT.search(line)) is not None:
+            entry = match.groupdict()
+            out.append(
+                {
+                    **entry,
+                    "status": int(entry["status"]),
+                    "duration_ms": float(entry["duration_ms"]),
+                }
+            )
+    return out

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from proxy.logs import JsonFormatter, RedactingFilter, configure_logging, redact
+from proxy.settings import Settings
+
+KEY = "sk-proj-Zq8vT3blbkFJsecretsecret9876"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"key {KEY} seen", "key sk-*** seen"),
+        (f"Authorization: Bearer {KEY}", "Authorization: Bearer ***"),
+        ("authorization: bearer admin-token-1", "authorization: bearer ***"),
+        ("api-key: 0123456789abcdef0123456789abcdef", "api-key: ***"),
+        ('{"api_key": "azure-secret"}', '{"api_key": "***"}'),
+        ("api-key=abc&x=1", "api-key=***&x=1"),
+        ("task-force and disk-usage are words", "task-force and disk-usage are words"),
+        ("sk-1 is too short to be a key", "sk-1 is too short to be a key"),
+        ("GET /v1/models 200 1.2ms", "GET /v1/models 200 1.2ms"),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def _record(msg: str, *args: object, exc: BaseException | None = None, **extra: object):
+    record = logging.LogRecord("proxy.test", logging.WARNING, __file__, 1, msg, args, None)
+    if exc is not None:
+        record.exc_info = (type(exc), exc, exc.__traceback__)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_the_filter_masks_arguments_tracebacks_and_extra_fields() -> None:
+    try:
+        raise RuntimeError(f"upstream said: invalid key {KEY}")
+    except RuntimeError as exc:
+        record = _record("failed for %s", f"Bearer {KEY}", exc=exc, path=f"/v1/x/{KEY}")
+    assert RedactingFilter().filter(record) is True
+    for formatter in (logging.Formatter("%(message)s %(path)s"), JsonFormatter()):
+        out = formatter.format(record)
+        assert KEY not in out and KEY[3:] not in out, out
+        assert "RuntimeError" in out and "Bearer ***" in out
+
+
+def test_json_formatter_writes_one_object_with_the_extra_fields() -> None:
+    record = _record("GET %s", "/v1/models", status=200, request_id="ab-1", duration_ms=1.5)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["message"] == "GET /v1/models"
+    assert (entry["status"], entry["request_id"], entry["duration_ms"]) == (200, "ab-1", 1.5)
+    assert (entry["level"], entry["logger"]) == ("WARNING", "proxy.test")
+    assert entry["time"].endswith("+00:00")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_configure_logging_writes_to_stderr_masked_and_is_undone(capsys, fmt: str) -> None:
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    undo = configure_logging(Settings(log_format=fmt, log_level="debug"))
+    try:
+        # A second call replaces the first: one line per record, not two.
+        undo = configure_logging(Settings(log_format=fmt, log_level="debug"))
+        logging.getLogger("proxy.anything").debug("client sent %s", KEY)
+    finally:
+        undo()
+    assert (root.level, root.handlers) == (level, handlers)
+    lines = capsys.readouterr().err.splitlines()
+    [line] = [line for line in lines if "client sent" in line]
+    assert KEY not in line and "sk-***" in line
+    if fmt == "json":
+        assert json.loads(line)["level"] == "DEBUG"
+    else:
+        assert "DEBUG proxy.anything: client sent sk-***" in line
+
+
+def test_configure_logging_honours_the_level(capsys) -> None:
+    undo = configure_logging(Settings(log_level="WARNING"))
+    try:
+        logging.getLogger("proxy.x").info("quiet")
+        logging.getLogger("proxy.x").warning("loud")
+    finally:
+        undo()
+    err = capsys.readouterr().err
+    assert "loud" in err and "quiet" not in err
