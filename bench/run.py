@@ -288,7 +288,11 @@ def main() -> int:
     ap.add_argument("--workers", help="collector_workers settings, e.g. 2,16")
     ap.add_argument("--no-asyncio", action="store_true", help="skip the asyncio-loop targets")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    ap.add_argument("--render", type=Path, help="only judge and print a results JSON again")
     args = ap.parse_args()
+    if args.render:
+        report(json.loads(args.render.read_text()), args.out)
+        return 0
     cfg = dict(QUICK if args.quick else FULL)
     if args.rounds:
         cfg["rounds"] = args.rounds
@@ -357,22 +361,27 @@ def main() -> int:
             fake.stop()
     res["meta"]["loadavg_end"] = os.getloadavg()
     res["meta"]["seconds"] = time.monotonic() - started
+    report(res, args.out)
+    return 0
+
+
+def report(res: dict[str, Any], out: Path) -> None:
+    """Judge, print, and write the JSON and the Markdown table."""
     rows = table.build_rows(res)
     res["rows"] = [r.as_dict() for r in rows]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str))
-    args.out.with_suffix(".md").write_text(table.markdown(rows) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, default=str))
+    out.with_suffix(".md").write_text(table.markdown(rows) + "\n")
     print()
     print(table.text(rows))
     m = res["meta"]
     print(
         f"\n{m['date']}  {m['cores']} cores  Python {m['python']}  {m['seconds']:.0f} s  "
-        f"load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}  -> {args.out}"
+        f"load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}  -> {out}"
     )
     errors = sum(v["errors"] for rounds in res["small"].values() for v in rounds)
     if errors:
         print(f"warning: {errors} failed requests during the small-request rounds")
-    return 0
 
 
 if __name__ == "__main__":

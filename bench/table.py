@@ -103,7 +103,8 @@ def _small_rows(res: dict[str, Any], proxy: str, bare: str, tag: str) -> list[Ro
         rows.append(_row("chat latency p50, 1 conn (ms)", *both(get, "p50_ms"), "{:.3f}"))
     for key, limit in (("p50_ms", 0.3), ("p99_ms", 1.0)):
         _, p, b = both(added, key)
-        r = [x / y for x, y in zip(p, b, strict=True) if y > 0]
+        mp, mb = _med(p), _med(b)
+        r = [mp / mb] if mp is not None and mb and mb > 0 else None  # differences: no per round
         rows.append(
             _row(
                 f"{tag}added latency {key[:3]} (ms)",
