@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.fault.scenario import CI, FULL, run_scenario
+from tests.fault.outcome import CI, FULL
+from tests.fault.scenario import run_scenario
 
 _PG_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 

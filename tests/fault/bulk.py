@@ -1,6 +1,7 @@
 """An upstream for the resource-bound tests, on a real port in the test's loop.
 
-- `GET /v1/bulk?size=N&type=octet|json|sse`: N bytes of that content type, written in 64 KiB
+- `GET /v1/bulk?size=N&type=octet|json|sse|tiny`: N bytes of that content type (tiny: an
+  event stream of 9-byte events), written in 64 KiB
   pieces; each write waits for the transport to drain (aiohttp's StreamResponse.write), so the
   stream's `sent` stops growing when nobody downstream reads: that is the backpressure.
 - `GET /v1/quiet`: an event stream that sends one event and then stays open until the client
@@ -24,6 +25,7 @@ _BODIES = {
     "octet": ("application/octet-stream", bytes(range(256)) * (_PIECE // 256)),
     "json": ("application/json", b"[" + b'"abcdefghijklmno",' * (_PIECE // 18 - 1) + b"0,"),
     "sse": ("text/event-stream", _SSE_EVENT * (_PIECE // len(_SSE_EVENT))),
+    "tiny": ("text/event-stream", b"data: x\n\n" * (_PIECE // 9)),  # 9-byte events
 }
 
 

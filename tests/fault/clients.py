@@ -77,10 +77,6 @@ class Tally:
     keys: dict[str, str] = field(default_factory=dict)  # run id -> key
 
 
-class _Killed(Exception):
-    """The replica was killed under the call: do it again elsewhere."""
-
-
 class Client:
     def __init__(self, key: str, replicas: list[Replica], tally: Tally, rng: random.Random):
         self.key = key
@@ -118,16 +114,17 @@ class Client:
 
     async def call(
         self, fn: Callable[[openai.AsyncOpenAI], Awaitable[T]], home: int | None = None
-    ) -> tuple[T, Replica]:
+    ) -> tuple[T, tuple[str, int]]:
         """fn(sdk) on the home replica (or another one while it is down); again on another
-        replica when the one it ran on was killed under it."""
+        replica when the one it ran on was killed under it. Returns fn's result and the
+        (replica, incarnation) that answered."""
         for _ in range(20):
             replica = await self._pick(home)
             epoch = replica.epoch
             self._tally.requests += 1
             self._tally.in_flight[replica.name] += 1
             try:
-                return await fn(self._sdk(replica)), replica
+                return await fn(self._sdk(replica)), (replica.name, epoch)
             except Exception as exc:
                 if replica.epoch != epoch or not replica.up:
                     self._tally.killed_failures += 1
@@ -139,9 +136,9 @@ class Client:
                 self._tally.in_flight[replica.name] -= 1
         raise AssertionError("no replica answered in 20 tries")
 
-    def _sighted(self, run: Any, replica: Replica) -> None:
+    def _sighted(self, run: Any, via: tuple[str, int]) -> None:
         if run.status in TERMINAL:
-            self._tally.sightings[run.id].add((replica.name, replica.epoch))
+            self._tally.sightings[run.id].add(via)
             self._tally.threads[run.id] = run.thread_id
             self._tally.sighted_at[run.id] = time.monotonic()
             self._tally.keys[run.id] = self.key
@@ -190,13 +187,32 @@ class Client:
         self._tally.runs_done += 1
         return run.id
 
+    async def interrupted_chat(self, home: int, streaming: asyncio.Event) -> None:
+        """A chat stream through replica `home` that the upstream keeps open after two chunks
+        (`streaming` is set then): in flight when that replica is killed. It is then done again,
+        to its end, on another replica."""
+        attempts = 0
+
+        async def chat(c: openai.AsyncOpenAI) -> None:
+            nonlocal attempts
+            attempts += 1
+            plan = {"metadata": {"fake_hang_after": "2"}} if attempts == 1 else {}
+            stream = await c.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+                **plan,
+            )  # fmt: skip
+            async for _ in stream:
+                streaming.set()
+
+        await self.call(chat, home)
+
     async def poll(self, thread_id: str, run_id: str, home: int | None) -> Any:
         for _ in range(2000):
-            run, replica = await self.call(
+            run, via = await self.call(
                 lambda c: c.beta.threads.runs.retrieve(run_id, thread_id=thread_id), home
             )
             if run.status in TERMINAL:
-                self._sighted(run, replica)
+                self._sighted(run, via)
                 return run
             await asyncio.sleep(_POLL_PACE)
         raise AssertionError(f"run {run_id} never finished")
@@ -208,7 +224,7 @@ class Client:
             self._tally.requests += 1
             self._tally.in_flight[replica.name] += 1
             try:
-                return await self._stream_once(replica, thread_id, assistant)
+                return await self._stream_once(replica, thread_id, assistant, epoch)
             except Exception as exc:
                 if replica.epoch == epoch and replica.up:
                     self._tally.failures.append(f"{replica.name}: {type(exc).__name__}: {exc}")
@@ -222,7 +238,9 @@ class Client:
                 return await self.poll(thread_id, page.data[0].id, None)
         raise AssertionError("no stream completed in 20 tries")
 
-    async def _stream_once(self, replica: Replica, thread_id: str, assistant: str) -> Any:
+    async def _stream_once(
+        self, replica: Replica, thread_id: str, assistant: str, epoch: int
+    ) -> Any:
         sdk = self._sdk(replica)
         events = await sdk.beta.threads.runs.create(
             thread_id=thread_id, assistant_id=assistant, stream=True
@@ -234,5 +252,5 @@ class Client:
                 final = data
         if final is None:
             raise AssertionError("the stream ended without a terminal run")
-        self._sighted(final, replica)
+        self._sighted(final, (replica.name, epoch))
         return final

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
@@ -39,6 +38,7 @@ __all__ = [
     "free_port",
     "read_engine",
     "rss_bytes",
+    "settled_rss",
     "wait_until",
 ]
 
@@ -86,6 +86,22 @@ def rss_bytes(pid: int) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def settled_rss(pid: int, *, window: float = 1.0, timeout: float = 30.0) -> int:
+    """The process's RSS once it has stayed within 1 MiB for `window` seconds: a baseline taken
+    after start-up work (the proxy loads its tokenizers in the background) has ended."""
+    samples: list[tuple[float, int]] = []
+
+    def steady() -> int | None:
+        now = time.monotonic()
+        samples.append((now, rss_bytes(pid)))
+        recent = [rss for at, rss in samples if at >= now - window]
+        if samples[0][0] <= now - window and max(recent) - min(recent) <= MiB:
+            return recent[-1]
+        return None
+
+    return await wait_until(steady, timeout, interval=0.1, what="a steady RSS")
 
 
 _CLI = [sys.executable, "-m", "proxy"]
@@ -306,11 +322,6 @@ class SqliteLock:
 def read_engine(url: str) -> AsyncEngine:
     """An engine for the harness's own reads (no pool: nothing outlives a check)."""
     return make_engine(url, poolclass=NullPool)
-
-
-async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
-    async with engine.connect() as conn:
-        return (await conn.execute(text(sql), params)).scalar()
 
 
 # --- the ledger ------------------------------------------------------------------------------

@@ -38,8 +38,9 @@ def _hint(secret: str) -> str:
 
 
 def find_leaks(texts: Mapping[str, str], secrets: Iterable[str]) -> list[Leak]:
-    """Every place in `texts` (name -> text) where a WINDOW-long run of a secret's secret part
-    appears (secrets shorter than WINDOW are searched whole)."""
+    """One Leak per line of `texts` (name -> text) and secret whose secret part has a
+    WINDOW-long run in that line (secrets shorter than WINDOW are searched whole). The line
+    is reported with every match masked."""
     windows: dict[str, str] = {}
     for secret in secrets:
         part = secret_part(secret)
@@ -53,12 +54,12 @@ def find_leaks(texts: Mapping[str, str], secrets: Iterable[str]) -> list[Leak]:
     pattern = re.compile("|".join(re.escape(w) for w in sorted(windows, key=len, reverse=True)))
     leaks = []
     for where, body in texts.items():
-        for match in pattern.finditer(body):
-            start = body.rfind("\n", 0, match.start()) + 1
-            end = body.find("\n", match.end())
-            line = body[start : end if end >= 0 else len(body)]
-            masked = line.replace(match.group(0), "<" + "*" * WINDOW + ">")
-            leaks.append(Leak(where, _hint(windows[match.group(0)]), masked[:300]))
+        if not pattern.search(body):
+            continue
+        for line in body.splitlines():
+            found = {windows[m.group(0)] for m in pattern.finditer(line)}
+            masked = pattern.sub("<" + "*" * WINDOW + ">", line)[:300]
+            leaks += [Leak(where, _hint(secret), masked) for secret in sorted(found)]
     return leaks
 
 

@@ -6,8 +6,8 @@ Timeline (fractions of `size.duration`, over which runs are started at a steady 
 - 0.15: the database becomes unreachable for `size.outage` seconds (relay paused, or an
   exclusive lock held on the SQLite file); the proof that writes really fail is kept;
 - then, once both replicas have written their in-memory backlog, at 0.55 or later: replica "a"
-  is killed with SIGKILL while it holds claimed collection jobs, and restarted `size.down`
-  seconds later on the same port;
+  is killed with SIGKILL at a moment it holds claimed collection jobs and has client requests
+  in flight, and restarted `size.down` seconds later on the same port;
 - after the last run, collection must catch up within `size.settle` seconds.
 
 A run whose only terminal sightings went through the killed process, and that had neither a job
@@ -21,12 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import string
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -48,114 +45,14 @@ from tests.fault.harness import (
     read_engine,
     wait_until,
 )
-from tests.fault.leaks import Leak, dump_tables, find_leaks
+from tests.fault.leaks import dump_tables, find_leaks
+from tests.fault.outcome import Outcome, Size, make_keys
 
-__all__ = [
-    "ADMIN_TOKEN",
-    "CI",
-    "FULL",
-    "KEY_SECRET",
-    "Outcome",
-    "Scenario",
-    "Size",
-    "make_keys",
-    "pg_schema",
-    "run_scenario",
-]
+__all__ = ["ADMIN_TOKEN", "KEY_SECRET", "Scenario", "pg_schema", "run_scenario"]
 
 KEY_SECRET = "fault-suite-hmac-secret"
 ADMIN_TOKEN = "fault-suite-admin-token-0123456789"
 _DB_FAILURE_LOGS = ("database write failed", "cannot reach the database", "recording run")
-
-
-@dataclass(frozen=True)
-class Size:
-    name: str
-    runs: int
-    clients: int
-    duration: float
-    outage: float
-    down: float
-    settle: float
-    # SQLite writers wait busy_timeout (5 s) before they fail, so its lock is held this much
-    # longer than the outage; PostgreSQL refuses connections at once.
-    sqlite_extra: float = 3.0
-    rate_429: float = 0.08
-    rate_500: float = 0.05
-    rate_drop: float = 0.03
-    latency: float = 0.03
-
-
-CI = Size("ci", runs=60, clients=8, duration=12.0, outage=5.0, down=1.0, settle=45.0)
-FULL = Size(
-    "full",
-    runs=1000,
-    clients=40,
-    duration=90.0,
-    outage=30.0,
-    down=5.0,
-    settle=240.0,
-    sqlite_extra=5.0,
-)
-
-
-def make_keys(n: int, seed: int = 7) -> list[str]:
-    """Project-style keys whose secret part shares no 8-character run with hex text (rows carry
-    hex fingerprints), so a leak check cannot match by chance."""
-    rng = random.Random(seed)
-    alphabet = "".join(c for c in string.ascii_letters if c.lower() not in "abcdef")
-    return ["sk-proj-" + "".join(rng.choices(alphabet, k=40)) for _ in range(n)]
-
-
-@dataclass
-class Outcome:
-    backend: str
-    size: Size
-    ledger: LedgerResult
-    tally: Tally
-    elapsed: float
-    outage_proof: str
-    db_failure_logs: int
-    killed_holding: int
-    lost_with_process: int
-    restart_seconds: float
-    injected: Counter[str]
-    fetches: int
-    misattributed: list[str]
-    wrong_tokens: list[str]
-    leaks: list[Leak] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        t = self.tally
-        inj = self.injected
-        return [
-            f"[{self.backend}, {self.size.name}] {self.ledger.line()}",
-            f"client requests: {t.requests} made, {len(t.failures)} failed because of "
-            f"accounting, {t.killed_failures} failed on the killed replica (done again on "
-            f"the other)",
-            f"faults: database unreachable {self.size_outage():g} s ({self.outage_proof}; "
-            f"{self.db_failure_logs} failed-write log lines); SIGKILL of replica a holding "
-            f"{self.killed_holding} claimed job(s), back in {self.restart_seconds:.1f} s; "
-            f"{self.lost_with_process} run(s) lost with the killed process and polled again; "
-            f"upstream 429 x{inj['429']}, 500 x{inj['500']}, dropped x{inj['drop']} of "
-            f"{self.fetches} steps/messages fetches",
-            f"rows: {len(self.misattributed)} billed to the wrong team, "
-            f"{len(self.wrong_tokens)} with wrong tokens; {len(self.leaks)} key leaks in "
-            f"tables and logs; {self.elapsed:.1f} s",
-        ]
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.ledger.ok
-            and not self.tally.failures
-            and not self.misattributed
-            and not self.wrong_tokens
-            and not self.leaks
-        )
-
-    def size_outage(self) -> float:
-        return self.size.outage + (self.size.sqlite_extra if self.backend == "sqlite" else 0.0)
 
 
 class Scenario:
@@ -173,13 +70,14 @@ class Scenario:
         self.relay: TcpRelay | None = None
         self.replicas: list[Replica] = []
         self._engine = read_engine(db_url)
+        self._killed: tuple[str, int] = ("", -1)  # the killed incarnation: (name, epoch)
+        self._killed_at = 0.0
 
     # --- set-up ----------------------------------------------------------------------------
     async def _start(self) -> None:
-        f = self.fake.faults
-        f.rate_429, f.rate_500, f.rate_drop = self.size.rate_429, self.size.rate_500, 0.0
-        f.rate_drop, f.latency, f.retry_after = self.size.rate_drop, self.size.latency, "0.2"
-        f.rng = random.Random(self.rng.random())
+        f, size = self.fake.faults, self.size
+        f.rate_429, f.rate_500, f.rate_drop = size.rate_429, size.rate_500, size.rate_drop
+        f.latency, f.retry_after, f.rng = size.latency, "0.2", random.Random(self.rng.random())
         await self.fake.start()
         proxy_url = self.db_url
         if self.backend == "postgres":
@@ -252,7 +150,7 @@ class Scenario:
         queue: asyncio.Queue[RunSpec | None] = asyncio.Queue()
         t0 = time.monotonic()
         workers = [asyncio.create_task(self._work(c, queue)) for c in clients]
-        faults = asyncio.create_task(self._faults(t0))
+        faults = asyncio.create_task(self._faults(t0, clients[0]))
         specs = self._specs()
         interval = self.size.duration / len(specs)
         for i, spec in enumerate(specs):
@@ -293,7 +191,7 @@ class Scenario:
             except Exception as exc:  # already counted by the client; the others go on
                 self.tally.aborted.append(f"{spec}: {type(exc).__name__}: {exc}")
 
-    async def _faults(self, t0: float) -> tuple[str, int, int, float]:
+    async def _faults(self, t0: float, client: Client) -> tuple[str, int, int, float]:
         await asyncio.sleep(max(0.0, t0 + 0.15 * self.size.duration - time.monotonic()))
         proof = await self._outage()
         db_logs = sum(
@@ -301,7 +199,7 @@ class Scenario:
         )
         await wait_until(self._backlogs_empty, 60, interval=0.1, what="backlogs written")
         await asyncio.sleep(max(0.0, t0 + 0.55 * self.size.duration - time.monotonic()))
-        holding, restart = await self._kill_and_restart(self.replicas[0])
+        holding, restart = await self._kill_and_restart(self.replicas[0], client)
         return proof, db_logs, holding, restart
 
     async def _outage(self) -> str:
@@ -353,9 +251,13 @@ class Scenario:
             )
             return int(result.scalar() or 0)
 
-    async def _kill_and_restart(self, victim: Replica) -> tuple[int, float]:
+    async def _kill_and_restart(self, victim: Replica, client: Client) -> tuple[int, float]:
         # In the middle of collection: the victim holds claimed jobs when it dies, and client
-        # requests are in flight to it.
+        # requests are in flight to it (at least a chat stream that stays open).
+        streaming = asyncio.Event()
+        chat = asyncio.create_task(client.interrupted_chat(self.replicas.index(victim), streaming))
+        await wait_until(streaming.is_set, 10, interval=0.01, what="a chat stream in flight")
+
         async def busy() -> int:
             if not self.tally.in_flight[victim.name]:
                 return 0
@@ -370,6 +272,7 @@ class Scenario:
         await asyncio.sleep(self.size.down)  # the replica stays down this long
         await victim.proc.start()
         victim.up = True
+        await chat  # done again on the other replica
         return holding, time.monotonic() - killed
 
     async def _runs_lost_with(self, name: str, epoch: int) -> list[str]:
@@ -389,14 +292,13 @@ class Scenario:
             )
         return [run for run in only_there if run not in known]
 
-    async def _repoll_lost(self, clients: dict[str, Client]) -> int:
+    async def _repoll_lost(self, clients: dict[str, Client]) -> list[float]:
         """After the workload: poll again, with their own keys, the runs lost with the killed
         process (see the module docstring)."""
         lost = await self._runs_lost_with(*self._killed)
-        self.lost_before_kill = [self._killed_at - self.tally.sighted_at[run] for run in lost]
         for run in lost:
             await clients[self.tally.keys[run]].poll(self.tally.threads[run], run, None)
-        return len(lost)
+        return [self._killed_at - self.tally.sighted_at[run] for run in lost]
 
     async def _recorded(self) -> list[str]:
         async with self._engine.connect() as conn:

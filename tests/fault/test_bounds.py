@@ -5,7 +5,9 @@ from /proc/PID/status (VmRSS):
   every upstream stream is released when its client goes away;
 - slow clients (a 4 KiB receive buffer, reading 1 byte per second) of 256 MiB bodies, one each
   of octet-stream, JSON and event-stream, grow it by less than 64 MiB: the upstream's writes
-  stall (backpressure) after less than 64 MiB each, instead of the proxy buffering the body.
+  stall (backpressure) after less than 64 MiB each, instead of the proxy buffering the body;
+- the copy of an event stream kept for observers stays near its cap (max_observed_body) also
+  when the stream is made of many small events.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ import pytest
 
 from proxy.db.migrate import upgrade
 from tests.fault.bulk import BulkUpstream
-from tests.fault.harness import MiB, ProxyProcess, fd_count, rss_bytes, wait_until
+from tests.fault.harness import (
+    MiB,
+    ProxyProcess,
+    fd_count,
+    rss_bytes,
+    settled_rss,
+    wait_until,
+)
 
 KEY = "sk-proj-BoundsKeyQRSTUVWXYZghijklmnopqrstuvwxyzGHJK"
 IDLE_STREAMS = 500
@@ -86,7 +95,7 @@ async def test_500_idle_streams_hold_memory_and_are_released(
 ) -> None:
     await _close_all(await _open_idle(proxy.port, 20))  # warm up the code paths
     await wait_until(lambda: bulk.open_quiet == 0, 15, what="warm-up streams released")
-    rss0, fds0 = rss_bytes(proxy.pid), fd_count(proxy.pid)
+    rss0, fds0 = await settled_rss(proxy.pid), fd_count(proxy.pid)
 
     writers = await _open_idle(proxy.port, IDLE_STREAMS)
     await wait_until(lambda: bulk.open_quiet == IDLE_STREAMS, 15, what="all streams upstream")
@@ -129,7 +138,7 @@ async def test_slow_clients_stall_the_upstream_instead_of_filling_memory(
             url = f"{proxy.url}/v1/bulk?size={MiB}&type={kind}"
             async with http.get(url, headers={"Authorization": f"Bearer {KEY}"}) as resp:
                 assert len(await resp.read()) == MiB
-    rss0 = rss_bytes(proxy.pid)
+    rss0 = await settled_rss(proxy.pid)
     bulk.streams.clear()
 
     socks = [await _slow_client(proxy.port, kind) for kind in ("octet", "json", "sse")]
@@ -161,3 +170,51 @@ async def test_slow_clients_stall_the_upstream_instead_of_filling_memory(
                 sock.close()
     # The proxy drops the upstream connection once its client is gone.
     await wait_until(lambda: all(s.ended for s in bulk.streams), 30, what="upstream released")
+
+
+TINY_CAP = 512 * 1024
+TINY_BODY = 4 * MiB  # 466,000 events, each 1 byte of data (under TINY_CAP in all)
+TINY_RSS_BOUND = 16 * MiB
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy/forward.py _SSETap._events: the cap counts only each event's data bytes, "
+    "not the SSEEvent objects kept in exchange.events (~70 bytes each), so small events keep "
+    "~60x max_observed_body in memory",
+)
+async def test_small_events_keep_the_observed_copy_near_its_cap(
+    bulk: BulkUpstream, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+    await upgrade(url)
+    env = {"USAGE_PROXY_KEY_SECRET": "bounds-secret", "USAGE_PROXY_MAX_OBSERVED_BODY": "524288"}
+    proxy = ProxyProcess("tiny", bulk.url, url, tmp_path, env=env)
+    await proxy.start()
+    try:
+        rss0 = await settled_rss(proxy.pid)
+        peak = rss0
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_bytes(proxy.pid))
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"{proxy.url}/v1/bulk?size={TINY_BODY}&type=tiny"
+                async with http.get(url, headers={"Authorization": f"Bearer {KEY}"}) as resp:
+                    assert len(await resp.read()) == TINY_BODY
+            peak = max(peak, await settled_rss(proxy.pid))
+        finally:
+            sampler.cancel()
+    finally:
+        await proxy.stop()
+    growth = peak - rss0
+    print(
+        f"\n{TINY_BODY // MiB} MiB of 9-byte events, observed copy capped at {TINY_CAP // 1024} "
+        f"KiB: proxy RSS +{growth / MiB:.1f} MiB at its peak (bound {TINY_RSS_BOUND // MiB} MiB)"
+    )
+    assert growth < TINY_RSS_BOUND
