@@ -45,6 +45,7 @@ _HOP_BY_HOP = frozenset(
 )
 # Headers aiohttp's server fills in when a response lacks them.
 _DEFAULTED = (hdrs.CONTENT_TYPE, hdrs.SERVER)
+_EVENT_OVERHEAD = 160  # bytes an SSEEvent and its strings cost beyond the data itself
 _NO_COPY_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
 _JSON_TYPES = ("application/json",)
 _ids = itertools.count(1)
@@ -421,7 +422,8 @@ class _SSETap:
             return
         self._since = 0
         for event in events:
-            self._kept += len(event.data)
+            # Charged for its Python objects too, so a stream of tiny events stays in the cap.
+            self._kept += len(event.data) + len(event.event) + _EVENT_OVERHEAD
             if self._kept <= self._limit:
                 exchange.events.append(event)
             else:

@@ -177,12 +177,6 @@ TINY_BODY = 4 * MiB  # 466,000 events, each 1 byte of data (under TINY_CAP in al
 TINY_RSS_BOUND = 16 * MiB
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/forward.py _SSETap._events: the cap counts only each event's data bytes, "
-    "not the SSEEvent objects kept in exchange.events (~70 bytes each), so small events keep "
-    "~60x max_observed_body in memory",
-)
 async def test_small_events_keep_the_observed_copy_near_its_cap(
     bulk: BulkUpstream, tmp_path: Path
 ) -> None:
