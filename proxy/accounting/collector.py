@@ -157,8 +157,11 @@ class RunCollector:
             except Exception:
                 _log.exception("collector loop failed; retrying")
             if delay > 0:
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives
+                # as the wake-up does, and stop() would then wait for this loop forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
             self._wake.clear()
 
     def _done(self, task: asyncio.Task[None]) -> None:

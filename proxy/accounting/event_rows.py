@@ -161,7 +161,8 @@ def response_row(
     unnamed = any(
         i.get("type") == "code_interpreter_call" and not _str(i.get("container_id")) for i in items
     )
-    sessions = len(response_containers(response) - set(known_containers)) + unnamed
+    new = [c for c in response_containers(response) if c not in known_containers]
+    sessions = len(new) + unnamed
     when = (
         to_datetime(response.get("completed_at")) or to_datetime(response.get("created_at")) or now
     )

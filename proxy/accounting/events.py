@@ -66,11 +66,11 @@ _QUOTED_TERMINALS = tuple(f'"{name}"' for name in TERMINAL_RESPONSE_EVENTS)
 
 
 class EventObserver:
-    """Records responses, chat completions and embeddings through `accounting`."""
+    """Records responses, chat completions and embeddings through `accounting` (attribution,
+    prices, metrics and the database writes, which it keeps while the database is down)."""
 
     def __init__(self, accounting: Accounting, *, seen_capacity: int = 100_000) -> None:
         self.accounting = accounting
-        self._acc = accounting
         self._capacity = seen_capacity
         # Keyed weakly: should an exchange's end be dropped (a full dispatcher queue), its
         # stream goes with the exchange instead of staying here.
@@ -115,13 +115,15 @@ class EventObserver:
         elif exchange.method != "POST" or not isinstance(body, dict):
             return  # a GET of a stored chat completion was billed when it was created
         elif is_chat_completion(body):
-            who = await self._acc.attribute(exchange.request_headers)
+            who = await self.accounting.attribute(exchange.request_headers)
             oid = body.get("id") if isinstance(body.get("id"), str) else _request_id(exchange)
-            await self._record(chat_row(body, who, self._acc.prices, _now(), object_id=oid))
+            await self._record(chat_row(body, who, self.accounting.prices, _now(), object_id=oid))
         elif is_embedding_list(body):
-            who = await self._acc.attribute(exchange.request_headers)
+            who = await self.accounting.attribute(exchange.request_headers)
             oid = _request_id(exchange)
-            await self._record(embedding_row(body, who, self._acc.prices, _now(), object_id=oid))
+            await self._record(
+                embedding_row(body, who, self.accounting.prices, _now(), object_id=oid)
+            )
 
     async def on_error(self, exchange: Exchange) -> None:
         stream = self._streams.pop(exchange, None)
@@ -135,12 +137,12 @@ class EventObserver:
         rid = response["id"]
         if rid in self._seen:
             return
-        who = await self._acc.attribute(exchange.request_headers)
+        who = await self.accounting.attribute(exchange.request_headers)
         request = exchange.request_json() if exchange.method == "POST" else None
         row = response_row(
             response,
             who,
-            self._acc.prices,
+            self.accounting.prices,
             _now(),
             request=request if isinstance(request, dict) else None,
             known_containers=self._containers.keys(),
@@ -164,15 +166,21 @@ class EventObserver:
             except AccountingError:
                 # The row is still written, with usage_source "none", so the event is counted.
                 _log.exception("cannot estimate chat completion %s", stream.id)
-        who = await self._acc.attribute(exchange.request_headers)
+        who = await self.accounting.attribute(exchange.request_headers)
         oid = stream.id or _request_id(exchange)
         row = chat_stream_row(
-            stream, who, self._acc.prices, _now(), object_id=oid, estimate=estimate, model=model
+            stream,
+            who,
+            self.accounting.prices,
+            _now(),
+            object_id=oid,
+            estimate=estimate,
+            model=model,
         )
         await self._record(row)
 
     async def _record(self, row: records.UsageRow) -> None:
-        acc = self._acc
+        acc = self.accounting
 
         async def insert() -> None:
             if await records.record_usage(acc.sessionmaker(), row):
@@ -184,8 +192,8 @@ class EventObserver:
         await acc.write(insert)
 
     async def _api_error(self, exchange: Exchange, status: int) -> None:
-        who = await self._acc.attribute(exchange.request_headers)
-        self._acc.metrics.api_error(who.team, status)
+        who = await self.accounting.attribute(exchange.request_headers)
+        self.accounting.metrics.api_error(who.team, status)
 
     def _remember(self, seen: OrderedDict[str, None], key: str) -> None:
         seen[key] = None
