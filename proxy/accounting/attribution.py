@@ -14,7 +14,7 @@ _MAX_LABEL = 128
 class Attribution:
     key_fingerprint: str | None
     key_hint: str | None
-    team: str
+    team: str | None  # None: not known yet (database down); resolved when written
     tag: str | None
     project: str | None
     organization: str | None

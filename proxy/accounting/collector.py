@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.attribution import Attribution
@@ -37,6 +36,7 @@ from proxy.accounting.rows import run_row
 from proxy.accounting.tokenizer import counter_for_model
 from proxy.db import jobs, records
 from proxy.db.engine import reading
+from proxy.db.errors import DB_ERRORS, is_unavailable
 from proxy.db.models import UsageRecord, utcnow
 from proxy.errors import FetchError
 from proxy.keys import CredentialStore
@@ -46,7 +46,6 @@ __all__ = ["DB_ERRORS", "RunCollector"]
 
 _log = logging.getLogger("proxy.accounting.collector")
 
-DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, TimeoutError)
 _KIND = "assistants.run"
 _SCOPE_HEADERS = ("openai-project", "openai-organization")
 _STOP_TIMEOUT = 10.0
@@ -184,9 +183,15 @@ class RunCollector:
         except asyncio.CancelledError:
             raise  # stop() gives the job back
         except DB_ERRORS as exc:
-            # The job stays claimed until its lease ends, then any replica takes it again.
-            self._metrics.collection_failures.labels(reason="database").inc()
-            _log.warning("recording run %s failed: %s", job.run_id, type(exc).__name__)
+            if is_unavailable(exc):
+                # The job stays claimed until its lease ends, then any replica takes it again.
+                self._metrics.collection_failures.labels(reason="database").inc()
+                _log.warning("recording run %s failed: %s", job.run_id, type(exc).__name__)
+            else:
+                # Refused, not unreachable: retrying at once cannot help, so back off and log.
+                self._metrics.collection_failures.labels(reason="database_refused").inc()
+                _log.error("the database refused run %s: %s", job.run_id, type(exc).__name__)
+                await self._retry(job, f"database refused the row: {type(exc).__name__}", None)
         except Exception as exc:
             self._metrics.collection_failures.labels(reason="internal").inc()
             _log.exception("collecting run %s failed", job.run_id)
@@ -251,13 +256,14 @@ class RunCollector:
     async def _record(
         self, job: jobs.ClaimedJob, run: dict[str, Any], estimate: RunEstimate | None
     ) -> None:
+        team = job.team
+        if team is None:
+            # Not known when the run was seen (database down then): the mapping decides now.
+            team = await self._db(
+                records.team_for(self._sm(), fingerprint=job.key_fingerprint, project=job.project)
+            )
         who = Attribution(
-            job.key_fingerprint,
-            job.key_hint,
-            job.team or records.UNASSIGNED,
-            job.tag,
-            job.project,
-            job.organization,
+            job.key_fingerprint, job.key_hint, team, job.tag, job.project, job.organization
         )
         built = run_row(run, who, estimate, self._prices, utcnow())
         inserted = await self._db(

@@ -183,6 +183,8 @@ class EventObserver:
         acc = self.accounting
 
         async def insert() -> None:
+            nonlocal row
+            row = await acc.resolve_team(row)
             if await records.record_usage(acc.sessionmaker(), row):
                 acc.metrics.events_recorded.labels(kind=row.kind).inc()
                 acc.metrics.usage(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -19,7 +20,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.collector import DB_ERRORS, RunCollector
+from proxy.accounting.collector import RunCollector
 from proxy.accounting.estimate import EstimateConstants
 from proxy.accounting.events import EventObserver
 from proxy.accounting.fetch import RunFetcher
@@ -28,6 +29,7 @@ from proxy.accounting.runs import RunObserver, RunSighting
 from proxy.accounting.tokenizer import warm_up
 from proxy.db import jobs, records
 from proxy.db.engine import make_engine, make_sessionmaker, ping
+from proxy.db.errors import DB_ERRORS, is_unavailable
 from proxy.errors import ConfigError
 from proxy.forward import Forwarder
 from proxy.keys import CredentialStore, extract_key, fingerprint, hint
@@ -185,7 +187,7 @@ class Accounting:
             organization=Attribution.header(headers, "OpenAI-Organization"),
         )
 
-    async def _team(self, fp: str | None, project: str | None) -> str:
+    async def _team(self, fp: str | None, project: str | None) -> str | None:
         cached = self._teams.get((fp, project))
         now = time.monotonic()
         if cached is not None and cached[1] > now:
@@ -193,8 +195,9 @@ class Accounting:
         try:
             team = await records.team_for(self.sessionmaker(), fingerprint=fp, project=project)
         except DB_ERRORS:
-            # Database down: bill to the last known team, else "unassigned", and move on.
-            return cached[0] if cached else records.UNASSIGNED
+            # Database down: the last known team, else None, which the write resolves later
+            # (billing to "unassigned" for good would move money between teams).
+            return cached[0] if cached else None
         if len(self._teams) > _FP_CACHE:
             self._teams.clear()
         self._teams[(fp, project)] = (team, now + _TEAM_TTL)
@@ -231,8 +234,26 @@ class Accounting:
         try:
             await op()
         except DB_ERRORS as exc:
+            if not is_unavailable(exc):
+                self._refused(exc)
+                return
             _log.warning("database write failed (%s); kept in memory", type(exc).__name__)
             self._keep(op)
+
+    def _refused(self, exc: BaseException) -> None:
+        # The database answered and said no (bad data, constraint): keeping the write would
+        # block every later one behind it, and retrying it can never succeed.
+        self.metrics.collection_failures.labels(reason="database_refused").inc()
+        _log.error("the database refused a usage write, which is dropped: %s", type(exc).__name__)
+
+    async def resolve_team(self, row: records.UsageRow) -> records.UsageRow:
+        """The row with its team looked up now, if it could not be when the request was seen."""
+        if row.team is not None:
+            return row
+        team = await records.team_for(
+            self.sessionmaker(), fingerprint=row.key_fingerprint, project=row.project
+        )
+        return dataclasses.replace(row, team=team)
 
     def _keep(self, op: Callable[[], Awaitable[object]]) -> None:
         if len(self._backlog) >= _BACKLOG_LIMIT:
@@ -244,6 +265,11 @@ class Accounting:
 
     async def _flush_backlog(self) -> None:
         while self._backlog:
-            await self._backlog[0]()  # raises while the database is still down
+            try:
+                await self._backlog[0]()
+            except DB_ERRORS as exc:
+                if is_unavailable(exc):
+                    raise  # still down: keep everything, in order
+                self._refused(exc)
             self._backlog.popleft()
             self.metrics.backlog.set(len(self._backlog))

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -75,6 +76,13 @@ class UsageRow:
     cost_usd: Decimal = Decimal(0)
 
 
+_LENGTHS = {
+    c.name: c.type.length
+    for c in UsageRecord.__table__.columns
+    if isinstance(getattr(c.type, "length", None), int)
+}
+
+
 class _Duplicate(Exception):
     """Raised inside the transaction to roll it back: the row was recorded before."""
 
@@ -122,7 +130,7 @@ async def record_usage(
             cost = row.cost_usd
             if session_price is not None:
                 cost += sessions * session_price
-            values = dataclasses.asdict(row) | {
+            values = _clipped(dataclasses.asdict(row)) | {
                 "code_interpreter_sessions": sessions,
                 "cost_usd": cost,
                 "recorded_at": now,
@@ -144,6 +152,16 @@ async def record_usage(
     except _Duplicate:
         return False
     return True
+
+
+def _clipped(values: dict[str, Any]) -> dict[str, Any]:
+    """Strings cut to their column's length: a client's 200-character model name must cost
+    the name's tail, not the row (PostgreSQL refuses an over-long value)."""
+    for name, length in _LENGTHS.items():
+        value = values.get(name)
+        if isinstance(value, str) and len(value) > length:
+            values[name] = value[:length]
+    return values
 
 
 async def _lock_thread(
