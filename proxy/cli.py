@@ -42,7 +42,19 @@ _log = logging.getLogger("proxy.cli")
 # PostgreSQL container to initialise its data directory on first start.
 DB_WAIT = 120.0
 _LOCAL_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-_GROUP_FIELDS = ("team", "assistant", "model", "key", "project", "kind", "tag", "day", "month")
+_GROUP_FIELDS = (
+    "team",
+    "assistant",
+    "conversation",
+    "prompt",
+    "model",
+    "key",
+    "project",
+    "kind",
+    "tag",
+    "day",
+    "month",
+)
 
 
 class _UsageError(Exception):

@@ -26,6 +26,9 @@ EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in _U.__table__.columns if c
 GROUP_FIELDS: dict[str, tuple[str, ...]] = {
     "team": ("team",),
     "assistant": ("assistant_id",),
+    # The Responses API's counterparts of a thread's assistant: a conversation, a stored prompt.
+    "conversation": ("conversation_id",),
+    "prompt": ("prompt_id",),
     "model": ("model",),
     "key": ("key_fingerprint", "key_hint"),
     "project": ("project",),

@@ -142,3 +142,36 @@ async def test_an_empty_selection_has_zero_totals_and_no_groups(sm):
 async def test_unknown_group_field(sm):
     with pytest.raises(ValueError, match="unknown group-by field 'colour'"):
         await queries.usage_groups(sm, ["team", "colour"])
+
+
+async def test_responses_group_by_conversation_and_prompt(sm):
+    for object_id, conversation, prompt in [
+        ("resp_1", "conv_a", "pmpt_x"),
+        ("resp_2", "conv_a", "pmpt_y"),
+        ("resp_3", "conv_b", "pmpt_x"),
+        ("resp_4", None, None),
+    ]:
+        row = UsageRow(
+            kind="response",
+            object_id=object_id,
+            occurred_at=when(2026, 11, 2),
+            usage_source="reported",
+            conversation_id=conversation,
+            prompt_id=prompt,
+            prompt_tokens=10,
+            completion_tokens=1,
+            total_tokens=11,
+        )
+        assert await record_usage(sm, row)
+    by_conversation = await queries.usage_groups(sm, ["conversation"])
+    assert {(g["conversation_id"], g["events"]) for g in by_conversation} == {
+        ("conv_a", 2),
+        ("conv_b", 1),
+        (None, 1),
+    }
+    by_prompt = await queries.usage_groups(sm, ["prompt"])
+    assert {(g["prompt_id"], g["total_tokens"]) for g in by_prompt} == {
+        ("pmpt_x", 22),
+        ("pmpt_y", 11),
+        (None, 11),
+    }
