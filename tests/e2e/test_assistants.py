@@ -46,6 +46,7 @@ AZURE_VERSION = "2024-05-01-preview"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 StartProxy = Callable[..., Awaitable[RunningProxy]]
+Outage = Callable[[], Awaitable[None]]
 SM = async_sessionmaker[AsyncSession]
 
 
@@ -583,16 +584,16 @@ class _Relay:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         return self._server.sockets[0].getsockname()[1]
 
-    def cut(self) -> None:
+    async def cut(self) -> None:
         self._up = False
         for writer in list(self._open):
             writer.transport.abort()
 
-    def restore(self) -> None:
+    async def restore(self) -> None:
         self._up = True
 
     async def close(self) -> None:
-        self.cut()
+        await self.cut()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -625,9 +626,10 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @contextlib.asynccontextmanager
-async def _outage(db_url: str) -> AsyncIterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+async def _outage(db_url: str) -> AsyncIterator[tuple[str, Outage, Outage]]:
     """(the URL the proxy should use, cut, restore). PostgreSQL: a relay the test controls.
-    SQLite: another connection holding the write lock (writes fail after busy_timeout)."""
+    SQLite: another connection holding the write lock (writes fail after busy_timeout); taken
+    on a thread, since the proxy on this loop may have to finish a transaction first."""
     url = make_url(db_url)
     if url.get_backend_name() == "postgresql":
         relay = _Relay(url.host or "127.0.0.1", url.port or 5432)
@@ -637,12 +639,16 @@ async def _outage(db_url: str) -> AsyncIterator[tuple[str, Callable[[], None], C
         finally:
             await relay.close()
         return
-    lock = sqlite3.connect(url.database, isolation_level=None)
+    lock = sqlite3.connect(url.database, isolation_level=None, check_same_thread=False)
+
+    async def run(sql: str) -> None:
+        await asyncio.to_thread(lock.execute, sql)
+
     try:
-        yield db_url, lambda: lock.execute("BEGIN EXCLUSIVE"), lambda: lock.execute("ROLLBACK")
+        yield db_url, lambda: run("BEGIN EXCLUSIVE"), lambda: run("ROLLBACK")
     finally:
         if lock.in_transaction:
-            lock.execute("ROLLBACK")
+            await run("ROLLBACK")
         lock.close()
 
 
@@ -654,7 +660,7 @@ async def test_database_outage_keeps_proxying_and_loses_nothing(
         proxy = await start_proxy(settings_for(upstream, url))
         async with client_for(proxy, KEY) as client:
             run = await start_run(client, usage="no")
-            cut()
+            await cut()
             polled = await client.beta.threads.runs.poll(run.id, thread_id=run.thread_id)
             assert polled.status == "completed"
             assert (await client.models.list()).data[0].id == "gpt-4o"
@@ -668,7 +674,7 @@ async def test_database_outage_keeps_proxying_and_loses_nothing(
             # Traffic still flows while the database is down.
             await client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id)
             assert await usage_rows(sm, run.id) == []
-            restore()
+            await restore()
             row = await one_row(sm, run.id, timeout=20)
     assert row["prompt_tokens"] == fake_estimate(upstream, run.id).prompt_tokens
     assert row["key_hint"] == "sk-...1234"
@@ -764,8 +770,11 @@ async def test_a_run_is_fetched_in_its_own_project(upstream, proxy, sm) -> None:
 
 
 async def test_code_interpreter_sessions_per_thread_hour(upstream, client, sm) -> None:
+    # Each run is recorded before the next starts, so sessions open in call order.
     first = await finished_run(client, usage="no")
+    await one_row(sm, first.id)
     second = await finished_run(client, first.thread_id, usage="no", code_calls="2")
+    await one_row(sm, second.id)
     upstream.advance_clock(3600)
     third = await finished_run(client, first.thread_id, usage="no")
     searched = await finished_run(client, usage="no", code_calls="0", file_search_calls="2")
@@ -783,6 +792,26 @@ async def test_code_interpreter_sessions_per_thread_hour(upstream, client, sm) -
             file_search_calls=row["file_search_calls"],
         )
         assert row["cost_usd"] == cost_of(prices, "gpt-4o", row["occurred_at"], usage).total
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy.db.records._open_sessions: a call earlier than the thread's current session "
+    "opens none, even when it is an hour or more earlier (runs collected out of order)",
+)
+async def test_sessions_of_runs_recorded_out_of_order(upstream, client, sm) -> None:
+    # The first run's collection fails once; the second, an hour later, is recorded first.
+    upstream.faults.fetch_statuses = [500, 500]
+    upstream.faults.retry_after = "0.5"
+    first = await finished_run(client, usage="no")
+    await wait_for(lambda: not upstream.faults.fetch_statuses)
+    upstream.advance_clock(3600)
+    later = await finished_run(client, first.thread_id, usage="no")
+    await one_row(sm, later.id)
+    assert await usage_rows(sm, first.id) == []
+
+    rows = [await one_row(sm, r.id) for r in (first, later)]
+    assert sum(r["code_interpreter_sessions"] for r in rows) == 2
 
 
 # --- secrets ---------------------------------------------------------------------------------
