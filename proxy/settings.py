@@ -48,7 +48,9 @@ class Settings:
         secret=True,
     )
     admin_token: str = _opt(
-        "", "bearer token for /_proxy/usage (unset: the admin endpoints answer 404)", secret=True
+        "",
+        "bearer token for /_proxy/usage and /_proxy/metrics (unset: both answer 404)",
+        secret=True,
     )
     log_format: str = _opt("text", "text or json")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
