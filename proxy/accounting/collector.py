@@ -47,7 +47,8 @@ __all__ = ["DB_ERRORS", "RunCollector"]
 _log = logging.getLogger("proxy.accounting.collector")
 
 _KIND = "assistants.run"
-_SCOPE_HEADERS = ("openai-project", "openai-organization")
+_SCOPE_HEADERS = ("openai-project", "openai-organization", "openai-beta")
+_ASSISTANTS_BETA = "assistants=v2"
 _STOP_TIMEOUT = 10.0
 
 _T = TypeVar("_T")
@@ -291,13 +292,18 @@ class RunCollector:
 
 
 def _scoped(headers: Mapping[str, str], job: jobs.ClaimedJob) -> dict[str, str]:
-    """The key's headers, with the project and organization of the request the run was seen
-    in: the key's latest request may have named another project, where the thread is unknown."""
+    """The key's headers (from its latest request) fitted to this run: the project and
+    organization of the request the run was seen in, since the latest one may have named
+    another project, where the thread is unknown; and the Assistants beta header, which the
+    latest request (say, a chat completion) may not have carried, and without which the API
+    refuses the fetch."""
     scoped = {k: v for k, v in headers.items() if k.lower() not in _SCOPE_HEADERS}
     if job.project:
         scoped["OpenAI-Project"] = job.project
     if job.organization:
         scoped["OpenAI-Organization"] = job.organization
+    beta = next((v for k, v in headers.items() if k.lower() == "openai-beta"), "")
+    scoped["OpenAI-Beta"] = beta if "assistants=" in beta else _ASSISTANTS_BETA
     return scoped
 
 

@@ -4,6 +4,8 @@ collector, with one lifecycle (`context`, an aiohttp cleanup_ctx).
 Writes that fail because the database is down are kept in a bounded in-memory backlog and
 replayed by the collector loop, so a database outage loses nothing short of a restart (after a
 restart, runs are seen again when clients poll them; fail open for traffic either way).
+Usage rows of chat completions, embeddings and responses go through `rows` (a RowWriter),
+which writes them in batches and holds them alike while the database is down.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -25,6 +27,7 @@ from proxy.accounting.estimate import EstimateConstants
 from proxy.accounting.events import EventObserver
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import load_price_table
+from proxy.accounting.row_writer import RowWriter
 from proxy.accounting.runs import RunObserver, RunSighting
 from proxy.accounting.tokenizer import warm_up
 from proxy.db import jobs, records
@@ -62,6 +65,13 @@ class Accounting:
         self._fps: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._teams: dict[tuple[str | None, str | None], tuple[str, float]] = {}
         self._backlog: collections.deque[Callable[[], Awaitable[object]]] = collections.deque()
+        self.rows = RowWriter(
+            self.sessionmaker,
+            self.metrics,
+            resolve_teams=self.resolve_teams,
+            limit=_BACKLOG_LIMIT,
+            on_pending=lambda _: self._show_backlog(),
+        )
         self._forwarder: Forwarder | None = None
         self.collector: RunCollector | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -109,10 +119,13 @@ class Accounting:
         if self._secret is None:
             self._tasks.append(asyncio.create_task(self._load_secret()))
         self.collector.start()
+        self.rows.start()
         try:
             yield
         finally:
             await self.collector.stop()
+            # Before the engine is disposed: everything observed so far is written.
+            await self.rows.stop()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -248,12 +261,25 @@ class Accounting:
 
     async def resolve_team(self, row: records.UsageRow) -> records.UsageRow:
         """The row with its team looked up now, if it could not be when the request was seen."""
-        if row.team is not None:
-            return row
-        team = await records.team_for(
-            self.sessionmaker(), fingerprint=row.key_fingerprint, project=row.project
-        )
-        return dataclasses.replace(row, team=team)
+        [resolved] = await self.resolve_teams([row])
+        return resolved
+
+    async def resolve_teams(self, rows: Sequence[records.UsageRow]) -> list[records.UsageRow]:
+        """`resolve_team` for many rows: one lookup per distinct (fingerprint, project)."""
+        teams: dict[tuple[str | None, str | None], str] = {}
+        out: list[records.UsageRow] = []
+        for row in rows:
+            if row.team is not None:
+                out.append(row)
+                continue
+            who = (row.key_fingerprint, row.project)
+            team = teams.get(who)
+            if team is None:
+                team = teams[who] = await records.team_for(
+                    self.sessionmaker(), fingerprint=who[0], project=who[1]
+                )
+            out.append(dataclasses.replace(row, team=team))
+        return out
 
     def _keep(self, op: Callable[[], Awaitable[object]]) -> None:
         if len(self._backlog) >= _BACKLOG_LIMIT:
@@ -261,7 +287,11 @@ class Accounting:
             _log.error("in-memory backlog full; dropping the oldest write")
             self._backlog.popleft()
         self._backlog.append(op)
-        self.metrics.backlog.set(len(self._backlog))
+        self._show_backlog()
+
+    def _show_backlog(self) -> None:
+        # Usage rows waiting in the writer count too: during an outage they are held alike.
+        self.metrics.backlog.set(len(self._backlog) + self.rows.pending)
 
     async def _flush_backlog(self) -> None:
         while self._backlog:
@@ -272,4 +302,4 @@ class Accounting:
                     raise  # still down: keep everything, in order
                 self._refused(exc)
             self._backlog.popleft()
-            self.metrics.backlog.set(len(self._backlog))
+            self._show_backlog()

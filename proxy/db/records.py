@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import secrets
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -31,6 +32,7 @@ __all__ = [
     "hmac_secret",
     "list_key_teams",
     "list_project_teams",
+    "record_rows",
     "record_usage",
     "remove_key_team",
     "remove_project_team",
@@ -75,6 +77,9 @@ class UsageRow:
     function_calls: int = 0
     cost_usd: Decimal = Decimal(0)
 
+
+_SQLITE_VERSION = sqlite3.sqlite_version_info
+_FIELDS = tuple(f.name for f in dataclasses.fields(UsageRow))
 
 _LENGTHS = {
     c.name: c.type.length
@@ -152,6 +157,47 @@ async def record_usage(
     except _Duplicate:
         return False
     return True
+
+
+async def record_rows(
+    sm: async_sessionmaker[AsyncSession], rows: Sequence[UsageRow]
+) -> list[UsageRow]:
+    """Insert the rows whose (kind, object_id) does not exist yet, in one transaction; the
+    rows this call inserted, in the order given. A (kind, object_id) repeated in `rows` is
+    inserted once, from its first row.
+
+    For rows without code interpreter call times (chat completions, embeddings, responses):
+    code_interpreter_sessions is stored as given. One statement, executed with a parameter
+    set per row, which SQLAlchemy renders as multi-row INSERT ... VALUES ... ON CONFLICT DO
+    NOTHING RETURNING (PostgreSQL, and SQLite from 3.35, the RETURNING that record_usage
+    needs too).
+    """
+    now = utcnow()
+    given: dict[tuple[str, str], UsageRow] = {}
+    params: list[dict[str, Any]] = []
+    for row in rows:
+        # getattr per field, not dataclasses.asdict: asdict deep-copies every value.
+        values = _clipped({name: getattr(row, name) for name in _FIELDS})
+        # The clipped key, as the database compares and returns it.
+        key = (values["kind"], values["object_id"])
+        if key in given:
+            continue
+        given[key] = row
+        values["recorded_at"] = now
+        params.append(values)
+    if not params:
+        return []
+    async with sm.begin() as session:
+        if session.get_bind().dialect.name == "sqlite" and _SQLITE_VERSION < (3, 35):
+            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} has no RETURNING (3.35+)")
+        table = UsageRecord.__table__
+        stmt = (
+            _insert(session, table)
+            .on_conflict_do_nothing(index_elements=["kind", "object_id"])
+            .returning(table.c.kind, table.c.object_id)
+        )
+        inserted = {(kind, oid) for kind, oid in (await session.execute(stmt, params)).all()}
+    return [row for key, row in given.items() if key in inserted]
 
 
 def _clipped(values: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import StatementError
 
 from proxy.db import records
 from proxy.db.engine import make_engine, make_sessionmaker
@@ -216,4 +217,69 @@ async def test_naive_call_times_are_refused(sm):
         await records.record_usage(
             sm, make_row(), code_interpreter_call_times=[dt.datetime(2026, 11, 27, 10)]
         )
+    assert await rows(sm) == []
+
+
+# --- record_rows (the row writer's batches) ------------------------------------------------
+def chat(object_id: str, **overrides) -> UsageRow:
+    fields = {"kind": "chat.completion", "thread_id": None, "assistant_id": None}
+    return make_row(object_id, **(fields | overrides))
+
+
+async def test_record_rows_inserts_every_column_and_returns_the_inserted_rows(sm):
+    given = [
+        chat("c1", tag="batch", project="proj_1", cached_tokens=3, code_interpreter_sessions=2),
+        chat("c2", team="blue", reasoning_tokens=5, estimated_prompt_tokens=None),
+        make_row("c1", kind="embedding"),  # same object_id, another kind: a row of its own
+    ]
+    assert await records.record_rows(sm, given) == given
+    stored = await rows(sm)
+    assert len(stored) == 3
+    for row, got in zip(given, stored, strict=True):
+        for field in dataclasses.fields(UsageRow):
+            assert getattr(got, field.name) == getattr(row, field.name), field.name
+        assert got.recorded_at.tzinfo is not None
+    assert await records.record_rows(sm, []) == []
+
+
+async def test_record_rows_skips_duplicates_in_the_batch_and_in_the_table(sm):
+    assert await records.record_usage(sm, chat("old", prompt_tokens=1))
+    batch = [
+        chat("new", prompt_tokens=2),
+        chat("old", prompt_tokens=3),
+        chat("new", prompt_tokens=4),
+        chat("other", prompt_tokens=5),
+    ]
+    inserted = await records.record_rows(sm, batch)
+    assert [(r.object_id, r.prompt_tokens) for r in inserted] == [("new", 2), ("other", 5)]
+    assert [(r.object_id, r.prompt_tokens) for r in await rows(sm)] == [
+        ("old", 1),
+        ("new", 2),
+        ("other", 5),
+    ]
+    assert await records.record_rows(sm, batch) == []
+    assert len(await rows(sm)) == 3
+
+
+async def test_record_rows_clips_strings_to_their_columns(sm):
+    long = chat("x" * 300, model="m" * 200, tag="t" * 200, key_hint="h" * 40)
+    assert await records.record_rows(sm, [long]) == [long]
+    [stored] = await rows(sm)
+    assert (stored.object_id, stored.model) == ("x" * 255, "m" * 128)
+    assert (stored.tag, stored.key_hint) == ("t" * 128, "h" * 32)
+    # Clipped ids that become equal are one row, in the batch and against the table.
+    assert await records.record_rows(sm, [chat("x" * 256), chat("x" * 257)]) == []
+    assert len(await rows(sm)) == 1
+
+
+async def test_record_rows_writes_a_large_batch_in_one_call(sm):
+    batch = [chat(f"c{i}") for i in range(1_500)]  # more parameters than one statement takes
+    assert len(await records.record_rows(sm, batch)) == 1_500
+    assert len(await rows(sm)) == 1_500
+
+
+async def test_record_rows_is_all_or_nothing(sm):
+    naive = chat("bad", occurred_at=dt.datetime(2026, 11, 27, 10))
+    with pytest.raises(StatementError):
+        await records.record_rows(sm, [chat("good"), naive])
     assert await rows(sm) == []
