@@ -20,8 +20,8 @@ What is recorded, and when (recognition is by content: see proxy.accounting.even
 - 4xx/5xx answers of the upstream record nothing and are counted per team in metrics.
 
 Failures: rows go to Accounting.rows (a RowWriter), which writes them in batches off this task
-and keeps them while the database is down. Anything else that raises is logged by the dispatcher's guard (fail open: the client's
-traffic never waits on this).
+and keeps them while the database is down. Anything else that raises is logged by the
+dispatcher's guard (fail open: the client's traffic never waits on this).
 """
 
 from __future__ import annotations
