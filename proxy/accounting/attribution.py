@@ -19,6 +19,17 @@ class Attribution:
     project: str | None
     organization: str | None
 
+    def columns(self) -> dict[str, str | None]:
+        """The attribution as the usage row's and the job's column values."""
+        return {
+            "key_fingerprint": self.key_fingerprint,
+            "key_hint": self.key_hint,
+            "team": self.team,
+            "tag": self.tag,
+            "project": self.project,
+            "organization": self.organization,
+        }
+
     @staticmethod
     def header(headers: Mapping[str, str], name: str) -> str | None:
         """A short, printable header value, or None (labels must fit their columns)."""

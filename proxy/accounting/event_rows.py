@@ -70,17 +70,6 @@ def _id_of(value: object) -> str | None:
     return _str(value) or _str(_dict(value).get("id"))
 
 
-def _who(who: Attribution) -> dict[str, Any]:
-    return {
-        "key_fingerprint": who.key_fingerprint,
-        "key_hint": who.key_hint,
-        "team": who.team,
-        "tag": who.tag,
-        "project": who.project,
-        "organization": who.organization,
-    }
-
-
 # --- recognition ---------------------------------------------------------------------------
 def terminal_response(body: object) -> dict[str, Any] | None:
     """`body` if it is a response in a terminal status, else None."""
@@ -184,7 +173,7 @@ def response_row(
         model=model,
         status=_str(response.get("status")),
         occurred_at=when,
-        **_who(who),
+        **who.columns(),
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
@@ -226,7 +215,7 @@ def _chat(
         object_id=object_id,
         model=model,
         occurred_at=when,
-        **_who(who),
+        **who.columns(),
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
@@ -314,7 +303,7 @@ def embedding_row(
         model=model,
         status="completed",
         occurred_at=now,
-        **_who(who),
+        **who.columns(),
         prompt_tokens=prompt,
         total_tokens=prompt,
         usage_source="reported",

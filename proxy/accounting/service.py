@@ -227,12 +227,7 @@ class Accounting:
             api_prefix=sighting.api_prefix,
             api_query=sighting.api_query,
             run_json=sighting.run_json,
-            key_fingerprint=who.key_fingerprint,
-            key_hint=who.key_hint,
-            team=who.team,
-            tag=who.tag,
-            project=who.project,
-            organization=who.organization,
+            **who.columns(),
             has_reported_usage=isinstance(run.get("usage"), dict),
         )
         await self.write(lambda: jobs.enqueue(self.sessionmaker(), job))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +19,7 @@ from proxy.db.models import UsageRecord
 from proxy.db.records import UsageRow
 from proxy.metrics import Metrics
 from proxy.settings import Settings
+from tests.waiting import wait_until
 
 T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
 SM = async_sessionmaker[AsyncSession]
@@ -94,19 +95,6 @@ def writer_for(
 async def stored(sm: SM) -> list[UsageRecord]:
     async with sm() as session:
         return list(await session.scalars(select(UsageRecord).order_by(UsageRecord.id)))
-
-
-async def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.01)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

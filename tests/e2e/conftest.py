@@ -4,7 +4,6 @@ the official openai SDK pointed at the proxy."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from proxy.app import make_app, start_site
 from proxy.exchange import Exchange
 from proxy.settings import Settings
 from tests.e2e.fake_upstream import FakeUpstream
+from tests.waiting import free_port, wait_until
 
 
 @pytest.fixture
@@ -56,20 +56,12 @@ class RunningProxy:
         return self.url + "/v1"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[RunningProxy]]]:
     started: list[web.AppRunner] = []
 
     async def start(settings: Settings, **kwargs: Any) -> RunningProxy:
-        port = _free_port()
+        port = free_port()
         app = make_app(settings.replace(port=port), **kwargs)
         runner = await start_site(app, "127.0.0.1", port)
         started.append(runner)
@@ -86,16 +78,7 @@ def client_for(proxy: RunningProxy, key: str = "sk-test-aaaaaaaaaaaaaaaaaaaa1234
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01):
     """Wait until predicate() is truthy (it may be async); fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
+    return await wait_until(predicate, timeout, interval=interval)
 
 
 # --- forwarding and relay tests ------------------------------------------------------------

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -15,14 +14,9 @@ import aiohttp
 import pytest
 
 from tests.e2e.fake_upstream import FakeUpstream
+from tests.waiting import free_port
 
 _CLI = [sys.executable, "-m", "proxy"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60.0):
@@ -40,7 +34,7 @@ async def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 6
 async def test_serve_prints_where_it_listens_forwards_and_stops_on_sigterm(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
-    port = _port()
+    port = free_port()
     db = tmp_path / "usage.db"
     proc = await asyncio.create_subprocess_exec(
         *_CLI,
@@ -82,7 +76,7 @@ async def test_serve_prints_where_it_listens_forwards_and_stops_on_sigterm(
 async def test_serve_keeps_proxying_with_the_database_down_and_masks_its_password(
     upstream: FakeUpstream,
 ) -> None:
-    port = _port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         *_CLI,
         "serve",

@@ -12,21 +12,20 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from proxy.db.engine import make_engine, sqlite_path
+from tests.waiting import free_port, wait_until
 
 __all__ = [
     "LedgerResult",
@@ -43,29 +42,6 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_until(
-    predicate: Callable[[], Any], timeout: float, *, interval: float = 0.05, what: str = ""
-) -> Any:
-    """Wait until predicate() (plain or async) is truthy and return its value; AssertionError
-    after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what or predicate!r}")
-        await asyncio.sleep(interval)
 
 
 # --- processes -------------------------------------------------------------------------------
