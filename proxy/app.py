@@ -44,7 +44,6 @@ def make_app(
         from proxy.accounting.service import Accounting
 
         service = Accounting(settings)
-        app.cleanup_ctx.append(service.context)
     metrics = service.metrics if service is not None else Metrics()
     chosen = (
         list(observers)
@@ -68,7 +67,11 @@ def make_app(
     app[DISPATCHER] = dispatcher
     app[FORWARDER] = forwarder
     app[METRICS] = metrics
+    # Shutdown runs in reverse: the dispatcher drains (finished runs become jobs), then the
+    # collector and row writer stop while the upstream pool is still open, then the pool closes.
     app.cleanup_ctx.append(_forwarder_ctx)
+    if service is not None:
+        app.cleanup_ctx.append(service.context)
     app.cleanup_ctx.append(_dispatcher_ctx)
     admin.install(app, settings, metrics=metrics, dispatcher=dispatcher, accounting=service)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)

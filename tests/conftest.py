@@ -16,6 +16,7 @@ import asyncio
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -45,12 +46,13 @@ def with_schema(url: str, schema: str) -> str:
     return make_url(url).update_query_dict({"schema": schema}).render_as_string(False)
 
 
-def _pg_execute(sql: str) -> None:
+def _pg_execute(*statements: str) -> None:
     async def run() -> None:
         engine = make_engine(os.environ[PG_ENV], poolclass=NullPool)
         try:
             async with engine.begin() as conn:
-                await conn.execute(text(sql))
+                for sql in statements:
+                    await conn.execute(text(sql))
         finally:
             await engine.dispose()
 
@@ -82,7 +84,12 @@ def _fresh(backend: str, tmp_path: Path, *, migrate: bool, template: Path | None
             asyncio.run(upgrade(url))
         yield url
     finally:
-        _pg_execute(f'DROP SCHEMA "{schema}" CASCADE')
+        # A proxy still holding a lock in the schema (a fixture torn down in the wrong order)
+        # must fail this teardown, not hang the suite: leaking a schema is the lesser harm.
+        try:
+            _pg_execute("SET lock_timeout = '20s'", f'DROP SCHEMA "{schema}" CASCADE')
+        except Exception as exc:
+            warnings.warn(f"test schema {schema} left behind: {exc}", stacklevel=1)
 
 
 @pytest.fixture(params=BACKENDS)

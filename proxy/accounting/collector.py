@@ -130,8 +130,14 @@ class RunCollector:
         module docstring); `stop` waits for the ones still running."""
         future = asyncio.ensure_future(op)
         self._db_ops.add(future)
-        future.add_done_callback(self._db_ops.discard)
+        future.add_done_callback(self._db_done)
         return await asyncio.shield(future)
+
+    def _db_done(self, future: asyncio.Future[Any]) -> None:
+        self._db_ops.discard(future)
+        if not future.cancelled():
+            # Retrieved here too: the caller may be gone (cancelled at shutdown).
+            future.exception()
 
     async def _loop(self) -> None:
         while True:

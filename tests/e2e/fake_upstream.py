@@ -72,6 +72,10 @@ class FakeUpstream:
         self.messages_page_size = 100
         self.polls_to_complete = 2  # queued -> in_progress -> terminal on successive retrieves
         self.poll_after_ms = "5"
+        # As the real API: /v1 Assistants endpoints answer 400 without OpenAI-Beta: assistants=v2.
+        self.require_beta = False
+        # Gzip JSON answers of the Assistants endpoints for clients that accept it, as the API does.
+        self.gzip_json = False
         self.requests: list[dict[str, Any]] = []
         self.fetches: list[tuple[str, str, str]] = []  # (kind, run_id, key)
         self.completed_runs: set[str] = set()
@@ -152,11 +156,32 @@ class FakeUpstream:
                 {"error": {"message": "no key", "code": "invalid_api_key"}}, status=401
             )
         parts = [p for p in rest.split("/") if p]
+        if (
+            self.require_beta
+            and prefix == "/v1"
+            and parts[:1] in (["assistants"], ["threads"])
+            and "assistants=v2" not in request.headers.get("OpenAI-Beta", "")
+        ):
+            message = "You must provide the 'OpenAI-Beta' header to access the Assistants API."
+            return web.json_response(
+                {"error": {"message": message, "type": "invalid_request_error"}}, status=400
+            )
         handler = self._route(request.method, parts)
         if handler is None:
             return web.json_response({"error": {"message": f"no route {rest}"}}, status=404)
         fn, args = handler
-        return await fn(request, key, *args)
+        response = await fn(request, key, *args)
+        if (
+            self.gzip_json
+            and parts[:1] == ["threads"]
+            and isinstance(response, web.Response)
+            and response.content_type == "application/json"
+            and "gzip" in request.headers.get("Accept-Encoding", "")
+        ):
+            assert isinstance(response.body, bytes)
+            response.body = gzip.compress(response.body, mtime=0)
+            response.headers["Content-Encoding"] = "gzip"
+        return response
 
     def _route(self, method: str, p: list[str]):
         n = len(p)

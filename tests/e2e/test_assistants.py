@@ -2,8 +2,9 @@
 upstream through an in-process proxy, and the usage table is read back from the database.
 
 Every test runs on both backends (the `db_url` fixture). No fixed sleeps: a test waits for what
-it expects with `wait_for`, and proves an absence with a sentinel (a later run recorded by the
-same proxy: the observer queue and the job table are both first in, first out).
+it expects with `wait_for`, and proves an absence with a sentinel: a later run recorded by the
+same proxy, so that what was observed before it has been handled (observers are called in
+order) and the collector has been round its loop since.
 """
 
 from __future__ import annotations
@@ -130,7 +131,10 @@ def ledger(fake: FakeUpstream, run_id: str) -> list[tuple[str, str, str]]:
 
 def seed_expectation() -> tuple[int, int]:
     """The seed's method by hand, with the real tokenizer (gpt-4o: o200k_base)."""
-    n = lambda text: len(get_encoding("o200k_base").encode(text))  # noqa: E731
+
+    def n(text: str) -> int:
+        return len(get_encoding("o200k_base").encode(text))
+
     first_prompt = 105 + 4 + n(QUESTION)
     # Two steps, two completions: the code interpreter call, then the answer.
     prompt = first_prompt + (first_prompt + 14 + n(CODE_INPUT) + n("4"))
@@ -146,9 +150,11 @@ async def sentinel(client: openai.AsyncOpenAI, sm: SM) -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def _database_outlives_proxies(db_url: str) -> None:
-    """Set up before `start_proxy`, so torn down after it: dropping a test schema while a
-    proxy (paused with the event loop) holds a transaction in it would wait forever."""
+def _setup(db_url: str, upstream: FakeUpstream) -> None:
+    """The database is set up before `start_proxy`, so torn down after it: dropping a test
+    schema while a proxy (paused with the event loop) holds a transaction in it would wait
+    forever. The upstream insists on the Assistants beta header, as the API does."""
+    upstream.require_beta = True
 
 
 @pytest.fixture
@@ -294,6 +300,18 @@ async def test_a_run_cancelled_through_the_sdk(upstream, client, sm) -> None:
     assert (row["status"], row["code_interpreter_calls"]) == ("cancelled", 0)
 
 
+async def test_compressed_run_bodies(upstream, client, sm) -> None:
+    upstream.gzip_json = True
+    run = await start_run(client, usage="no")
+    polled = await client.beta.threads.runs.poll(run.id, thread_id=run.thread_id)
+    assert polled.status == "completed"
+    retrieves = [r for r in upstream.requests if r["path"].endswith(f"/runs/{run.id}")]
+    assert "gzip" in retrieves[-1]["headers"]["Accept-Encoding"]
+
+    row = await one_row(sm, run.id)
+    assert row["prompt_tokens"] == fake_estimate(upstream, run.id).prompt_tokens
+
+
 async def test_create_and_poll_helpers(upstream, client, sm) -> None:
     assistant = await make_assistant(client, usage="no")
     thread = await client.beta.threads.create(messages=[{"role": "user", "content": QUESTION}])
@@ -434,9 +452,10 @@ async def test_concurrent_pollers_through_two_proxies_record_once(
             for i in range(10)
         ]
         listers = [c.beta.threads.runs.list(thread_id=run.thread_id) for c in (a, b)]
-        results = await asyncio.gather(*pollers)
-        assert {r.status for r in results} == {"completed"}
-        await asyncio.gather(*listers, *(c.beta.threads.runs.list(run.thread_id) for c in (a, b)))
+        results = await asyncio.gather(*pollers, *listers)
+        assert {r.status for r in results[:10]} == {"completed"}
+        # Listed once more, finished, through both.
+        await asyncio.gather(*(c.beta.threads.runs.list(run.thread_id) for c in (a, b)))
 
         await one_row(sm, run.id)
         await sentinel(a, sm)
@@ -498,6 +517,36 @@ async def test_failing_fetches_are_retried_and_honour_retry_after(
     retries = [r for r in caplog.records if "will retry" in r.getMessage()]
     assert len(retries) == 2 and all(run.id in r.getMessage() for r in retries)
     await wait_for(lambda: _no_jobs(sm))
+
+
+@pytest.mark.parametrize("fault", ["timeout", "dropped connection"])
+async def test_fetch_timeouts_and_dropped_connections_are_retried(
+    upstream, start_proxy, db_url, sm, caplog, fault
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy")
+    proxy = await start_proxy(settings_for(upstream, db_url, collector_fetch_timeout=0.2))
+    if fault == "timeout":
+        upstream.faults.fetch_gate = asyncio.Event()
+    else:
+        # aiohttp itself retries a request once on a dropped keep-alive connection.
+        upstream.faults.drop_connections = 4
+    async with client_for(proxy, KEY) as client:
+        run = await finished_run(client, usage="no")
+        expected = "timed out" if fault == "timeout" else "failed: "
+        await wait_for(
+            lambda: any(
+                expected in r.getMessage() and "will retry" in r.getMessage()
+                for r in caplog.records
+            )
+        )
+        if upstream.faults.fetch_gate is not None:
+            upstream.faults.fetch_gate.set()
+        row = await one_row(sm, run.id)
+    assert row["prompt_tokens"] == fake_estimate(upstream, run.id).prompt_tokens
+    assert sorted(ledger(upstream, run.id)) == [
+        ("messages", run.thread_id, KEY),
+        ("steps", run.id, KEY),
+    ]
 
 
 async def test_restart_with_a_pending_job_waits_for_its_key(

@@ -1,0 +1,210 @@
+"""Replicas (issue #4): two real `usage-proxy serve` processes on one database record exactly
+one row per run, collect each run once, and strand no job when one of them dies mid-collection.
+
+The fake upstream runs in the test process; the replicas are started with the CLI contract
+(`python -m proxy serve --port P --upstream URL --database-url URL --no-migrate`, the secret and
+the collector's timings in the environment) and are ready when /_proxy/health answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from proxy.db.engine import reading
+from proxy.db.models import CollectionJob, UsageRecord
+from tests.e2e.conftest import wait_for
+from tests.e2e.fake_upstream import FakeUpstream
+from tests.waiting import free_port
+
+# The SDK marks every Assistants method deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+KEY = "sk-test-cccccccccccccccccccc9012"
+SECRET = "e2e-replica-secret"
+LEASE = 2.0
+QUESTION = "Write Python code that calculates 2+2 and give me the output."
+
+SM = async_sessionmaker[AsyncSession]
+
+
+@dataclass
+class Replica:
+    proc: asyncio.subprocess.Process
+    url: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(api_key=KEY, base_url=self.url + "/v1", max_retries=0)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+async def _healthy(replica: Replica, session: aiohttp.ClientSession) -> bool:
+    if replica.proc.returncode is not None:
+        raise AssertionError(f"replica exited with {replica.proc.returncode}:\n{replica.output()}")
+    try:
+        async with session.get(replica.url + "/_proxy/health") as resp:
+            return resp.status == 200 and (await resp.json())["database"]["ok"] is True
+    except aiohttp.ClientError:
+        return False
+
+
+@pytest.fixture
+async def start_replica(
+    db_url: str, upstream: FakeUpstream, tmp_path: Path
+) -> AsyncIterator[Callable[[], Awaitable[Replica]]]:
+    started: list[Replica] = []
+    env = {
+        **os.environ,
+        "USAGE_PROXY_KEY_SECRET": SECRET,
+        "USAGE_PROXY_COLLECTOR_LEASE": str(LEASE),
+        "USAGE_PROXY_COLLECTOR_POLL_INTERVAL": "0.05",
+        "USAGE_PROXY_COLLECTOR_RETRY_BASE": "0.05",
+        "USAGE_PROXY_COLLECTOR_MAX_BACKOFF": "0.5",
+    }
+
+    async def start() -> Replica:
+        port = free_port()
+        log = tmp_path / f"replica-{port}.log"
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "proxy", "serve", "--port", str(port)),
+                *("--upstream", upstream.url, "--database-url", db_url, "--no-migrate"),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        replica = Replica(proc, f"http://127.0.0.1:{port}", log)
+        started.append(replica)
+        async with aiohttp.ClientSession() as session:
+            await wait_for(lambda: _healthy(replica, session), timeout=30, interval=0.05)
+        return replica
+
+    yield start
+    for replica in started:
+        if replica.proc.returncode is None:
+            replica.proc.send_signal(signal.SIGTERM)
+    for replica in started:
+        try:
+            await asyncio.wait_for(replica.proc.wait(), 15)
+        except TimeoutError:
+            replica.proc.kill()
+            await replica.proc.wait()
+
+
+async def _rows(sm: SM) -> list[dict[str, Any]]:
+    async with reading(sm) as session:
+        return [dict(r) for r in (await session.execute(select(UsageRecord.__table__))).mappings()]
+
+
+async def _jobs(sm: SM) -> list[dict[str, Any]]:
+    async with reading(sm) as session:
+        return [
+            dict(r) for r in (await session.execute(select(CollectionJob.__table__))).mappings()
+        ]
+
+
+async def _start_run(client: openai.AsyncOpenAI, **plan: str) -> Any:
+    assistant = await client.beta.assistants.create(
+        model="gpt-4o", tools=[{"type": "code_interpreter"}], metadata=plan
+    )
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": QUESTION}])
+    return await client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+
+
+def _ledger(fake: FakeUpstream, run: Any) -> list[tuple[str, str, str]]:
+    return sorted(f for f in fake.fetches if f[1] in (run.id, run.thread_id))
+
+
+async def test_replicas_polled_at_once_record_each_run_once(
+    upstream: FakeUpstream, start_replica, sm: SM
+) -> None:
+    upstream.polls_to_complete = 8
+    upstream.require_beta = True
+    a, b = await asyncio.gather(start_replica(), start_replica())
+    async with a.client() as ca, b.client() as cb:
+        runs = [await _start_run(ca, usage=u) for u in ("no", "yes", "no", "yes", "no")]
+        polls = [
+            c.beta.threads.runs.poll(run.id, thread_id=run.thread_id)
+            for run in runs
+            for c in (ca, cb, ca, cb)
+        ]
+        lists = [
+            c.beta.threads.runs.list(thread_id=run.thread_id) for run in runs for c in (ca, cb)
+        ]
+        done = await asyncio.gather(*polls, *lists)
+    assert {r.status for r in done[: len(polls)]} == {"completed"}
+
+    ids = {run.id for run in runs}
+    assert upstream.completed_runs == ids
+    await wait_for(lambda: _recorded(sm, ids), timeout=20)
+    await wait_for(lambda: _no_jobs(sm), timeout=10)
+    rows = await _rows(sm)
+    assert sorted(r["object_id"] for r in rows) == sorted(ids)  # one row per run, no more
+    by_id = {r["object_id"]: r for r in rows}
+    for run, source in zip(runs, ("estimated", "reported") * 3, strict=False):
+        assert by_id[run.id]["usage_source"] == source
+        # Collected once: one steps fetch and one messages fetch, by one of the replicas.
+        assert _ledger(upstream, run) == [
+            ("messages", run.thread_id, KEY),
+            ("steps", run.id, KEY),
+        ]
+
+
+async def _recorded(sm: SM, ids: set[str]) -> bool:
+    return ids <= {r["object_id"] for r in await _rows(sm)}
+
+
+async def _no_jobs(sm: SM) -> bool:
+    return await _jobs(sm) == []
+
+
+async def test_a_replica_killed_mid_collection_strands_nothing(
+    upstream: FakeUpstream, start_replica, sm: SM
+) -> None:
+    upstream.faults.fetch_gate = asyncio.Event()  # collections hang in their first fetch
+    upstream.require_beta = True
+    a, b = await asyncio.gather(start_replica(), start_replica())
+    async with a.client() as ca, b.client() as cb:
+        run = await _start_run(ca, usage="no")
+        await asyncio.gather(
+            ca.beta.threads.runs.poll(run.id, thread_id=run.thread_id),
+            cb.beta.threads.runs.poll(run.id, thread_id=run.thread_id),
+        )
+    steps_path = f"/v1/threads/{run.thread_id}/runs/{run.id}/steps"
+    await wait_for(lambda: any(r["path"] == steps_path for r in upstream.requests), timeout=10)
+    (job,) = await _jobs(sm)
+    holder = int(job["claimed_by"].rsplit(":", 2)[1])
+    assert holder in (a.pid, b.pid)
+    dead, survivor = (a, b) if holder == a.pid else (b, a)
+
+    dead.proc.send_signal(signal.SIGKILL)
+    assert await dead.proc.wait() == -signal.SIGKILL
+    upstream.faults.fetch_gate.set()
+
+    rows = await wait_for(lambda: _rows(sm), timeout=LEASE + 15)
+    assert [r["object_id"] for r in rows] == [run.id]
+    assert rows[0]["usage_source"] == "estimated" and rows[0]["prompt_tokens"] > 0
+    # The survivor took the job over, and only once the dead replica's lease had run out.
+    assert rows[0]["recorded_at"] >= job["claimed_until"]
+    await wait_for(lambda: _no_jobs(sm), timeout=10)
+    assert survivor.proc.returncode is None
