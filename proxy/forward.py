@@ -26,7 +26,7 @@ from proxy.decode import DecodeError, Decompressor, SSEEvent, SSEParser
 from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from proxy.exchange import Dispatcher, Exchange
 
-__all__ = ["Forwarder", "error_response"]
+__all__ = ["REQUEST_ID", "Forwarder", "error_response"]
 
 _log = logging.getLogger("proxy.forward")
 
@@ -49,6 +49,7 @@ _EVENT_OVERHEAD = 160  # bytes an SSEEvent and its strings cost beyond the data 
 _NO_COPY_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
 _JSON_TYPES = ("application/json",)
 _ids = itertools.count(1)
+REQUEST_ID = web.RequestKey("request_id", str)  # the exchange id, for the access log
 _ID_PREFIX = os.urandom(4).hex()
 
 
@@ -173,6 +174,8 @@ class Forwarder:
             request_headers=request.headers,
             max_body=self._max_body,
         )
+        # The access log line carries the same id as the observers' log lines.
+        request[REQUEST_ID] = exchange.request_id
         done = False
         try:
             response = await self._forward(request, raw_path, exchange)

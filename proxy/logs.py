@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from proxy.forward import REQUEST_ID
 from proxy.settings import Settings
 
 __all__ = [
@@ -173,7 +174,7 @@ class AccessLogger(AbstractAccessLogger):
         # The raw path is percent-encoded, so a path cannot forge a second log line.
         path = request.rel_url.raw_path
         ms = round(time * 1000, 1)
-        request_id = f"{_ID_PREFIX}-{next(_ids)}"
+        request_id = request.get(REQUEST_ID) or f"{_ID_PREFIX}-{next(_ids)}"
         upstream_id = response.headers.get("x-request-id")
         fields = {
             "method": request.method,

@@ -104,3 +104,27 @@ def _access(lines: list[str], log_format: str) -> list[dict[str, object]]:
                 }
             )
     return out
+
+
+async def test_access_line_carries_the_id_observers_see(
+    upstream: FakeUpstream, start_proxy, capsys
+) -> None:
+    from tests.e2e.conftest import RecordingObserver
+
+    undo = configure_logging(Settings(log_format="json"))
+    try:
+        recorder = RecordingObserver()
+        proxy = await start_proxy(Settings(upstream=upstream.url), observers=[recorder])
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(proxy.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}) as resp,
+        ):
+            await resp.read()
+        await wait_for(lambda: recorder.responses)
+        stderr = _Stderr(capsys)
+        lines = await wait_for(
+            lambda: [json.loads(x) for x in stderr.lines() if '"path": "/v1/models"' in x]
+        )
+    finally:
+        undo()
+    assert lines[0]["request_id"] == recorder.responses[0].request_id
