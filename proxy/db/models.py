@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
+    "CodeInterpreterCall",
     "CollectionJob",
     "KeyTeam",
     "Money",
@@ -217,6 +218,20 @@ class ThreadSession(Base):
     session_started_at: Mapped[dt.datetime]
     sessions: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CodeInterpreterCall(Base):
+    """Each recorded code interpreter call of a thread. Sessions are counted from all of them
+    (a session lasts an hour from its first call), so the count is exact whatever order the
+    thread's runs are collected in: a run's sessions are the thread's total after it minus
+    before it."""
+
+    __tablename__ = "code_interpreter_calls"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(255), index=True)
+    run_id: Mapped[str] = mapped_column(String(255))
+    called_at: Mapped[dt.datetime]
 
 
 class ProxySecret(Base):

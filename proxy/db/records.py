@@ -15,12 +15,20 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, literal, select, update
+from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.engine import reading
-from proxy.db.models import KeyTeam, ProjectTeam, ProxySecret, ThreadSession, UsageRecord, utcnow
+from proxy.db.models import (
+    CodeInterpreterCall,
+    KeyTeam,
+    ProjectTeam,
+    ProxySecret,
+    ThreadSession,
+    UsageRecord,
+    utcnow,
+)
 
 __all__ = [
     "SESSION_LENGTH",
@@ -107,16 +115,16 @@ async def record_usage(
     """Insert the row unless (kind, object_id) exists; True if this call inserted it.
 
     With `code_interpreter_call_times` (the calls of this run), the row's
-    code_interpreter_sessions is computed here from the thread's open session: a session
-    lasts one hour from its first call, so a call before start + 1h opens none and a call at
-    or after it opens a new one. Calls earlier than the thread's current session (a run
-    collected out of order) open none. Without call times, row.code_interpreter_sessions is
+    code_interpreter_sessions is computed here: a session lasts one hour from its first call,
+    the thread's sessions are the fewest that cover all its recorded calls, and this run's
+    share is the thread's total with its calls minus the total without them, which is exact
+    in any order of collection. Without call times, row.code_interpreter_sessions is
     stored as given. With `session_price`, cost_usd is row.cost_usd + sessions * price, so the
     caller passes the cost without sessions.
 
     One transaction: the thread's session row is locked first (FOR UPDATE on PostgreSQL;
     SQLite has one writer), then the usage row is inserted, and only if that insert happened
-    is the thread's session state advanced. A duplicate rolls everything back, so sessions are
+    are its calls stored and the thread's session state advanced. A duplicate rolls everything back, so sessions are
     counted exactly once however many times a run is recorded.
     """
     if any(t.tzinfo is None for t in code_interpreter_call_times):
@@ -126,12 +134,16 @@ async def record_usage(
     try:
         async with sm.begin() as session:
             sessions = row.code_interpreter_sessions
-            started: dt.datetime | None = None
-            known = 0
+            earlier: list[dt.datetime] = []
             if times:
                 if row.thread_id:
-                    started, known = await _lock_thread(session, row.thread_id, times[0], now)
-                started, sessions = _open_sessions(started if known else None, times)
+                    earlier = await _lock_thread(session, row.thread_id, times[0], now)
+                before, _ = _open_sessions(earlier)
+                total, started = _open_sessions(sorted([*earlier, *times]))
+                # Adding calls never lowers the minimum number of hour-long sessions covering
+                # them, so this run's share is never negative, and the shares of a thread's runs
+                # add up to the exact total in any order of collection.
+                sessions = total - before
             cost = row.cost_usd
             if session_price is not None:
                 cost += sessions * session_price
@@ -148,11 +160,18 @@ async def record_usage(
             )
             if (await session.execute(stmt)).first() is None:
                 raise _Duplicate
-            if times and row.thread_id and sessions:
+            if times and row.thread_id:
+                await session.execute(
+                    insert(CodeInterpreterCall),
+                    [
+                        {"thread_id": row.thread_id, "run_id": row.object_id, "called_at": t}
+                        for t in times
+                    ],
+                )
                 await session.execute(
                     update(ThreadSession)
                     .where(ThreadSession.thread_id == row.thread_id)
-                    .values(session_started_at=started, sessions=known + sessions, updated_at=now)
+                    .values(session_started_at=started, sessions=total, updated_at=now)
                 )
     except _Duplicate:
         return False
@@ -212,32 +231,39 @@ def _clipped(values: dict[str, Any]) -> dict[str, Any]:
 
 async def _lock_thread(
     session: AsyncSession, thread_id: str, first_call: dt.datetime, now: dt.datetime
-) -> tuple[dt.datetime, int]:
-    # A placeholder with sessions=0 (no session yet) makes a row to lock even for a new thread;
-    # it is committed only together with a usage row, which then sets it.
+) -> list[dt.datetime]:
+    """Lock the thread's session row (so concurrent runs of one thread count in turn) and
+    return the thread's recorded code interpreter calls, in time order."""
+    # A placeholder with sessions=0 makes a row to lock even for a new thread; it is committed
+    # only together with a usage row, which then sets it.
     await session.execute(
         _insert(session, ThreadSession)
         .values(thread_id=thread_id, session_started_at=first_call, sessions=0, updated_at=now)
         .on_conflict_do_nothing(index_elements=["thread_id"])
     )
-    state = await session.execute(
-        select(ThreadSession.session_started_at, ThreadSession.sessions)
+    await session.execute(
+        select(ThreadSession.thread_id)
         .where(ThreadSession.thread_id == thread_id)
         .with_for_update()
     )
-    started, count = state.one()
-    return started, count
+    calls = await session.scalars(
+        select(CodeInterpreterCall.called_at)
+        .where(CodeInterpreterCall.thread_id == thread_id)
+        .order_by(CodeInterpreterCall.called_at)
+    )
+    return list(calls)
 
 
-def _open_sessions(
-    started: dt.datetime | None, times: Sequence[dt.datetime]
-) -> tuple[dt.datetime | None, int]:
+def _open_sessions(times: Sequence[dt.datetime]) -> tuple[int, dt.datetime | None]:
+    """The fewest hour-long sessions that cover the sorted call times (each opened by the first
+    call it covers), and the start of the last one."""
     opened = 0
+    started: dt.datetime | None = None
     for t in times:
         if started is None or t >= started + SESSION_LENGTH:
             started = t
             opened += 1
-    return started, opened
+    return opened, started
 
 
 async def team_for(

@@ -283,3 +283,33 @@ async def test_record_rows_is_all_or_nothing(sm):
     with pytest.raises(StatementError):
         await records.record_rows(sm, [chat("good"), naive])
     assert await rows(sm) == []
+
+
+# Calls (minutes) of three runs of one thread: the fewest hour-long sessions covering all of
+# them is 3 (0-60, 70-130, 200); every collection order must add up to exactly that.
+_RUN_CALLS = {"run_a": [0, 30], "run_b": [70, 125], "run_c": [200]}
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("run_a", "run_b", "run_c"),
+        ("run_c", "run_b", "run_a"),
+        ("run_b", "run_a", "run_c"),
+        ("run_c", "run_a", "run_b"),
+    ],
+)
+async def test_sessions_are_exact_in_any_order_of_collection(sm, order) -> None:
+    shares = {}
+    for run_id in order:
+        times = [at(m) for m in _RUN_CALLS[run_id]]
+        assert await records.record_usage(sm, make_row(run_id), code_interpreter_call_times=times)
+        async with sm() as session:
+            shares[run_id] = await session.scalar(
+                select(UsageRecord.code_interpreter_sessions).where(UsageRecord.object_id == run_id)
+            )
+    assert all(share >= 0 for share in shares.values()), shares
+    assert sum(shares.values()) == 3, shares
+    async with sm() as session:
+        state = await session.get(ThreadSession, "thread_1")
+    assert state is not None and state.sessions == 3

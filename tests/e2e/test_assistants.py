@@ -843,11 +843,6 @@ async def test_code_interpreter_sessions_per_thread_hour(upstream, client, sm) -
         assert row["cost_usd"] == cost_of(prices, "gpt-4o", row["occurred_at"], usage).total
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy.db.records._open_sessions: a call earlier than the thread's current session "
-    "opens none, even when it is an hour or more earlier (runs collected out of order)",
-)
 async def test_sessions_of_runs_recorded_out_of_order(upstream, client, sm) -> None:
     # The first run's collection fails once; the second, an hour later, is recorded first.
     upstream.faults.fetch_statuses = [500, 500]
