@@ -124,8 +124,8 @@ async def record_usage(
 
     One transaction: the thread's session row is locked first (FOR UPDATE on PostgreSQL;
     SQLite has one writer), then the usage row is inserted, and only if that insert happened
-    are its calls stored and the thread's session state advanced. A duplicate rolls everything back, so sessions are
-    counted exactly once however many times a run is recorded.
+    are its calls stored and the thread's session state advanced. A duplicate rolls everything
+    back, so sessions are counted exactly once however many times a run is recorded.
     """
     if any(t.tzinfo is None for t in code_interpreter_call_times):
         raise ValueError("naive datetime in code_interpreter_call_times")
