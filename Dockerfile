@@ -9,11 +9,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY migrations ./migrations
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels "."
 
 FROM python:3.11-slim
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels "usage-proxy[fast]" \
+RUN pip install --no-cache-dir --no-index --find-links /wheels "usage-proxy" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/usage-proxy proxy
 USER proxy

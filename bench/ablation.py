@@ -6,6 +6,7 @@ in alternating rounds. The parts are switched off from outside, with make_app's 
 Modes:
   full           what `usage-proxy serve` runs (accounting, every observer), log level WARNING
   full-info      the same at the default log level INFO (one access line per request)
+  no-writes      every observer, but usage rows are dropped instead of written
   no-acct-obs    accounting running (database, collector) but only the metrics observer
   no-accounting  make_app(accounting=False): forwarding, dispatcher, metrics observer
   forward-only   no observer at all and no access logger: the Forwarder alone
@@ -27,7 +28,7 @@ import load
 from procs import Proc, free_port
 
 HERE = Path(__file__).resolve().parent
-MODES = ("full", "full-info", "no-acct-obs", "no-accounting", "forward-only")
+MODES = ("full", "full-info", "no-writes", "no-acct-obs", "no-accounting", "forward-only")
 
 
 async def _serve(mode: str, port: int, upstream: str, database_url: str) -> None:
@@ -43,8 +44,19 @@ async def _serve(mode: str, port: int, upstream: str, database_url: str) -> None
     settings = load_settings(flags)
     configure_logging(settings)
     await upgrade(database_url)
-    if mode in ("full", "full-info"):
+    if os.environ.get("ABLATION_GC"):
+        import gc
+
+        gc.freeze()
+        gc.set_threshold(*map(int, os.environ["ABLATION_GC"].split(",")))
+    if mode in ("full", "full-info", "no-writes"):
         app = make_app(settings)
+        if mode == "no-writes":
+            from proxy.accounting.events import EventObserver
+
+            for observer in app[DISPATCHER].observers:
+                if isinstance(observer, EventObserver):
+                    observer.accounting.rows.submit = lambda row: None  # type: ignore[method-assign]
     elif mode == "no-acct-obs":
         app = make_app(settings, observers=[])
     else:

@@ -1,5 +1,7 @@
 """What each recording transaction costs on SQLite, one call at a time, against batched
-alternatives: the evidence behind the accounting recommendations in bench/README.md.
+alternatives: the evidence behind the accounting recommendations in bench/README.md. The last
+section times the batched operations the proxy now issues per finished run (outbox insert,
+claim, record with sessions and job deletion) and the RowWriter's record_rows.
 
 Calls proxy.db functions as the proxy does (a fresh, migrated database in a temp dir), on
 uvloop, and reports wall time and the event-loop thread's CPU per row (aiosqlite's own threads
@@ -104,6 +106,37 @@ async def _main(url: str, n: int) -> None:
             async with sm.begin() as session:
                 await session.execute(prebuilt, rows[k : k + size])
 
+    def _job(i: int) -> jobs.NewJob:
+        return jobs.NewJob(
+            run_id=f"run_{i}",
+            thread_id=f"t{i}",
+            api_prefix="/v1",
+            run_json="{}",
+            key_fingerprint=_FP,
+        )
+
+    async def enqueue_many(lo: int, size: int) -> None:
+        for k in range(lo, lo + n, size):
+            await jobs.enqueue_many(sm, [_job(i) for i in range(k, min(k + size, lo + n))])
+
+    async def record_many(lo: int, size: int) -> None:
+        # What the collector does per batch: the runs' rows with their code interpreter
+        # calls, and the deletion of their jobs, in one transaction.
+        for k in range(lo, lo + n, size):
+            items = [
+                records.RunUsage(_row(i), (_NOW,), Decimal("0.03"))
+                for i in range(k, min(k + size, lo + n))
+            ]
+            ids = [job.id for job in claimed[k - lo : k - lo + size]]
+            await records.record_usage_many(
+                sm, items, also=lambda s, ids=ids: jobs.complete_held(s, ids, "w")
+            )
+
+    async def record_rows(lo: int, size: int) -> None:
+        rows = [_row(i) for i in range(lo, lo + n)]
+        for k in range(0, n, size):
+            await records.record_rows(sm, rows[k : k + size])
+
     await _timed("jobs.enqueue, 1 transaction each (Accounting.open_job)", n, lambda: enqueue(0))
     await _timed("jobs.claim, limit 2 (collector_workers=2), per job", n, lambda: claim(2))
     await enqueue(n)
@@ -114,6 +147,18 @@ async def _main(url: str, n: int) -> None:
     await _timed("prebuilt Core insert, 1 row per transaction", n, lambda: batched(2 * n, 1))
     await _timed("prebuilt Core insert, executemany 10 rows/tx", n, lambda: batched(3 * n, 10))
     await _timed("prebuilt Core insert, executemany 100 rows/tx", n, lambda: batched(4 * n, 100))
+    print("batched, as the proxy now issues them:")
+    await _timed(
+        "jobs.enqueue_many, 100 jobs/tx (Accounting.open_job)", n, lambda: enqueue_many(5 * n, 100)
+    )
+    claimed.clear()
+    await _timed("jobs.claim, limit 100 (the collector), per job", n, lambda: claim(100))
+    await _timed(
+        "records.record_usage_many + sessions + jobs.complete_held, 100/tx",
+        n,
+        lambda: record_many(5 * n, 100),
+    )
+    await _timed("records.record_rows, 256 rows/tx (RowWriter)", n, lambda: record_rows(6 * n, 256))
     await engine.dispose()
 
 

@@ -48,6 +48,10 @@ _DEFAULTED = (hdrs.CONTENT_TYPE, hdrs.SERVER)
 _EVENT_OVERHEAD = 160  # bytes an SSEEvent and its strings cost beyond the data itself
 _NO_COPY_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
 _JSON_TYPES = ("application/json",)
+# Bodies up to this size (and within the observers' cap) are read whole before forwarding:
+# cheaper per request than streaming them through a generator, and a chat request is far
+# smaller. Anything larger, chunked, or of a type observers don't copy still streams.
+_READ_WHOLE = 64 * 1024
 _ids = itertools.count(1)
 REQUEST_ID = web.RequestKey("request_id", str)  # the exchange id, for the access log
 _ID_PREFIX = os.urandom(4).hex()
@@ -70,17 +74,33 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
     return tokens
 
 
+def _dropped(name: str, request: bool) -> bool:
+    low = name.lower()
+    if low in _HOP_BY_HOP or low.startswith("proxy-"):
+        return True
+    return request and low.startswith("x-usage-")  # addressed to this proxy only
+
+
+# Verdicts per header name as spelled on the wire: the same few dozen names arrive on every
+# request, and a dict hit is cheaper than lowering and prefix-testing each one (bench/README.md).
+_VERDICTS: tuple[dict[str, bool], dict[str, bool]] = ({}, {})
+_MAX_VERDICTS = 4096  # made-up header names must not grow the cache without bound
+
+
 def _filter_headers(headers: CIMultiDictProxy[str], *, request: bool) -> CIMultiDict[str]:
-    named = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
+    verdicts = _VERDICTS[request]
+    named = _connection_tokens(headers) if hdrs.CONNECTION in headers else None
+    kept: list[tuple[str, str]] = []
     for name, value in headers.items():
-        low = name.lower()
-        if low in _HOP_BY_HOP or low in named or low.startswith("proxy-"):
+        drop = verdicts.get(name)
+        if drop is None:
+            drop = _dropped(name, request)
+            if len(verdicts) < _MAX_VERDICTS:
+                verdicts[name] = drop
+        if drop or (named and name.lower() in named):
             continue
-        if request and low.startswith("x-usage-"):
-            continue  # addressed to this proxy, never to the upstream
-        out.add(name, value)
-    return out
+        kept.append((name, value))
+    return CIMultiDict(kept)
 
 
 def _unsafe_target(raw_path: str) -> str | None:
@@ -104,6 +124,71 @@ def _unsafe_target(raw_path: str) -> str | None:
     return None
 
 
+class _UpstreamRequest(aiohttp.ClientRequest):
+    """A ClientRequest that adds none of aiohttp's default headers (Accept, Accept-Encoding,
+    User-Agent) and no default Content-Type: the client's own headers go through as they are.
+    Session-level `skip_auto_headers` does the same but sorts and copies the skip list on
+    every request (bench/README.md, finding 4); aiohttp has no cheaper public switch."""
+
+    _SKIP: CIMultiDict[None] = CIMultiDict(
+        (h, None) for h in (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE, hdrs.USER_AGENT)
+    )
+
+    def update_auto_headers(self, skip_auto_headers: object) -> None:
+        self._skip_auto_headers = self._SKIP
+
+
+class _HeaderDeadlines:
+    """Bounds each request's wait for the upstream's response headers, with one timer task for
+    all requests instead of a timer per request (bench/README.md, finding 4). Deadlines are
+    checked every `tick` seconds, so a timeout fires up to a tick late."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._tick = min(1.0, max(timeout / 8, 0.01))
+        # Insertion order is deadline order (one timeout for all), so the scan stops early.
+        self._waiting: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="upstream-header-deadlines")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def add(self, task: asyncio.Task[object]) -> None:
+        self._waiting[task] = asyncio.get_running_loop().time() + self.timeout
+
+    def discard(self, task: asyncio.Task[object]) -> None:
+        self._waiting.pop(task, None)
+        self._expired.discard(task)
+
+    def expired(self, task: asyncio.Task[object]) -> bool:
+        """Whether the cancellation `task` got came from its deadline."""
+        return task in self._expired
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._tick)
+            now = loop.time()
+            due = []
+            for task, deadline in self._waiting.items():
+                if deadline > now:
+                    break
+                due.append(task)
+            for task in due:
+                del self._waiting[task]
+                self._expired.add(task)
+                task.cancel()
+
+
 class Forwarder:
     """Forwards every request to one upstream over one shared connection pool."""
 
@@ -120,16 +205,16 @@ class Forwarder:
         rewriter: IncludeUsage | None = None,
     ) -> None:
         base = URL(upstream)
-        self._origin = base.origin()
-        self._base_path = base.raw_path.rstrip("/")
+        self._prefix = str(base.origin()) + base.raw_path.rstrip("/")
         self._dispatcher = dispatcher
-        self._timeout = timeout
+        self._deadlines = _HeaderDeadlines(timeout)
         self._client_timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None
         )
         self._limit = limit
         self._max_body = max_observed_body
         self._max_request = max_observed_request
+        self._read_whole = min(_READ_WHOLE, max_observed_request)
         # The one change the proxy may make to traffic, opt-in: see proxy.chat_usage.
         self._rewriter = rewriter
         self._session: aiohttp.ClientSession | None = None
@@ -141,12 +226,14 @@ class Forwarder:
             auto_decompress=False,
             timeout=self._client_timeout,
             # The client's own headers go through as they are: nothing may be added.
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            request_class=_UpstreamRequest,
             cookie_jar=aiohttp.DummyCookieJar(),
             requote_redirect_url=False,
         )
+        self._deadlines.start()
 
     async def close(self) -> None:
+        await self._deadlines.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -158,7 +245,7 @@ class Forwarder:
         return self._session
 
     def upstream_url(self, path_qs: str) -> URL:
-        return URL(str(self._origin) + self._base_path + path_qs, encoded=True)
+        return URL(self._prefix + path_qs, encoded=True)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request; the aiohttp handler for every path outside /_proxy/."""
@@ -215,27 +302,39 @@ class Forwarder:
                 data, rewritten = new, True
                 headers[hdrs.CONTENT_LENGTH] = str(len(new))
         elif request.body_exists:
-            data = self._request_body(request, exchange)
+            length = request.content_length
+            if length is not None and length <= self._read_whole and self._copies(request):
+                data = exchange.request_body = await request.read()
+            else:
+                data = self._request_body(request, exchange)
         session = self.session
+        deadlines = self._deadlines
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines.add(task)
         try:
-            async with asyncio.timeout(self._timeout):
-                upstream = await session.request(
-                    request.method,
-                    self.upstream_url(raw_path),
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    compress=False,
-                )
+            upstream = await session.request(
+                request.method,
+                self.upstream_url(raw_path),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                compress=False,
+            )
         except aiohttp.ClientError as exc:
             # Before TimeoutError: a connect timeout is both, and it means "unreachable".
             raise UpstreamUnreachable(
                 f"the upstream could not be reached: {type(exc).__name__}"
             ) from exc
         except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"the upstream sent no response within {self._timeout:g} s"
-            ) from exc
+            raise self._timed_out() from exc
+        except asyncio.CancelledError:
+            if not deadlines.expired(task):
+                raise  # the client went away
+            task.uncancel()
+            raise self._timed_out() from None
+        finally:
+            deadlines.discard(task)
         exchange.response_started_at = time.time()
         try:
             return await self._relay(request, upstream, exchange, rewritten)
@@ -247,11 +346,20 @@ class Forwarder:
             else:
                 upstream.release()
 
+    def _timed_out(self) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"the upstream sent no response within {self._deadlines.timeout:g} s"
+        )
+
+    def _copies(self, request: web.Request) -> bool:
+        """Whether observers get a copy of this request's body (none of file uploads)."""
+        ctype = request.headers.get("Content-Type", "").lower()
+        return self._max_request > 0 and not ctype.startswith(_NO_COPY_TYPES)
+
     async def _request_body(self, request: web.Request, exchange: Exchange) -> AsyncIterator[bytes]:
         # A generator, so the body streams through in the chunks it arrives in: an upload of
         # any size is never held whole. Observers get a capped copy, and none of file uploads.
-        ctype = request.headers.get("Content-Type", "").lower()
-        copy = self._max_request > 0 and not ctype.startswith(_NO_COPY_TYPES)
+        copy = self._copies(request)
         buf = bytearray()
         async for chunk in request.content.iter_any():
             if copy:
@@ -294,11 +402,26 @@ class Forwarder:
                 tap = _SSETap(exchange, self._dispatcher, self._max_body)
             elif ctype in _JSON_TYPES or ctype.endswith("+json"):
                 tap = _CopyTap(exchange, self._max_body)
+        content = upstream.content
+        whole = body_filter is None and _arrived_whole(request, upstream)
+        if whole:
+            # The body came in with the headers: both go out in one write instead of two,
+            # which is when the client would have had them anyway (bench/README.md).
+            response.send_headers_with_body()
         try:
             await response.prepare(request)
         except ConnectionError:
             return _client_gone(exchange, response)
-        content = upstream.content
+        if whole:
+            body = content.read_nowait()
+            if tap is not None:
+                tap.feed(body)
+                tap.close()
+            try:
+                await response.write_eof(body)
+            except ConnectionError:
+                return _client_gone(exchange, response)
+            return response
         while True:
             try:
                 chunk = await content.readany()
@@ -331,6 +454,19 @@ class Forwarder:
         return response
 
 
+def _arrived_whole(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    """Whether the upstream's whole body, as its Content-Length announced, is already in hand."""
+    length = upstream.headers.get(hdrs.CONTENT_LENGTH)
+    content = upstream.content
+    return (
+        length is not None
+        and content.is_eof()
+        and content.total_bytes > 0
+        and length == str(content.total_bytes)
+        and request.method != "HEAD"
+    )
+
+
 def _client_gone(exchange: Exchange, response: web.StreamResponse) -> web.StreamResponse:
     # A write to a client that went away: nothing to answer, and nothing to log as a failure.
     exchange.client_disconnected = True
@@ -345,6 +481,11 @@ class _Relayed(web.StreamResponse):
     aiohttp has no public switch for these defaults, hence the override."""
 
     unsent: tuple[str, ...] = ()
+
+    def send_headers_with_body(self) -> None:
+        """Hold the headers back until the first body write (or write_eof), and send them in
+        the same write; aiohttp's own switch for this is a class attribute."""
+        self._send_headers_immediately = False
 
     async def _prepare_headers(self) -> None:
         await super()._prepare_headers()

@@ -4,6 +4,7 @@ collide). Labels are bounded: method class, status, team, model, kind; never ids
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -73,9 +74,26 @@ class Metrics:
         )
         self._team = _Bounded()
         self._model = _Bounded()
+        # Children by label values: `labels()` costs microseconds per call, and these are
+        # counted on every request. The label values are bounded, so are these dicts.
+        self._requests: dict[tuple[str, int], Any] = {}
+        self._usage: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._kinds: dict[str, Any] = {}
 
     def request(self, method: str, status: int) -> None:
-        self.requests.labels(method=_method_class(method), status=str(status)).inc()
+        child = self._requests.get((method, status))
+        if child is None:
+            child = self.requests.labels(method=_method_class(method), status=str(status))
+            if method in _KNOWN_METHODS:  # made-up methods must not grow the dict
+                self._requests[(method, status)] = child
+        child.inc()
+
+    def recorded(self, kind: str) -> None:
+        """One usage row of `kind` written."""
+        child = self._kinds.get(kind)
+        if child is None:
+            child = self._kinds[kind] = self.events_recorded.labels(kind=kind)
+        child.inc()
 
     def api_error(self, team: str | None, status: int) -> None:
         self.upstream_errors.labels(team=self._team(team), status=str(status)).inc()
@@ -84,9 +102,16 @@ class Metrics:
         self, team: str | None, model: str | None, prompt: int, completion: int, cost: Decimal
     ) -> None:
         t, m = self._team(team), self._model(model)
-        self.tokens.labels(team=t, model=m, type="prompt").inc(prompt)
-        self.tokens.labels(team=t, model=m, type="completion").inc(completion)
-        self.cost.labels(team=t, model=m).inc(float(cost))
+        children = self._usage.get((t, m))
+        if children is None:
+            children = self._usage[(t, m)] = (
+                self.tokens.labels(team=t, model=m, type="prompt"),
+                self.tokens.labels(team=t, model=m, type="completion"),
+                self.cost.labels(team=t, model=m),
+            )
+        children[0].inc(prompt)
+        children[1].inc(completion)
+        children[2].inc(float(cost))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

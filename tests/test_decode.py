@@ -269,3 +269,28 @@ def test_parse_json() -> None:
     for bad in (b"{", b"\xff", b""):
         with pytest.raises(DecodeError):
             parse_json(bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"usage": {"prompt_tokens": 123456789012345678901234567890}}',  # beyond 64 bits
+        '{"x": NaN, "y": -Infinity}',
+        '{"a": 1, "a": 2}',
+        '{"s": "caf\\u00e9 \\ud83d\\ude00"}',
+        "[1.5e300, -0.0, 1e-320]",
+    ],
+)
+def test_parse_json_gives_what_the_standard_library_gives(text: str) -> None:
+    # orjson parses first and json where orjson refuses: the result must not depend on which.
+    assert repr(parse_json(text.encode())) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("text", [b"", b"{", b'{"a": 1} x', b"\xff\xfe{}", b"[DONE]"])
+def test_parse_json_refuses_what_is_not_json(text: bytes) -> None:
+    with pytest.raises(DecodeError):
+        parse_json(text)
+
+
+def test_parse_json_reads_utf16_as_the_standard_library_does() -> None:
+    assert parse_json('{"a": "b"}'.encode("utf-16")) == {"a": "b"}

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+import proxy.exchange as exchange_module
 from proxy.decode import SSEEvent
 from proxy.exchange import Dispatcher, Exchange
 
@@ -203,7 +204,7 @@ async def test_missing_hook_means_not_interested(dispatch) -> None:
     assert not d.wants("on_event")
     d.submit("on_event", make_exchange(), SSEEvent("message", "a"))
     d.submit("on_error", make_exchange())
-    assert d._queue.qsize() == 0  # nothing queued for hooks nobody has
+    assert d.pending == 0  # nothing queued for hooks nobody has
     d.submit("on_response", make_exchange())
     await d.drain()
     assert len(obs.seen) == 1
@@ -252,7 +253,7 @@ async def test_slow_observer_does_not_block_submit(dispatch) -> None:
     # The hook is stuck; submitting more still returns at once (it is synchronous) and queues.
     for i in range(100):
         d.submit("on_response", make_exchange(request_id=f"more{i}"))
-    assert d._queue.qsize() == 100
+    assert d.pending == 100
     assert rec.calls == []
     slow.release.set()
     await d.drain()
@@ -286,3 +287,47 @@ async def test_stop_gives_up_on_a_stuck_observer() -> None:
     await asyncio.wait_for(slow.entered.wait(), 5)
     await asyncio.wait_for(d.stop(timeout=0.05), 5)
     assert d._task is None
+
+
+async def test_a_burst_is_delivered_in_order_and_lets_the_loop_run(dispatch) -> None:
+    # A burst of exchanges must not hold the event loop for its whole length: requests being
+    # forwarded meanwhile run between slices of it.
+    ticks = 0
+    seen_at: list[int] = []
+
+    class Counting:
+        def on_response(self, exchange: Exchange) -> None:
+            seen_at.append(ticks)
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    d = dispatch([Counting(), rec := Recorder()])
+    task = asyncio.create_task(ticker())
+    try:
+        for i in range(500):
+            d.submit("on_response", make_exchange(request_id=f"r{i}"))
+        await asyncio.wait_for(d.drain(), 10)
+    finally:
+        task.cancel()
+    assert [c[1] for c in rec.calls] == [f"r{i}" for i in range(500)]
+    assert len(set(seen_at)) >= 500 // 64  # the loop ran between slices of the burst
+    assert exchange_module._CATCH_UP > 500  # (else the burst would be delivered in one go)
+
+
+async def test_drain_waits_for_items_submitted_while_delivering(dispatch) -> None:
+    rec = Recorder()
+
+    class Resubmits:
+        def on_response(self, exchange: Exchange) -> None:
+            if exchange.request_id == "first":
+                d.submit("on_response", make_exchange(request_id="second"))
+
+    d = dispatch([Resubmits(), rec])
+    d.submit("on_response", make_exchange(request_id="first"))
+    await asyncio.wait_for(d.drain(), 10)
+    assert rec.calls == [("on_response", "first"), ("on_response", "second")]
+    assert d.pending == 0

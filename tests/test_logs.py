@@ -90,3 +90,60 @@ def test_configure_logging_honours_the_level(capsys) -> None:
         undo()
     err = capsys.readouterr().err
     assert "loud" in err and "quiet" not in err
+
+
+class _Request:
+    method = "POST"
+    remote = "127.0.0.1"
+
+    def __init__(self, raw_path: str) -> None:
+        self.rel_url = type("U", (), {"raw_path": raw_path})()
+
+    def get(self, _key: object) -> str:
+        return "abc-1"
+
+
+class _Response:
+    status = 200
+
+    def __init__(self, upstream_id: str | None) -> None:
+        self.headers = {"x-request-id": upstream_id} if upstream_id else {}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize(
+    ("path", "upstream_id"),
+    [(f"/v1/files/{KEY}/content", None), ("/v1/models", f"req-{KEY}"), ("/v1/models", None)],
+)
+def test_access_lines_mask_their_own_fields(
+    capsys, fmt: str, path: str, upstream_id: str | None
+) -> None:
+    # The access logger masks its fields itself and tells the filter so: the secret must still
+    # be gone from the line and from every JSON field, and the marker must not be printed.
+    from proxy.logs import ACCESS_LOGGER, AccessLogger
+
+    undo = configure_logging(Settings(log_format=fmt, log_level="info"))
+    try:
+        AccessLogger(logging.getLogger(ACCESS_LOGGER), "").log(
+            _Request(path), _Response(upstream_id), 0.0012
+        )
+    finally:
+        undo()
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "proxy.access" in x]
+    assert KEY not in line and "_redacted" not in line
+    if path != "/v1/models" or upstream_id:
+        assert "sk-***" in line
+    if fmt == "json":
+        entry = json.loads(line)
+        assert entry["path"] == redact(path) and entry["method"] == "POST"
+        assert entry.get("upstream_request_id") == (redact(upstream_id) if upstream_id else None)
+
+
+def test_configure_logging_restores_the_record_lookups() -> None:
+    before = (logging._srcfile, logging.logThreads, logging.logProcesses)
+    undo = configure_logging(Settings())
+    try:
+        assert logging._srcfile is None and not logging.logThreads
+    finally:
+        undo()
+    assert (logging._srcfile, logging.logThreads, logging.logProcesses) == before

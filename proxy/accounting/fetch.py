@@ -1,23 +1,37 @@
 """Fetching a run's steps and its thread's messages from the upstream, page by page, with the
-client's own credentials. I/O only; what the pages mean is decided elsewhere."""
+client's own credentials. I/O only; what the pages mean is decided elsewhere.
+
+Every finished run costs two of these GETs on the serving event loop, so the per-page work is
+kept small: orjson, no decompressor for an identity body, a prebuilt first-page query."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
 
-from proxy.decode import decode_body
+from proxy.decode import DecodeError, decode_body, parse_json
 from proxy.errors import FetchError
 
-__all__ = ["RunFetcher", "parse_retry_after"]
+__all__ = ["FetchedRun", "RunFetcher", "parse_retry_after"]
 
 _MAX_PAGES = 10_000  # a guard against an upstream whose has_more never ends
+_FIRST_PAGE = "limit=100&order=asc"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedRun:
+    """A run's steps and its thread's messages, and the size of the bodies they came in (a
+    cheap measure of how much text estimating them will tokenize)."""
+
+    steps: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+    nbytes: int
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -43,29 +57,38 @@ class RunFetcher:
         self._url_for = url_for
         self._timeout = timeout
 
+    async def run(
+        self, prefix: str, query: str, thread_id: str, run_id: str, headers: Mapping[str, str]
+    ) -> FetchedRun:
+        """The run's steps and its thread's messages, fetched at the same time."""
+        size = [0]
+        steps, messages = await asyncio.gather(
+            self._all_pages(_steps_path(prefix, thread_id, run_id), query, headers, size),
+            self._all_pages(_messages_path(prefix, thread_id), query, headers, size),
+        )
+        return FetchedRun(steps, messages, size[0])
+
     async def steps(
         self, prefix: str, query: str, thread_id: str, run_id: str, headers: Mapping[str, str]
     ) -> list[dict[str, Any]]:
-        path = f"{prefix}/threads/{quote(thread_id)}/runs/{quote(run_id)}/steps"
-        return await self._all_pages(path, query, headers)
+        return await self._all_pages(_steps_path(prefix, thread_id, run_id), query, headers)
 
     async def messages(
         self, prefix: str, query: str, thread_id: str, headers: Mapping[str, str]
     ) -> list[dict[str, Any]]:
-        path = f"{prefix}/threads/{quote(thread_id)}/messages"
-        return await self._all_pages(path, query, headers)
+        return await self._all_pages(_messages_path(prefix, thread_id), query, headers)
 
     async def _all_pages(
-        self, path: str, query: str, headers: Mapping[str, str]
+        self, path: str, query: str, headers: Mapping[str, str], size: list[int] | None = None
     ) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         after: str | None = None
+        # Once per run, not per request: aiohttp wants a dict it may copy.
+        headers = dict(headers)
+        tail = f"&{query}" if query else ""
         for _ in range(_MAX_PAGES):
-            params = {"limit": "100", "order": "asc"}
-            if after:
-                params["after"] = after
-            qs = urlencode(params) + (f"&{query}" if query else "")
-            page = await self._get(f"{path}?{qs}", headers)
+            qs = _FIRST_PAGE if after is None else f"{_FIRST_PAGE}&after={quote(after, safe='')}"
+            page = await self._get(f"{path}?{qs}{tail}", headers, size)
             data = page.get("data")
             if not isinstance(data, list):
                 raise FetchError(f"unexpected list body from {path}")
@@ -78,13 +101,13 @@ class RunFetcher:
             after = last
         raise FetchError(f"more than {_MAX_PAGES} pages from {path}")
 
-    async def _get(self, path_qs: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    async def _get(
+        self, path_qs: str, headers: dict[str, str], size: list[int] | None
+    ) -> dict[str, Any]:
         url = self._url_for(path_qs)
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._session().get(
-                    url, headers=dict(headers), allow_redirects=False
-                ) as resp:
+                async with self._session().get(url, headers=headers, allow_redirects=False) as resp:
                     body = await resp.read()
                     if resp.status != 200:
                         raise FetchError(
@@ -93,7 +116,8 @@ class RunFetcher:
                             retry_after=parse_retry_after(resp.headers.get("retry-after")),
                         )
                     # auto_decompress is off on the shared session: undo any encoding here.
-                    raw = decode_body(body, resp.headers.get("Content-Encoding"))
+                    encoding = resp.headers.get("Content-Encoding")
+                    raw = decode_body(body, encoding) if encoding else body
         except TimeoutError as exc:
             raise FetchError(f"GET {path_qs.split('?')[0]} timed out") from exc
         except aiohttp.ClientError as exc:
@@ -101,9 +125,19 @@ class RunFetcher:
         except ValueError as exc:  # DecodeError
             raise FetchError(f"GET {path_qs.split('?')[0]}: unreadable body") from exc
         try:
-            page = json.loads(raw)
-        except ValueError as exc:
+            page = parse_json(raw)
+        except DecodeError as exc:
             raise FetchError(f"GET {path_qs.split('?')[0]}: body is not JSON") from exc
         if not isinstance(page, dict):
             raise FetchError(f"GET {path_qs.split('?')[0]}: body is not an object")
+        if size is not None:
+            size[0] += len(raw)
         return page
+
+
+def _steps_path(prefix: str, thread_id: str, run_id: str) -> str:
+    return f"{prefix}/threads/{quote(thread_id)}/runs/{quote(run_id)}/steps"
+
+
+def _messages_path(prefix: str, thread_id: str) -> str:
+    return f"{prefix}/threads/{quote(thread_id)}/messages"

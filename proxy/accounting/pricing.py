@@ -33,6 +33,7 @@ __all__ = ["Cost", "ModelPrice", "PriceTable", "Usage", "cost_of", "load_price_t
 
 _MTOK = Decimal(1_000_000)
 _PLACES = Decimal("1e-10")  # the usage table stores money as Numeric(20, 10)
+_ZERO = Decimal(0).quantize(_PLACES)
 _SNAPSHOT = re.compile(r"(?P<alias>.+)-\d{4}-\d{2}-\d{2}")
 _TOOLS = ("code_interpreter_session", "file_search_call", "web_search_call")
 # The key naming an entry, then its other required keys and its optional ones.
@@ -40,6 +41,7 @@ _MODEL_KEYS = ("model", {"effective_from", "input", "output"}, {"cached_input"})
 _TOOL_KEYS = ("tool", {"effective_from", "price"}, {"per"})
 
 _Lookup = Callable[[str, datetime], "ModelPrice | None"]
+_CACHE_SIZE = 4096
 _Entry = TypeVar("_Entry", "ModelPrice", "_ToolPrice")
 
 
@@ -55,8 +57,7 @@ class ModelPrice:
     source: str  # "config", "default" or "genai-prices"
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     """What one billable event consumed, counted as OpenAI's usage objects count it.
 
     `cached_tokens` is the part of `prompt_tokens` read from the prompt cache, and
@@ -71,8 +72,7 @@ class Usage:
     web_search_calls: int = 0
 
 
-@dataclass(frozen=True)
-class Cost:
+class Cost(NamedTuple):
     """USD cost of one event: `total == tokens + tools`, each rounded to 10 decimal places.
 
     `missing` names what was used but had no price in force ("tokens", or a tool name such as
@@ -106,12 +106,30 @@ class PriceTable:
 
     _sources: tuple[_Source, ...]
     _fallback: _Lookup | None = field(default=None, repr=False)
+    # (model, day) -> the tables' answer. Pricing runs for every recorded request; the tables
+    # change only by date, so the answer is the same all day. genai-prices is not cached: its
+    # conditions may depend on the time, not only the day.
+    _cache: dict[tuple[str, date], ModelPrice | None] = field(
+        default_factory=dict, repr=False, compare=False, hash=False
+    )
 
     def model_price(self, model: str | None, at: datetime) -> ModelPrice | None:
         """Token prices in force for `model` at `at` (naive means UTC), or None if unknown."""
         if not model:
             return None
-        day = _utc_date(at)
+        key = (model, _utc_date(at))
+        try:
+            price = self._cache[key]
+        except KeyError:
+            price = self._from_tables(model, key[1])
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()  # made-up model names must not grow it without bound
+            self._cache[key] = price
+        if price is None and self._fallback:
+            return self._fallback(model, at)
+        return price
+
+    def _from_tables(self, model: str, day: date) -> ModelPrice | None:
         names = [model.lower()]
         if snapshot := _SNAPSHOT.fullmatch(names[0]):
             names.append(snapshot["alias"])
@@ -119,7 +137,7 @@ class PriceTable:
             for name in names:
                 if price := _in_force(source.models.get(name, ()), day):
                     return price
-        return self._fallback(model, at) if self._fallback else None
+        return None
 
     def tool_price(self, tool: str, at: datetime) -> Decimal | None:
         """USD per session or call of `tool` in force at `at`, or None if the tables have none."""
@@ -146,8 +164,11 @@ def cost_of(table: PriceTable, model: str | None, at: datetime, usage: Usage) ->
         uncached = usage.prompt_tokens - cached
         tokens = uncached * price.input + cached * cached_rate
         tokens = (tokens + usage.completion_tokens * price.output) / _MTOK
-    tools = Decimal(0)
+    tokens = tokens.quantize(_PLACES)
     counts = (usage.code_interpreter_sessions, usage.file_search_calls, usage.web_search_calls)
+    if not any(counts):  # most events: no tool to look up
+        return Cost(tokens, tokens, _ZERO, price, tuple(missing))
+    tools = Decimal(0)
     for tool, count in zip(_TOOLS, counts, strict=True):
         if not count:
             continue
@@ -156,7 +177,7 @@ def cost_of(table: PriceTable, model: str | None, at: datetime, usage: Usage) ->
             missing.append(tool)
         else:
             tools += count * unit
-    tokens, tools = tokens.quantize(_PLACES), tools.quantize(_PLACES)
+    tools = tools.quantize(_PLACES)
     return Cost(tokens + tools, tokens, tools, price, tuple(missing))
 
 
@@ -184,7 +205,9 @@ def load_price_table(
 
 def _utc_date(at: datetime) -> date:
     # Naive datetimes are UTC: that is how this project stores every timestamp.
-    return at.astimezone(UTC).date() if at.tzinfo else at.date()
+    if at.tzinfo is None or at.tzinfo is UTC:
+        return at.date()
+    return at.astimezone(UTC).date()
 
 
 def _in_force(entries: tuple[_Entry, ...], day: date) -> _Entry | None:

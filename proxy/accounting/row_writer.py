@@ -3,7 +3,10 @@
 A transaction per row costs ~1 ms of event-loop CPU, so writing each row as it is observed
 caps recording at ~600 rows/s (bench/README.md, finding 1). The task here writes whatever has
 accumulated since its last transaction, up to `batch` rows, with one multi-row INSERT
-(records.record_rows). No timer: under load, rows gather while the previous flush runs.
+(records.record_rows). A batch short of `batch` rows waits up to `gather` seconds for more:
+a transaction costs as much as ~30 rows in it, and without the wait a proxy with a few
+clients wrote one or two rows per transaction (bench/README.md). drain() and stop() cut the
+wait short.
 
 Failures:
 - The database is unreachable (proxy.db.errors.is_unavailable): the rows stay in memory, up
@@ -42,6 +45,7 @@ class RowWriter:
         *,
         resolve_teams: Callable[[Sequence[records.UsageRow]], Awaitable[Rows]],
         batch: int = 256,  # measured: 100-500 rows per transaction, PostgreSQL best near 100
+        gather: float = 0.05,
         limit: int = 100_000,
         retry_base: float = 0.5,
         max_backoff: float = 30.0,
@@ -51,12 +55,16 @@ class RowWriter:
         self._metrics = metrics
         self._resolve = resolve_teams
         self._batch = batch
+        self._gather = gather
         self._limit = limit
         self._retry_base = retry_base
         self._max_backoff = max_backoff
         self._on_pending = on_pending
         self._pending: collections.deque[records.UsageRow] = collections.deque()
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._hurry = False
         self._stopping = False
         self._dropped = 0
         self._task: asyncio.Task[None] | None = None
@@ -71,8 +79,23 @@ class RowWriter:
         and the client's traffic must not wait on accounting."""
         if len(self._pending) >= self._limit:
             self._drop_oldest(1)
-        self._pending.append(row)
+        pending = self._pending
+        pending.append(row)
+        # Woken for the first row and for a full batch; rows in between only gather.
+        if len(pending) == 1 or len(pending) >= self._batch:
+            self._idle.clear()
+            self._wake.set()
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Write what was submitted so far, without the gather wait, and return once it is
+        written (or dropped), or after `timeout` seconds."""
+        self._hurry = True
         self._wake.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        finally:
+            self._hurry = False
 
     def start(self) -> None:
         if self._task is None:
@@ -98,9 +121,13 @@ class RowWriter:
             if not self._pending:
                 if self._stopping:
                     return
+                self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self._gather > 0 and not self._full():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._gathered(), self._gather)
             n = min(len(self._pending), self._batch)
             batch = [self._pending.popleft() for _ in range(n)]
             try:
@@ -130,6 +157,14 @@ class RowWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped(), delay)
             delay = min(delay * 2, self._max_backoff)
+
+    def _full(self) -> bool:
+        return self._stopping or self._hurry or len(self._pending) >= self._batch
+
+    async def _gathered(self) -> None:
+        while not self._full():
+            self._wake.clear()
+            await self._wake.wait()
 
     async def _stopped(self) -> None:
         while not self._stopping:
@@ -166,7 +201,7 @@ class RowWriter:
     def _recorded(self, rows: Rows) -> None:
         m = self._metrics
         for row in rows:
-            m.events_recorded.labels(kind=row.kind).inc()
+            m.recorded(row.kind)
             m.usage(row.team, row.model, row.prompt_tokens, row.completion_tokens, row.cost_usd)
 
     def _refused(self, row: records.UsageRow, exc: BaseException) -> None:

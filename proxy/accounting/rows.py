@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate import RunEstimate
 from proxy.accounting.pricing import PriceTable, Usage, cost_of
-from proxy.db.records import UsageRow
+from proxy.db.records import RunUsage, UsageRow
 
 __all__ = ["RunRow", "occurred_at", "run_row", "to_datetime"]
 
@@ -39,17 +38,8 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-class RunRow:
-    """A run's row plus what the recording transaction needs to count and price sessions."""
-
-    __slots__ = ("call_times", "row", "session_price")
-
-    def __init__(
-        self, row: UsageRow, call_times: tuple[dt.datetime, ...], session_price: Decimal | None
-    ) -> None:
-        self.row = row
-        self.call_times = call_times
-        self.session_price = session_price
+# A run's row plus what the recording transaction needs to count and price its sessions.
+RunRow = RunUsage
 
 
 def run_row(

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
+
 from proxy.decode import DecodeError, SSEEvent
 from proxy.exchange import Exchange
 
@@ -72,6 +74,8 @@ def api_context(path: str, query_string: str) -> tuple[str, str]:
     without paging parameters (so Azure's `api-version` survives)."""
     idx = path.find("/threads")
     prefix = path[:idx] if idx >= 0 else ("/v1" if path.startswith("/v1/") else "")
+    if not query_string:
+        return prefix, ""
     kept = [(k, v) for k, v in parse_qsl(query_string, keep_blank_values=True) if k not in _PAGING]
     return prefix, urlencode(kept)
 
@@ -87,7 +91,11 @@ class RunSighting:
 
     @property
     def run_json(self) -> str:
-        return json.dumps(self.run, separators=(",", ":"))
+        try:
+            return orjson.dumps(self.run).decode()
+        except orjson.JSONEncodeError:
+            # An integer beyond 64 bits: the standard library writes it.
+            return json.dumps(self.run, separators=(",", ":"))
 
 
 class RunObserver:

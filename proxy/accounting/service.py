@@ -1,11 +1,11 @@
 """Accounting, wired: the database, the key fingerprinter, team lookup, the observers and the
 collector, with one lifecycle (`context`, an aiohttp cleanup_ctx).
 
-Writes that fail because the database is down are kept in a bounded in-memory backlog and
-replayed by the collector loop, so a database outage loses nothing short of a restart (after a
-restart, runs are seen again when clients poll them; fail open for traffic either way).
-Usage rows of chat completions, embeddings and responses go through `rows` (a RowWriter),
-which writes them in batches and holds them alike while the database is down.
+Collection jobs go through `outbox` (a JobWriter) and usage rows of chat completions,
+embeddings and responses through `rows` (a RowWriter): each writes in batches, and holds what
+it could not write in a bounded in-memory backlog while the database is down, so an outage
+loses nothing short of a restart (after a restart, runs are seen again when clients poll
+them; fail open for traffic either way).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -26,13 +26,14 @@ from proxy.accounting.collector import RunCollector
 from proxy.accounting.estimate import EstimateConstants
 from proxy.accounting.events import EventObserver
 from proxy.accounting.fetch import RunFetcher
+from proxy.accounting.outbox import JobWriter
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.row_writer import RowWriter
 from proxy.accounting.runs import RunObserver, RunSighting
 from proxy.accounting.tokenizer import warm_up
 from proxy.db import jobs, records
 from proxy.db.engine import make_engine, make_sessionmaker, ping
-from proxy.db.errors import DB_ERRORS, is_unavailable
+from proxy.db.errors import DB_ERRORS
 from proxy.errors import ConfigError
 from proxy.forward import Forwarder
 from proxy.keys import CredentialStore, extract_key, fingerprint, hint
@@ -45,6 +46,15 @@ _log = logging.getLogger("proxy.accounting")
 
 _BACKLOG_LIMIT = 100_000
 _TEAM_TTL = 60.0
+# The request headers attribution depends on (see Accounting.attribute).
+_ATTRIBUTED_BY = (
+    "Authorization",
+    "api-key",
+    "OpenAI-Project",
+    "OpenAI-Organization",
+    "X-Usage-Team",
+    "X-Usage-Tag",
+)
 _FP_CACHE = 10_000
 
 
@@ -64,7 +74,14 @@ class Accounting:
         self._secret_ready = asyncio.Event() if self._secret is None else None
         self._fps: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._teams: dict[tuple[str | None, str | None], tuple[str, float]] = {}
-        self._backlog: collections.deque[Callable[[], Awaitable[object]]] = collections.deque()
+        self._attributions: dict[tuple[str | None, ...], tuple[Attribution, float]] = {}
+        self.outbox = JobWriter(
+            self.sessionmaker,
+            self.metrics,
+            limit=_BACKLOG_LIMIT,
+            on_written=self._jobs_written,
+            on_pending=lambda _: self._show_backlog(),
+        )
         self.rows = RowWriter(
             self.sessionmaker,
             self.metrics,
@@ -111,7 +128,6 @@ class Accounting:
             reported_wait=s.reported_usage_wait,
             max_backoff=s.collector_max_backoff,
             retry_base=s.collector_retry_base,
-            before_claim=self._flush_backlog,
         )
         loop = asyncio.get_running_loop()
         # Loading the encodings takes a moment: do it now, off the loop, not on the first run.
@@ -119,12 +135,14 @@ class Accounting:
         if self._secret is None:
             self._tasks.append(asyncio.create_task(self._load_secret()))
         self.collector.start()
+        self.outbox.start()
         self.rows.start()
         try:
             yield
         finally:
             await self.collector.stop()
             # Before the engine is disposed: everything observed so far is written.
+            await self.outbox.stop()
             await self.rows.stop()
             for task in self._tasks:
                 task.cancel()
@@ -180,7 +198,27 @@ class Accounting:
 
     async def attribute(self, headers: Mapping[str, str]) -> Attribution:
         """Who pays for a request: the key's fingerprint, team, tag, project and organization.
-        Also keeps the credential in memory for collection."""
+        Also keeps the credential in memory for collection.
+
+        Remembered per combination of the headers it depends on, for as long as a team lookup
+        is: most traffic comes from a few keys, and working it out again cost more than the
+        rest of a request's accounting (bench/README.md)."""
+        now = time.monotonic()
+        seen = tuple(map(headers.get, _ATTRIBUTED_BY))
+        hit = self._attributions.get(seen)
+        if hit is not None and hit[1] > now:
+            who = hit[0]
+            if who.key_fingerprint is not None:
+                self.credentials.remember(who.key_fingerprint, headers)
+            return who
+        who = await self._attribute(headers)
+        if who.team is not None:  # None: the database is down; the write resolves it later
+            if len(self._attributions) >= _FP_CACHE:
+                self._attributions.clear()
+            self._attributions[seen] = (who, now + _TEAM_TTL)
+        return who
+
+    async def _attribute(self, headers: Mapping[str, str]) -> Attribution:
         key = extract_key(headers)
         fp = await self._fingerprint(key) if key else None
         if key and fp:
@@ -218,7 +256,8 @@ class Accounting:
 
     # --- writes --------------------------------------------------------------------------
     async def open_job(self, sighting: RunSighting) -> None:
-        """A run was seen finished: write its collection job (or keep it until the DB is back)."""
+        """A run was seen finished: queue its collection job for the outbox writer, which
+        inserts it with the jobs that came meanwhile (or keeps it until the DB is back)."""
         who = await self.attribute(sighting.request_headers)
         run = sighting.run
         job = jobs.NewJob(
@@ -230,29 +269,12 @@ class Accounting:
             **who.columns(),
             has_reported_usage=isinstance(run.get("usage"), dict),
         )
-        await self.write(lambda: jobs.enqueue(self.sessionmaker(), job))
+        self.outbox.submit(job)
+
+    def _jobs_written(self) -> None:
+        # Only now can the collector claim them.
         if self.collector is not None:
             self.collector.wake()
-
-    async def write(self, op: Callable[[], Awaitable[object]]) -> None:
-        """Run a database write now, or keep it for later if the database is unreachable."""
-        if self._backlog:
-            self._keep(op)
-            return
-        try:
-            await op()
-        except DB_ERRORS as exc:
-            if not is_unavailable(exc):
-                self._refused(exc)
-                return
-            _log.warning("database write failed (%s); kept in memory", type(exc).__name__)
-            self._keep(op)
-
-    def _refused(self, exc: BaseException) -> None:
-        # The database answered and said no (bad data, constraint): keeping the write would
-        # block every later one behind it, and retrying it can never succeed.
-        self.metrics.collection_failures.labels(reason="database_refused").inc()
-        _log.error("the database refused a usage write, which is dropped: %s", type(exc).__name__)
 
     async def resolve_team(self, row: records.UsageRow) -> records.UsageRow:
         """The row with its team looked up now, if it could not be when the request was seen."""
@@ -276,25 +298,6 @@ class Accounting:
             out.append(dataclasses.replace(row, team=team))
         return out
 
-    def _keep(self, op: Callable[[], Awaitable[object]]) -> None:
-        if len(self._backlog) >= _BACKLOG_LIMIT:
-            self.metrics.collection_failures.labels(reason="backlog_full").inc()
-            _log.error("in-memory backlog full; dropping the oldest write")
-            self._backlog.popleft()
-        self._backlog.append(op)
-        self._show_backlog()
-
     def _show_backlog(self) -> None:
-        # Usage rows waiting in the writer count too: during an outage they are held alike.
-        self.metrics.backlog.set(len(self._backlog) + self.rows.pending)
-
-    async def _flush_backlog(self) -> None:
-        while self._backlog:
-            try:
-                await self._backlog[0]()
-            except DB_ERRORS as exc:
-                if is_unavailable(exc):
-                    raise  # still down: keep everything, in order
-                self._refused(exc)
-            self._backlog.popleft()
-            self._show_backlog()
+        # Jobs and usage rows waiting in the writers: during an outage they are held there.
+        self.metrics.backlog.set(self.outbox.pending + self.rows.pending)

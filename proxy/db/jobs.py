@@ -9,11 +9,14 @@ mid-job strands nothing. `complete`, `retry` and `release` act only while the jo
 claimed by the same worker; they return False when it is not (the lease ran out and another
 worker took the job), and the caller then drops its copy.
 
-Claiming: on PostgreSQL, SELECT ... FOR UPDATE SKIP LOCKED then UPDATE, in one transaction, so
-concurrent claimers skip each other's rows instead of waiting. On SQLite, one
-UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING in a transaction that begins IMMEDIATE
-(proxy.db.engine): SQLite has one writer at a time, and the UPDATE re-checks the lease, so two
-processes cannot both win a job.
+Claiming is one UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING. On PostgreSQL the
+SELECT is FOR UPDATE SKIP LOCKED, so concurrent claimers skip each other's rows instead of
+waiting (and a row another claimer took meanwhile fails the lease re-check). On SQLite the
+transaction begins IMMEDIATE (proxy.db.engine): SQLite has one writer at a time, and the UPDATE
+re-checks the lease, so two processes cannot both win a job.
+
+The `_many` variants do the same for many jobs in one transaction: that, not the database,
+is what makes a busy collector cheap (a transaction costs ~0.5 ms of event-loop CPU).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, or_, select, update
+from sqlalchemy import Integer, Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -37,9 +41,13 @@ __all__ = [
     "backoff",
     "claim",
     "complete",
+    "complete_held",
+    "complete_many",
     "enqueue",
+    "enqueue_many",
     "pending_count",
     "release",
+    "release_many",
     "retry",
 ]
 
@@ -81,25 +89,80 @@ _NEW_FIELDS = tuple(f.name for f in dataclasses.fields(NewJob))
 _CLAIMED_FIELDS = tuple(f.name for f in dataclasses.fields(ClaimedJob))
 
 
-def _insert(session: AsyncSession):
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_jobs)
+# Statements are built once, at import, and executed with parameters: building one per call
+# costs more CPU than the database spends on it (bench/README.md, finding 2).
+def _enqueue(insert: Callable[[Table], Any]) -> Any:
+    return insert(_jobs).on_conflict_do_nothing(index_elements=["run_id"]).returning(_jobs.c.run_id)
+
+
+def _claim(*, skip_locked: bool) -> Any:
+    now = bindparam("now", type_=_jobs.c.next_attempt_at.type)
+    unclaimed = or_(_jobs.c.claimed_until.is_(None), _jobs.c.claimed_until < now)
+    eligible = or_(
+        _jobs.c.key_fingerprint.in_(bindparam("fingerprints", expanding=True)),
+        and_(_jobs.c.has_reported_usage.is_(True), _jobs.c.created_at <= bindparam("cutoff")),
+    )
+    pick = (
+        select(_jobs.c.id)
+        .where(_jobs.c.next_attempt_at <= now, unclaimed, eligible)
+        .order_by(_jobs.c.next_attempt_at, _jobs.c.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    if skip_locked:
+        pick = pick.with_for_update(skip_locked=True)
+    return (
+        update(_jobs)
+        .where(_jobs.c.id.in_(pick), unclaimed)
+        .values(claimed_by=bindparam("worker"), claimed_until=bindparam("until"))
+        .returning(*(_jobs.c[name] for name in _CLAIMED_FIELDS))
+    )
+
+
+_ENQUEUE = {"postgresql": _enqueue(postgresql.insert), "sqlite": _enqueue(sqlite.insert)}
+# PostgreSQL: claimers skip each other's locked rows instead of waiting. SQLite: the
+# transaction holds the single write lock, and the UPDATE re-checks the lease.
+_CLAIM = {"postgresql": _claim(skip_locked=True), "sqlite": _claim(skip_locked=False)}
+_HELD = and_(
+    _jobs.c.id.in_(bindparam("ids", expanding=True)), _jobs.c.claimed_by == bindparam("worker")
+)
+_COMPLETE = delete(_jobs).where(_HELD).returning(_jobs.c.id)
+_RELEASE = (
+    update(_jobs).where(_HELD).values(claimed_by=None, claimed_until=None).returning(_jobs.c.id)
+)
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
 
 
 async def enqueue(
     sm: async_sessionmaker[AsyncSession], job: NewJob, *, now: dt.datetime | None = None
 ) -> bool:
     """Insert the job unless one exists for its run_id. True if this call inserted it."""
+    return await enqueue_many(sm, [job], now=now) == 1
+
+
+async def enqueue_many(
+    sm: async_sessionmaker[AsyncSession],
+    new_jobs: Iterable[NewJob],
+    *,
+    now: dt.datetime | None = None,
+) -> int:
+    """Insert, in one transaction, the jobs whose run_id has no job yet (a run_id repeated in
+    `new_jobs` counts once, from its first job); how many this call inserted. All or nothing:
+    a job the database refuses fails the whole call."""
     now = now or utcnow()
-    values = {name: getattr(job, name) for name in _NEW_FIELDS}
+    params: dict[str, dict[str, Any]] = {}
+    for job in new_jobs:
+        if job.run_id not in params:
+            values = {name: getattr(job, name) for name in _NEW_FIELDS}
+            values.update(created_at=now, next_attempt_at=now, attempts=0)
+            params[job.run_id] = values
+    if not params:
+        return 0
     async with sm.begin() as session:
-        stmt = (
-            _insert(session)
-            .values(**values, created_at=now, next_attempt_at=now, attempts=0)
-            .on_conflict_do_nothing(index_elements=["run_id"])
-            .returning(_jobs.c.id)
-        )
-        return (await session.execute(stmt)).first() is not None
+        result = await session.execute(_ENQUEUE[_dialect(session)], list(params.values()))
+        return len(result.all())
 
 
 async def claim(
@@ -117,33 +180,23 @@ async def claim(
     Due: next_attempt_at <= now and not claimed (or the claim's lease has run out). Eligible:
     the job's key fingerprint is in `fingerprints` (this process holds the credential), or the
     run reported its usage and the job is at least `reported_wait` seconds old (recorded
-    without fetching). The claim lasts `lease` seconds; attempts is not changed.
+    without fetching). The claim lasts `lease` seconds; attempts is not changed. One statement
+    in one transaction, whatever `limit` is.
     """
     if limit <= 0:
         return []
     now = now or utcnow()
-    until = now + dt.timedelta(seconds=lease)
-    eligible = and_(
-        _jobs.c.has_reported_usage.is_(True),
-        _jobs.c.created_at <= now - dt.timedelta(seconds=reported_wait),
-    )
-    if fingerprints:
-        eligible = or_(_jobs.c.key_fingerprint.in_(list(fingerprints)), eligible)
-    unclaimed = or_(_jobs.c.claimed_until.is_(None), _jobs.c.claimed_until < now)
-    due = and_(_jobs.c.next_attempt_at <= now, unclaimed, eligible)
-    pick = select(_jobs.c.id).where(due).order_by(_jobs.c.next_attempt_at, _jobs.c.id).limit(limit)
-    take = update(_jobs).values(claimed_by=worker, claimed_until=until).returning(*_jobs.c)
-
+    params = {
+        "now": now,
+        "until": now + dt.timedelta(seconds=lease),
+        "cutoff": now - dt.timedelta(seconds=reported_wait),
+        "fingerprints": list(fingerprints),
+        "limit": limit,
+        "worker": worker,
+    }
     async with sm.begin() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            ids = (await session.scalars(pick.with_for_update(skip_locked=True))).all()
-            if not ids:
-                return []
-            rows = (await session.execute(take.where(_jobs.c.id.in_(ids)))).mappings().all()
-        else:
-            stmt = take.where(_jobs.c.id.in_(pick), unclaimed)
-            rows = (await session.execute(stmt)).mappings().all()
-    jobs = [ClaimedJob(**{name: row[name] for name in _CLAIMED_FIELDS}) for row in rows]
+        rows = (await session.execute(_CLAIM[_dialect(session)], params)).all()
+    jobs = [ClaimedJob(**dict(zip(_CLAIMED_FIELDS, row, strict=True))) for row in rows]
     # RETURNING promises no order.
     jobs.sort(key=lambda j: (j.next_attempt_at, j.id))
     return jobs
@@ -151,9 +204,26 @@ async def claim(
 
 async def complete(sm: async_sessionmaker[AsyncSession], job_id: int, worker: str) -> bool:
     """Delete the job, if `worker` still holds it. True if deleted."""
+    return bool(await complete_many(sm, [job_id], worker))
+
+
+async def complete_many(
+    sm: async_sessionmaker[AsyncSession], job_ids: Collection[int], worker: str
+) -> set[int]:
+    """Delete those of the jobs that `worker` still holds, in one transaction; their ids."""
+    if not job_ids:
+        return set()
     async with sm.begin() as session:
-        stmt = delete(_jobs).where(_jobs.c.id == job_id, _jobs.c.claimed_by == worker)
-        return (await session.execute(stmt)).rowcount == 1
+        return await complete_held(session, job_ids, worker)
+
+
+async def complete_held(session: AsyncSession, job_ids: Collection[int], worker: str) -> set[int]:
+    """`complete_many` inside the caller's transaction, so that a job is deleted together with
+    what recording it wrote (records.record_usage_many's `also`)."""
+    if not job_ids:
+        return set()
+    result = await session.execute(_COMPLETE, {"ids": list(job_ids), "worker": worker})
+    return set(result.scalars())
 
 
 async def retry(
@@ -188,15 +258,32 @@ async def release(
 ) -> bool:
     """Give the job back without counting an attempt (e.g. its key is no longer in memory);
     with `delay`, it is not due again before then. True if `worker` still held the job."""
-    values: dict[str, object] = {"claimed_by": None, "claimed_until": None}
-    if delay > 0:
-        values["next_attempt_at"] = (now or utcnow()) + dt.timedelta(seconds=delay)
+    if delay <= 0:
+        return bool(await release_many(sm, [job_id], worker))
+    values = {
+        "claimed_by": None,
+        "claimed_until": None,
+        "next_attempt_at": (now or utcnow()) + dt.timedelta(seconds=delay),
+    }
     return await _update_claimed(sm, job_id, worker, values)
+
+
+async def release_many(
+    sm: async_sessionmaker[AsyncSession], job_ids: Collection[int], worker: str
+) -> set[int]:
+    """Give back those of the jobs that `worker` still holds, due at once and without counting
+    an attempt, in one transaction (at shutdown); their ids."""
+    if not job_ids:
+        return set()
+    async with sm.begin() as session:
+        result = await session.execute(_RELEASE, {"ids": list(job_ids), "worker": worker})
+        return set(result.scalars())
 
 
 async def _update_claimed(
     sm: async_sessionmaker[AsyncSession], job_id: int, worker: str, values: dict[str, object]
 ) -> bool:
+    # Rare (a failed fetch): built per call, for the values differ.
     async with sm.begin() as session:
         stmt = (
             update(_jobs).where(_jobs.c.id == job_id, _jobs.c.claimed_by == worker).values(**values)

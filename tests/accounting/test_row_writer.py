@@ -303,3 +303,25 @@ async def test_submit_never_raises_before_start(accounting: Accounting, sm: SM):
     writer.start()
     await writer.stop()
     assert [r.object_id for r in await stored(sm)] == ["c3", "c4"]
+
+
+async def test_rows_arriving_one_by_one_gather_into_one_transaction(
+    accounting: Accounting, sm: SM, commits: list[int]
+):
+    # A few clients' rows trickle in: within the gather window they share a transaction.
+    writer = writer_for(accounting, sm, gather=1.0)
+    writer.start()
+    before = len(commits)
+    try:
+        for i in range(20):
+            writer.submit(chat(f"t{i}"))
+            await asyncio.sleep(0.001)
+        assert len(commits) == before, (before, len(await stored(sm)))  # still gathering
+        await asyncio.wait_for(writer.drain(), 10)  # drain cuts the wait short
+        assert len(commits) == 1
+        assert len(await stored(sm)) == 20
+        writer.submit(chat("late"))
+        assert await wait_until(lambda: len(commits) == 2, timeout=10)  # the window ends
+    finally:
+        await writer.stop()
+    assert {r.object_id for r in await stored(sm)} == {f"t{i}" for i in range(20)} | {"late"}

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import StatementError
 
 from proxy.db import jobs
 from proxy.db.engine import make_engine, make_sessionmaker
@@ -173,3 +174,111 @@ async def test_concurrent_claimers_never_share_a_job(db_url: str, sm):
 )
 def test_backoff(attempts: int, kwargs: dict, expected: float):
     assert jobs.backoff(attempts, **kwargs) == expected
+
+
+# --- batches (the outbox writer and the collector) -----------------------------------------
+async def stored_jobs(sm) -> dict[str, CollectionJob]:
+    async with sm() as session:
+        return {j.run_id: j for j in await session.scalars(select(CollectionJob))}
+
+
+async def test_enqueue_many_inserts_new_run_ids_once_in_one_call(sm):
+    assert await jobs.enqueue(sm, make_job("run_old", team="old"), now=T0)
+    batch = [
+        make_job("run_a"),
+        make_job("run_old", team="new"),  # exists: untouched
+        make_job("run_b", key_fingerprint=None, has_reported_usage=True, api_query="v=1"),
+        make_job("run_a", team="second"),  # repeated in the batch: the first one wins
+    ]
+    assert await jobs.enqueue_many(sm, batch, now=T0 + dt.timedelta(seconds=5)) == 2
+    assert await jobs.enqueue_many(sm, batch) == 0
+    assert await jobs.enqueue_many(sm, []) == 0
+    got = await stored_jobs(sm)
+    assert sorted(got) == ["run_a", "run_b", "run_old"]
+    assert (got["run_old"].team, got["run_a"].team) == ("old", "red")
+    b = got["run_b"]
+    assert (b.key_fingerprint, b.has_reported_usage, b.api_query) == (None, True, "v=1")
+    t5 = T0 + dt.timedelta(seconds=5)
+    assert (b.attempts, b.created_at, b.next_attempt_at) == (0, t5, t5)
+
+
+async def test_enqueue_many_is_all_or_nothing(sm):
+    refused = make_job("run_bad", has_reported_usage="yes")  # no boolean: a StatementError
+    with pytest.raises(StatementError):
+        await jobs.enqueue_many(sm, [make_job("run_good"), refused])
+    assert await jobs.pending_count(sm) == 0
+
+
+async def test_a_large_claim_takes_the_oldest_due_jobs_in_one_call(sm):
+    await jobs.enqueue_many(sm, [make_job(f"run_{i:03}") for i in range(150)], now=T0)
+    later = T0 + dt.timedelta(seconds=1)
+    first = await claim(sm, limit=100, now=later)
+    assert [j.run_id for j in first] == [f"run_{i:03}" for i in range(100)]
+    assert {j.claimed_until for j in first} == {later + dt.timedelta(seconds=120)}
+    rest = await claim(sm, "w2", limit=100, now=later)
+    assert [j.run_id for j in rest] == [f"run_{i:03}" for i in range(100, 150)]
+    assert await claim(sm, "w3", limit=100, now=later) == []
+
+
+async def test_concurrent_large_claims_never_share_a_job(db_url: str, sm):
+    await jobs.enqueue_many(sm, [make_job(f"run_{i:03}") for i in range(400)], now=T0)
+    engines = [make_engine(db_url) for _ in range(4)]
+
+    async def worker(name: str, engine) -> list[int]:
+        wsm = make_sessionmaker(engine)
+        got: list[int] = []
+        while batch := await claim(wsm, name, limit=30, now=T0 + dt.timedelta(seconds=1)):
+            got += [j.id for j in batch]
+            await asyncio.sleep(0)
+        return got
+
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(worker(f"w{i}", e) for i, e in enumerate(engines))), timeout=60
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    claimed = [job_id for got in results for job_id in got]
+    assert len(claimed) == len(set(claimed)) == 400
+    assert sum(1 for got in results if got) >= 2, "the claimers did not overlap"
+
+
+async def test_complete_many_deletes_only_the_jobs_the_worker_still_holds(sm):
+    await jobs.enqueue_many(sm, [make_job(f"run_{i}") for i in range(4)], now=T0)
+    mine = await claim(sm, "w1", limit=3, lease=30)
+    # w1's lease on run_0 ran out and w2 took it over; run_3 was never w1's.
+    [taken] = await claim(sm, "w2", limit=1, now=T0 + dt.timedelta(seconds=31))
+    assert taken.run_id == "run_0"
+    ids = {j.run_id: j.id for j in mine}
+    got = await stored_jobs(sm)
+    done = await jobs.complete_many(sm, [*ids.values(), got["run_3"].id], "w1")
+    assert done == {ids["run_1"], ids["run_2"]}
+    left = await stored_jobs(sm)
+    assert sorted(left) == ["run_0", "run_3"]
+    assert left["run_0"].claimed_by == "w2"
+    assert await jobs.complete_many(sm, [], "w1") == set()
+
+
+async def test_complete_held_deletes_with_the_callers_transaction(sm):
+    await jobs.enqueue_many(sm, [make_job("run_1"), make_job("run_2")], now=T0)
+    held = [j.id for j in await claim(sm)]
+    with pytest.raises(RuntimeError):
+        async with sm.begin() as session:
+            assert await jobs.complete_held(session, held, "w1") == set(held)
+            raise RuntimeError("the rest of the transaction failed")
+    assert await jobs.pending_count(sm) == 2  # rolled back with it
+    async with sm.begin() as session:
+        assert await jobs.complete_held(session, held, "w1") == set(held)
+    assert await jobs.pending_count(sm) == 0
+
+
+async def test_release_many_gives_back_only_held_jobs_without_an_attempt(sm):
+    await jobs.enqueue_many(sm, [make_job(f"run_{i}") for i in range(3)], now=T0)
+    mine = await claim(sm, "w1", limit=2)
+    assert await jobs.release_many(sm, [j.id for j in mine], "w2") == set()  # not w2's
+    assert await jobs.release_many(sm, [j.id for j in mine], "w1") == {j.id for j in mine}
+    again = await claim(sm, "w2", limit=10)
+    assert [j.run_id for j in again] == ["run_0", "run_1", "run_2"]
+    assert {j.attempts for j in again} == {0}
+    assert await jobs.release_many(sm, [], "w1") == set()

@@ -313,3 +313,125 @@ async def test_sessions_are_exact_in_any_order_of_collection(sm, order) -> None:
     async with sm() as session:
         state = await session.get(ThreadSession, "thread_1")
     assert state is not None and state.sessions == 3
+
+
+# --- record_usage_many (the collector's batches) ---------------------------------------------
+def run_usage(run_id: str, minutes: list[float], thread_id: str = "thread_1") -> records.RunUsage:
+    row = make_row(run_id, thread_id=thread_id, code_interpreter_calls=len(minutes))
+    return records.RunUsage(row, [at(m) for m in minutes], PRICE)
+
+
+async def shares(sm) -> dict[str, int]:
+    return {r.object_id: r.code_interpreter_sessions for r in await rows(sm)}
+
+
+async def test_record_usage_many_counts_a_threads_sessions_exactly_in_one_batch(sm):
+    batch = [run_usage(run_id, _RUN_CALLS[run_id]) for run_id in ("run_c", "run_a", "run_b")]
+    batch.append(run_usage("run_x", [0, 90], thread_id="thread_2"))
+    batch.append(records.RunUsage(chat("chat_1", code_interpreter_sessions=1), (), PRICE))
+    assert await records.record_usage_many(sm, batch) == [True] * 5
+    got = await shares(sm)
+    assert sum(got[r] for r in _RUN_CALLS) == 3
+    assert all(got[r] >= 0 for r in _RUN_CALLS)
+    assert (got["run_x"], got["chat_1"]) == (2, 1)  # as given, without call times
+    for stored in await rows(sm):
+        sessions = stored.code_interpreter_sessions
+        assert stored.cost_usd == Decimal("0.0012345678") + sessions * PRICE, stored.object_id
+    assert ((await thread(sm)).sessions, (await thread(sm, "thread_2")).sessions) == (3, 2)
+    assert (await thread(sm)).session_started_at == at(200)
+    # Recorded once: a second batch of the same runs changes nothing.
+    assert await records.record_usage_many(sm, batch) == [False] * 5
+    assert await shares(sm) == got
+    assert (await thread(sm)).sessions == 3
+
+
+async def test_record_usage_many_continues_the_sessions_of_earlier_batches(sm):
+    assert await records.record_usage_many(sm, [run_usage("run_a", [0, 30])]) == [True]
+    later = [run_usage("run_b", [45]), run_usage("run_c", [70]), run_usage("run_d", [100])]
+    assert await records.record_usage_many(sm, later) == [True] * 3
+    assert await shares(sm) == {"run_a": 1, "run_b": 0, "run_c": 1, "run_d": 0}
+    state = await thread(sm)
+    assert (state.sessions, state.session_started_at) == (2, at(70))
+
+
+async def test_a_duplicate_in_a_batch_does_not_count_toward_the_others(sm):
+    # run_a was recorded before with a call at 0. Seen again with another call (a late
+    # replica's fetch), it is refused, and its 200-minute call must not cover run_b's.
+    assert await records.record_usage(sm, make_row("run_a"), code_interpreter_call_times=[at(0)])
+    batch = [run_usage("run_a", [200]), run_usage("run_b", [230]), run_usage("run_b", [5])]
+    assert await records.record_usage_many(sm, batch) == [False, True, False]
+    got = {r.object_id: r for r in await rows(sm)}
+    assert got["run_b"].code_interpreter_sessions == 1
+    assert got["run_b"].cost_usd == Decimal("0.0012345678") + PRICE
+    state = await thread(sm)
+    assert (state.sessions, state.session_started_at) == (2, at(230))
+
+
+async def test_record_usage_many_runs_also_in_its_transaction(sm):
+    async def fails(session) -> None:
+        raise RuntimeError("the jobs could not be deleted")
+
+    batch = [run_usage("run_a", [0]), run_usage("run_b", [90])]
+    with pytest.raises(RuntimeError):
+        await records.record_usage_many(sm, batch, also=fails)
+    assert await rows(sm) == []
+    assert await thread(sm) is None
+    seen = []
+
+    async def sees_the_rows(session) -> None:
+        seen.extend(await session.scalars(select(UsageRecord.object_id)))
+
+    assert await records.record_usage_many(sm, batch, also=sees_the_rows) == [True, True]
+    assert sorted(seen) == ["run_a", "run_b"]
+    assert await records.record_usage_many(sm, [], also=sees_the_rows) == []
+
+
+async def test_record_usage_many_refuses_naive_call_times(sm):
+    naive = records.RunUsage(make_row("run_n"), [dt.datetime(2026, 11, 27, 10)])
+    with pytest.raises(ValueError, match="naive"):
+        await records.record_usage_many(sm, [run_usage("run_a", [0]), naive])
+    assert await rows(sm) == []
+
+
+async def test_concurrent_batches_count_each_run_and_session_once(db_url: str, sm):
+    # Four recorders (say, replicas whose leases overlapped) record overlapping batches of the
+    # same runs of two threads, in different orders, at once.
+    calls = {f"run_{i}": [25.0 * i] for i in range(12)}  # two threads, alternating
+    engines = [make_engine(db_url) for _ in range(4)]
+
+    def batch(k: int) -> list[records.RunUsage]:
+        ids = sorted(calls)[k * 3 :] + sorted(calls)[: k * 3]
+        return [run_usage(r, calls[r], thread_id=f"thread_{int(r[4:]) % 2}") for r in ids]
+
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    records.record_usage_many(make_sessionmaker(engines[k]), batch(k))
+                    for k in range(4)
+                )
+            ),
+            timeout=60,
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert sum(flag for flags in results for flag in flags) == 12
+    got = await shares(sm)
+    assert len(got) == 12
+    # thread_0: calls at 0, 50, ..., 250 -> sessions from 0, 100, 200; thread_1: 25, 75, ...
+    # 275 -> from 25, 125, 225.
+    even = sum(v for k, v in got.items() if int(k[4:]) % 2 == 0)
+    odd = sum(v for k, v in got.items() if int(k[4:]) % 2 == 1)
+    assert (even, odd) == (3, 3)
+    assert ((await thread(sm, "thread_0")).sessions, (await thread(sm, "thread_1")).sessions) == (
+        3,
+        3,
+    )
+
+
+async def test_recorded_names_the_objects_of_a_kind_that_have_a_row(sm):
+    await records.record_rows(sm, [make_row("run_1"), chat("run_2"), make_row("run_3")])
+    assert await records.recorded(sm, "assistant_run", ["run_1", "run_2", "run_4"]) == {"run_1"}
+    assert await records.recorded(sm, "chat.completion", ["run_2"]) == {"run_2"}
+    assert await records.recorded(sm, "assistant_run", []) == set()

@@ -584,6 +584,33 @@ async def test_restart_with_a_pending_job_waits_for_its_key(
     assert len(ledger(upstream, run.id)) == 2
 
 
+async def test_shutdown_mid_collection_gives_every_run_back(
+    upstream, start_proxy, db_url, sm
+) -> None:
+    gate = upstream.faults.fetch_gate = asyncio.Event()  # collections hang in their first fetch
+    first = await start_proxy(settings_for(upstream, db_url))
+    async with client_for(first, KEY) as a:
+        runs = [await finished_run(a, usage="no") for _ in range(6)]
+        await wait_for(lambda: any(r["path"].endswith("/steps") for r in upstream.requests))
+    await first.runner.cleanup()
+    # Every run is still a job (the outbox was written before shutdown ended), and none is
+    # left claimed: the jobs held, fetched or queued, were given back.
+    left = await jobs(sm)
+    assert sorted(j["run_id"] for j in left) == sorted(run.id for run in runs)
+    assert {(j["claimed_by"], j["attempts"]) for j in left} == {(None, 0)}
+    assert await usage_rows(sm) == []
+    upstream.faults.fetch_gate = None
+    gate.set()
+
+    second = await start_proxy(settings_for(upstream, db_url))
+    async with client_for(second, KEY) as b:
+        await b.models.list()  # any request: the key is back in memory
+        for run in runs:
+            row = await one_row(sm, run.id)
+            assert row["prompt_tokens"] == fake_estimate(upstream, run.id).prompt_tokens
+    await wait_for(lambda: _no_jobs(sm))
+
+
 async def _attempted(sm: SM, run_id: str) -> bool:
     return any(j["attempts"] >= 1 for j in await jobs(sm, run_id))
 

@@ -63,9 +63,11 @@ async def rows(sm: SM, kind: str | None = None) -> list[dict[str, Any]]:
 
 
 async def settle(proxy: RunningProxy) -> None:
-    """Everything observed so far has been handled, and no observer failed."""
+    """Everything observed so far has been handled and written, and no observer failed."""
     await proxy.app[DISPATCHER].drain()
     assert proxy.app[DISPATCHER].failures == 0
+    observer = next(o for o in proxy.app[DISPATCHER].observers if isinstance(o, EventObserver))
+    await observer.accounting.rows.drain()
 
 
 def metric(proxy: RunningProxy, name: str, **labels: str) -> float:
