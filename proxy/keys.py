@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -54,8 +54,7 @@ def hint(key: str) -> str:
     return f"{prefix}...{key[-4:]}" if len(key) >= 12 else f"{prefix}..."
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
+class Credential(NamedTuple):
     headers: tuple[tuple[str, str], ...]
     expires_at: float
 
@@ -70,9 +69,8 @@ class CredentialStore:
         self._items: dict[str, Credential] = {}
 
     def remember(self, fp: str, request_headers: Mapping[str, str]) -> None:
-        headers = tuple(
-            (name, request_headers[name]) for name in CREDENTIAL_HEADERS if name in request_headers
-        )
+        get = request_headers.get
+        headers = tuple([(n, v) for n in CREDENTIAL_HEADERS if (v := get(n)) is not None])
         self._items[fp] = Credential(headers, self._clock() + self._ttl)
 
     def get(self, fp: str) -> dict[str, str] | None:

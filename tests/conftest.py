@@ -19,9 +19,10 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
@@ -118,3 +119,16 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def sm(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return make_sessionmaker(engine)
+
+
+@pytest.fixture
+def commits(engine: AsyncEngine) -> Iterator[list[int]]:
+    """One entry per transaction committed on `engine` while the test runs."""
+    seen: list[int] = []
+
+    def on_commit(conn: Any) -> None:
+        seen.append(1)
+
+    event.listen(engine.sync_engine, "commit", on_commit)
+    yield seen
+    event.remove(engine.sync_engine, "commit", on_commit)

@@ -59,7 +59,10 @@ __all__ = [
 UNASSIGNED = "unassigned"
 
 
-@dataclass(frozen=True, kw_only=True)
+# Not frozen: a frozen dataclass of 29 fields costs ~8x as much to build (object.__setattr__
+# per field), and a row is built for every recorded request (bench/README.md). Rows are values
+# all the same: nothing changes one after it is built (dataclasses.replace makes a new one).
+@dataclass(kw_only=True)
 class UsageRow:
     """The content of one usage_records row (see proxy.db.models.UsageRecord)."""
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.outbox import JobWriter
 from proxy.db import jobs
@@ -54,18 +53,6 @@ def writer_for(sm: Any, calls: Calls | None = None, **kw: Any) -> JobWriter:
         on_pending=calls.pending.append,
         **({"retry_base": 0.01, "max_backoff": 0.05} | kw),
     )
-
-
-@pytest.fixture
-def commits(engine: AsyncEngine) -> Iterator[list[int]]:
-    seen: list[int] = []
-
-    def on_commit(conn: Any) -> None:
-        seen.append(1)
-
-    event.listen(engine.sync_engine, "commit", on_commit)
-    yield seen
-    event.remove(engine.sync_engine, "commit", on_commit)
 
 
 async def stored(sm: SM) -> list[str]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.row_writer import RowWriter
 from proxy.accounting.service import Accounting
@@ -67,18 +66,6 @@ def accounting(sm: SM) -> Accounting:
     acc = Accounting(Settings(key_secret="test-secret"))
     acc._sm = sm
     return acc
-
-
-@pytest.fixture
-def commits(engine: AsyncEngine) -> Iterator[list[int]]:
-    seen: list[int] = []
-
-    def on_commit(conn: Any) -> None:
-        seen.append(1)
-
-    event.listen(engine.sync_engine, "commit", on_commit)
-    yield seen
-    event.remove(engine.sync_engine, "commit", on_commit)
 
 
 def writer_for(

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
-from sqlalchemy import event, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.runs import RunSighting
 from proxy.accounting.service import Accounting
@@ -40,18 +39,6 @@ class Collector:
 
     def wake(self) -> None:
         self.wakes += 1
-
-
-@pytest.fixture
-def commits(engine: AsyncEngine) -> Iterator[list[int]]:
-    seen: list[int] = []
-
-    def on_commit(conn: Any) -> None:
-        seen.append(1)
-
-    event.listen(engine.sync_engine, "commit", on_commit)
-    yield seen
-    event.remove(engine.sync_engine, "commit", on_commit)
 
 
 def accounting_on(sm: Any) -> Accounting:
