@@ -82,6 +82,11 @@ class CredentialStore:
             return None
         return dict(cred.headers)
 
+    def __contains__(self, fp: object) -> bool:
+        """Whether a live credential is held for `fp` (without copying its headers)."""
+        cred = self._items.get(fp)  # type: ignore[call-overload]
+        return cred is not None and cred.expires_at >= self._clock()
+
     def fingerprints(self) -> list[str]:
         now = self._clock()
         for fp in [fp for fp, c in self._items.items() if c.expires_at < now]:

@@ -191,7 +191,7 @@ class Accounting:
         if key is None:
             return
         fp = await self._fingerprint(key)
-        known = self.credentials.get(fp) is not None
+        known = fp in self.credentials
         self.credentials.remember(fp, headers)
         if not known and self.collector is not None:
             self.collector.wake()

@@ -1,0 +1,57 @@
+"""keys.py: key extraction, fingerprint, hint and the in-memory credential store."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.keys import CredentialStore, extract_key, fingerprint, hint
+
+KEY = "sk-proj-0123456789abcdefWXYZ"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("headers", "key"),
+    [
+        ({"Authorization": f"Bearer {KEY}"}, KEY),
+        ({"authorization": f"bearer   {KEY} "}, KEY),
+        ({"api-key": f" {KEY} "}, KEY),
+        ({"Authorization": "Basic abc"}, None),
+        ({"Authorization": "Bearer "}, None),
+        ({}, None),
+    ],
+)
+def test_extract_key(headers: dict[str, str], key: str | None) -> None:
+    assert extract_key(CIMultiDictProxy(CIMultiDict(headers))) == key
+
+
+def test_fingerprint_and_hint_keep_nothing_of_the_key_but_its_last_four() -> None:
+    fp = fingerprint(KEY, b"secret")
+    assert len(fp) == 64 and KEY not in fp and fp != fingerprint(KEY, b"other")
+    assert hint(KEY) == "sk-...WXYZ" and hint("short") == "..."
+
+
+def test_the_store_keeps_the_replayed_headers_until_they_expire() -> None:
+    clock = Clock()
+    store = CredentialStore(ttl=60, clock=clock)
+    headers = CIMultiDictProxy(
+        CIMultiDict({"authorization": f"Bearer {KEY}", "OpenAI-Project": "proj_1", "Cookie": "no"})
+    )
+    store.remember("fp", headers)
+    assert "fp" in store and "other" not in store
+    # Looked up case-insensitively, stored under the store's own names; nothing else is kept.
+    assert store.get("fp") == {"Authorization": f"Bearer {KEY}", "OpenAI-Project": "proj_1"}
+    clock.now += 59
+    store.remember("fp", CIMultiDict({"api-key": KEY}))  # the latest headers, a new lease
+    clock.now += 59
+    assert "fp" in store and store.get("fp") == {"api-key": KEY}
+    clock.now += 2
+    assert "fp" not in store and store.get("fp") is None and store.fingerprints() == []
