@@ -119,7 +119,7 @@ _YIELD_EVERY = 32
 # Above this backlog the task stops yielding until it is back under it: a stream of tiny SSE
 # events queues thousands per read, and yielding every 32 would let the backlog, and memory,
 # grow with the stream (tests/fault/test_bounds.py).
-_CATCH_UP = 2048
+_CATCH_UP = 512
 
 
 class Dispatcher:
@@ -128,15 +128,16 @@ class Dispatcher:
     `submit` never blocks and never raises: when `maxsize` items wait, the item is dropped and
     counted (fail open: forwarding must not wait on accounting).
 
-    Items are delivered in batches: the task wakes `delay` seconds after the first item of a
-    batch, so requests in flight go first and the per-item cost of waking a task is paid once
-    per batch (bench/README.md). Within a batch the task yields to the loop every `_YIELD_EVERY`
-    items, so a burst of exchanges cannot hold the loop for long, unless `_CATCH_UP` items
-    wait: then it delivers without yielding until fewer do, which bounds the memory they hold.
+    Items are delivered in batches: the task wakes once for everything queued since it last
+    ran (`delay` seconds after the first item if given; by default as soon as the loop is
+    free), so the per-item cost of waking a task is paid once per batch. Within a batch the
+    task yields to the loop every `_YIELD_EVERY` items, so a burst of exchanges cannot hold the
+    loop for long, unless `_CATCH_UP` items wait: then it delivers without yielding until fewer
+    do, which bounds the memory they hold.
     """
 
     def __init__(
-        self, observers: Iterable[object], *, maxsize: int = 100_000, delay: float = 0.002
+        self, observers: Iterable[object], *, maxsize: int = 100_000, delay: float = 0.0
     ) -> None:
         self.observers = list(observers)
         self._hooks: Mapping[str, list[Any]] = {
@@ -197,7 +198,7 @@ class Dispatcher:
                 self._wake.clear()
                 self._idle.set()
                 await self._wake.wait()
-                if self._delay > 0:
+                if self._delay > 0 and len(items) < _CATCH_UP:
                     await asyncio.sleep(self._delay)
             n = 0
             while items:
