@@ -21,9 +21,10 @@ from proxy.db.models import Base
 from proxy.db.records import UsageRow, get_or_create_secret, record_usage
 from proxy.keys import fingerprint
 from proxy.settings import Settings
+from tests.fake_keys import fake_key
 
 BIN = Path(sys.executable).parent / "usage-proxy"
-KEY = "sk-proj-Zq8vT3blbkFJsecretsecret9876"
+KEY = fake_key("cli", "9876")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

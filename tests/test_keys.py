@@ -6,8 +6,9 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.keys import CredentialStore, extract_key, fingerprint, hint
+from tests.fake_keys import fake_key
 
-KEY = "sk-proj-0123456789abcdefWXYZ"
+KEY = fake_key("keys", "WXYZ")
 
 
 class Clock:

@@ -7,8 +7,9 @@ import pytest
 
 from proxy.logs import JsonFormatter, RedactingFilter, configure_logging, redact
 from proxy.settings import Settings
+from tests.fake_keys import fake_key
 
-KEY = "sk-proj-Zq8vT3blbkFJsecretsecret9876"
+KEY = fake_key("logs", "9876")
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,10 @@ from proxy.accounting.service import Accounting
 from proxy.db import records
 from proxy.keys import fingerprint
 from proxy.settings import Settings
+from tests.fake_keys import fake_key
 
 SECRET = "test-secret"
-KEY = "sk-cache-0123456789abcdef"
+KEY = fake_key("attributionc", "cdef")
 
 
 def headers(**extra: str) -> CIMultiDictProxy[str]:

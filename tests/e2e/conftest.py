@@ -16,6 +16,7 @@ from proxy.app import make_app, start_site
 from proxy.exchange import Exchange
 from proxy.settings import Settings
 from tests.e2e.fake_upstream import FakeUpstream
+from tests.fake_keys import fake_key
 from tests.waiting import free_port, wait_until
 
 
@@ -72,7 +73,7 @@ async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[RunningProxy]]]
         await runner.cleanup()
 
 
-def client_for(proxy: RunningProxy, key: str = "sk-test-aaaaaaaaaaaaaaaaaaaa1234", **kw: Any):
+def client_for(proxy: RunningProxy, key: str = fake_key("default", "1234"), **kw: Any):
     return openai.AsyncOpenAI(api_key=key, base_url=proxy.base_url, max_retries=0, **kw)
 
 

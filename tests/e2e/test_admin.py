@@ -21,9 +21,10 @@ from proxy.metrics import Metrics
 from proxy.settings import Settings
 from tests.e2e.conftest import RunningProxy, client_for, wait_for
 from tests.e2e.fake_upstream import FakeUpstream
+from tests.fake_keys import fake_key
 
 TOKEN = "admin-t0ken-for-tests-4f9a"
-KEY = "sk-test-admin-bbbbbbbbbbbbbbbbbb5678"
+KEY = fake_key("admin", "5678")
 FINGERPRINT = "f" * 64
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -36,9 +36,10 @@ from proxy.keys import fingerprint, hint
 from proxy.settings import Settings
 from tests.e2e.conftest import RunningProxy, client_for, wait_for
 from tests.e2e.fake_upstream import ANSWER, CODE_INPUT, FakeUpstream
+from tests.fake_keys import fake_key
 
-KEY = "sk-test-aaaaaaaaaaaaaaaaaaaa1234"
-OTHER_KEY = "sk-test-bbbbbbbbbbbbbbbbbbbb5678"
+KEY = fake_key("default", "1234")
+OTHER_KEY = fake_key("assistants", "5678")
 SECRET = "e2e-key-secret"
 QUESTION = "Write Python code that calculates 2+2 and give me the output."
 AZURE_VERSION = "2024-05-01-preview"

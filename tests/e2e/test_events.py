@@ -30,8 +30,9 @@ from proxy.keys import fingerprint
 from proxy.settings import Settings
 from tests.e2e.conftest import RunningProxy, client_for, wait_for
 from tests.e2e.fake_upstream import FakeUpstream
+from tests.fake_keys import fake_key
 
-KEY = "sk-test-aaaaaaaaaaaaaaaaaaaa1234"
+KEY = fake_key("default", "1234")
 SECRET = "test-secret"
 MESSAGES = [
     {"role": "system", "content": "You are terse."},

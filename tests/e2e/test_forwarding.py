@@ -35,8 +35,9 @@ from tests.e2e.conftest import (
     wait_for,
 )
 from tests.e2e.fake_upstream import Canned, FakeUpstream
+from tests.fake_keys import fake_key
 
-KEY = "sk-test-aaaaaaaaaaaaaaaaaaaa1234"
+KEY = fake_key("default", "1234")
 AUTH = {"Authorization": f"Bearer {KEY}"}
 AUTH_LINE = f"Authorization: Bearer {KEY}\r\n".encode()
 MODELS = json.dumps(

@@ -14,8 +14,9 @@ from proxy.logs import configure_logging
 from proxy.settings import Settings
 from tests.e2e.conftest import wait_for
 from tests.e2e.fake_upstream import FakeUpstream
+from tests.fake_keys import fake_key
 
-KEY = "sk-test-logs-cccccccccccccccccc4321"
+KEY = fake_key("logs", "4321")
 AZURE_KEY = "0123456789abcdef0123456789abcdef"
 TOKEN = "admin-token-for-log-tests"
 

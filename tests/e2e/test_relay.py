@@ -13,8 +13,9 @@ import pytest
 from proxy.settings import Settings
 from tests.e2e.conftest import RunningProxy, raw_http
 from tests.e2e.fake_upstream import FakeUpstream
+from tests.fake_keys import fake_key
 
-KEY = "sk-test-aaaaaaaaaaaaaaaaaaaa1234"
+KEY = fake_key("default", "1234")
 AUTH = f"Authorization: Bearer {KEY}\r\n"
 
 

@@ -27,12 +27,13 @@ from proxy.db.engine import reading
 from proxy.db.models import CollectionJob, UsageRecord
 from tests.e2e.conftest import wait_for
 from tests.e2e.fake_upstream import FakeUpstream
+from tests.fake_keys import fake_key
 from tests.waiting import free_port
 
 # The SDK marks every Assistants method deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-KEY = "sk-test-cccccccccccccccccccc9012"
+KEY = fake_key("replicas", "9012")
 SECRET = "e2e-replica-secret"
 LEASE = 2.0
 QUESTION = "Write Python code that calculates 2+2 and give me the output."

@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from proxy.db.migrate import upgrade
+from tests.fake_keys import fake_key
 from tests.fault.bulk import BulkUpstream
 from tests.fault.harness import (
     MiB,
@@ -32,7 +33,7 @@ from tests.fault.harness import (
     wait_until,
 )
 
-KEY = "sk-proj-BoundsKeyQRSTUVWXYZghijklmnopqrstuvwxyzGHJK"
+KEY = fake_key("bounds", "GHJK")
 IDLE_STREAMS = 500
 IDLE_RSS_BOUND = 64 * MiB
 SLOW_BODY = 256 * MiB + 1

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fake_keys import fake_key
 from tests.fault.leaks import find_leaks
 
-KEY = "sk-proj-QRSTUVWXYZqrstuvwxyzGHJKLMNP"
+KEY = fake_key("leaks", "LMNP")
 
 
 @pytest.mark.parametrize(
