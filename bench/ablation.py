@@ -44,11 +44,6 @@ async def _serve(mode: str, port: int, upstream: str, database_url: str) -> None
     settings = load_settings(flags)
     configure_logging(settings)
     await upgrade(database_url)
-    if os.environ.get("ABLATION_GC"):
-        import gc
-
-        gc.freeze()
-        gc.set_threshold(*map(int, os.environ["ABLATION_GC"].split(",")))
     if mode in ("full", "full-info", "no-writes"):
         app = make_app(settings)
         if mode == "no-writes":

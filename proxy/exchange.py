@@ -129,16 +129,13 @@ class Dispatcher:
     counted (fail open: forwarding must not wait on accounting).
 
     Items are delivered in batches: the task wakes once for everything queued since it last
-    ran (`delay` seconds after the first item if given; by default as soon as the loop is
-    free), so the per-item cost of waking a task is paid once per batch. Within a batch the
+    ran, so the per-item cost of waking a task is paid once per batch. Within a batch the
     task yields to the loop every `_YIELD_EVERY` items, so a burst of exchanges cannot hold the
     loop for long, unless `_CATCH_UP` items wait: then it delivers without yielding until fewer
     do, which bounds the memory they hold.
     """
 
-    def __init__(
-        self, observers: Iterable[object], *, maxsize: int = 100_000, delay: float = 0.0
-    ) -> None:
+    def __init__(self, observers: Iterable[object], *, maxsize: int = 100_000) -> None:
         self.observers = list(observers)
         self._hooks: Mapping[str, list[Any]] = {
             h: [getattr(o, h) for o in self.observers if callable(getattr(o, h, None))]
@@ -146,7 +143,6 @@ class Dispatcher:
         }
         self._items: collections.deque[tuple[str, Exchange, Any]] = collections.deque()
         self._maxsize = maxsize
-        self._delay = delay
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -198,8 +194,6 @@ class Dispatcher:
                 self._wake.clear()
                 self._idle.set()
                 await self._wake.wait()
-                if self._delay > 0 and len(items) < _CATCH_UP:
-                    await asyncio.sleep(self._delay)
             n = 0
             while items:
                 hook, exchange, arg = items.popleft()
