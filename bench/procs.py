@@ -3,6 +3,7 @@ read what they cost from /proc (CPU ticks, RSS, peak RSS). Everything listens on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Proc", "cpu_seconds", "free_port", "reset_peak", "status_kib"]
+__all__ = ["Proc", "cpu_seconds", "descendants", "free_port", "reset_peak", "status_kib"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -26,6 +27,26 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of every thread of the process, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process started by `pid`, and theirs (the proxy's collector process)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except FileNotFoundError:
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -90,7 +111,31 @@ class Proc:
         raise RuntimeError(f"{self.name} did not listen on port {self.port} within {timeout:g} s")
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU seconds of the process and the processes it started: the proxy's collector
+        process is part of what the proxy costs."""
+        total = cpu_seconds(self.pid)
+        for pid in descendants(self.pid):
+            with contextlib.suppress(FileNotFoundError):
+                total += cpu_seconds(pid)
+        return total
+
+    def pss_mib(self) -> float:
+        """Proportional set size of the process and its children: what they hold between them,
+        pages they share counted once (the collector process shares the tokenizer's tables)."""
+        total = 0
+        for pid in (self.pid, *descendants(self.pid)):
+            with contextlib.suppress(FileNotFoundError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        return total / 1024
+
+    def children_rss_mib(self) -> float:
+        total = 0
+        for pid in descendants(self.pid):
+            with contextlib.suppress(FileNotFoundError, KeyError):
+                total += status_kib(pid, "VmRSS")
+        return total / 1024
 
     def settle(self, quiet: float = 0.25, bound: float = 60.0) -> float:
         """Wait until the process stops using CPU (observers and collectors may still be

@@ -148,8 +148,8 @@ async def chat_rows(proxy: str, db: Db, n: int, *, wait: float) -> dict[str, Any
     }
 
 
-def _phase(samples: list[list[int]], start: float, end: float) -> dict[str, Any]:
-    ms = [lat / 1e6 for sent, lat in samples if start * 1e9 <= sent < end * 1e9]
+def _phase(samples: list[list[int]], start: float, end: float, target: int = 0) -> dict[str, Any]:
+    ms = [lat / 1e6 for sent, lat, i in samples if i == target and start * 1e9 <= sent < end * 1e9]
     return {
         "n": len(ms),
         "p50_ms": percentile(ms, 50) if ms else None,
@@ -161,12 +161,15 @@ async def burst(
     fake: str, proxy: str, db: Db, n: int, *, quiet: float, deadline: float
 ) -> dict[str, Any]:
     """Serial chat latency (bench/probe.py, every 5 ms, its own process) through the proxy,
-    quiet and then while n runs are answered (64 connections at once) and recorded."""
+    quiet and then while n runs are answered (64 connections at once) and recorded; and,
+    interleaved with it, straight to the fake upstream, which shares the machine and serves
+    the collector's fetches: what slows it slows the proxied requests too, the proxy aside."""
     probe = subprocess.Popen(
         [
             sys.executable,
             str(Path(__file__).with_name("probe.py")),
             f"{proxy}/v1/chat/completions",
+            f"{fake}/v1/chat/completions",
             "--interval-ms",
             "5",
             "--duration",
@@ -190,12 +193,17 @@ async def burst(
     answered = marks.get("answered", t0 + followed["seconds"])
     recorded = marks.get("recorded", t0 + followed["seconds"])
     first = samples[min(20, len(samples) - 1)][0] / 1e9 if samples else t0
+    begin = max(first, t0 - quiet)
     return {
         **followed,
-        "quiet": _phase(samples, max(first, t0 - quiet), t0),
+        "quiet": _phase(samples, begin, t0),
         "answering": _phase(samples, t0, answered),
         "recording": _phase(samples, answered, recorded),
         "burst": _phase(samples, t0, recorded),
+        "direct": {
+            "quiet": _phase(samples, begin, t0, 1),
+            "recording": _phase(samples, answered, recorded, 1),
+        },
     }
 
 

@@ -200,6 +200,8 @@ def memory(procs: dict[str, Proc], cfg: dict[str, Any], idle: dict[str, float]) 
         p.settle()
         out[name] = {
             "idle_fresh_mib": idle[name],
+            "idle_children_mib": idle.get(name + "/children", 0.0),
+            "idle_pss_mib": idle.get(name + "/pss", 0.0),
             "download": peak_during(p.pid, load.download(base, mib)),
         }
         p.settle()
@@ -331,10 +333,12 @@ def main() -> int:
                 procs["proxy-asyncio"] = proxy_proc(
                     "proxy-asyncio", fake.url, tmp / "proxy-asyncio.sqlite", logs, asyncio_loop=True
                 ).start()
-            idle = {}
+            idle: dict[str, float] = {}
             for name, p in procs.items():
                 p.settle()
                 idle[name] = status_kib(p.pid, "VmRSS") / 1024
+                idle[name + "/children"] = p.children_rss_mib()
+                idle[name + "/pss"] = p.pss_mib()
                 load.wrk(f"{p.url}/v1/chat/completions", connections=32, seconds=1)  # warm-up
             res["small"] = {name: [] for name in procs}
             res["sse"] = {name: [] for name in procs}

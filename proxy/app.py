@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from aiohttp import web
 
 from proxy import admin
+from proxy.accounting.collector_process import Forked, fork_collector
 from proxy.chat_usage import IncludeUsage
 from proxy.exchange import Dispatcher
 from proxy.forward import Forwarder
@@ -33,17 +34,18 @@ def make_app(
     observers: Sequence[object] | None = None,
     *,
     accounting: bool = True,
+    collector: Forked | None = None,
 ) -> web.Application:
     """Build the proxy. `observers=None` means the built-in accounting observers; a list
     replaces them (tests pass recording observers). `accounting=False` runs a bare proxy with no
-    database and no collector."""
+    database and no collector. `collector`: a collector process `serve` forked already."""
     app = web.Application(client_max_size=0, handler_args={"max_field_size": 65536})
     app[SETTINGS] = settings
     service = None
     if accounting:
         from proxy.accounting.service import Accounting
 
-        service = Accounting(settings)
+        service = Accounting(settings, forked=collector)
     metrics = service.metrics if service is not None else Metrics()
     chosen = (
         list(observers)
@@ -114,11 +116,13 @@ def serve(settings: Settings) -> None:
     except ImportError:  # optional speed-up
         uvloop = None
     runner_fn = uvloop.run if uvloop is not None else asyncio.run
-    runner_fn(_serve(settings))
+    # Before the event loop and its threads: see proxy.accounting.collector_process.
+    forked = fork_collector() if settings.collector_process else None
+    runner_fn(_serve(settings, forked))
 
 
-async def _serve(settings: Settings) -> None:
-    app = make_app(settings)
+async def _serve(settings: Settings, forked: Forked | None = None) -> None:
+    app = make_app(settings, collector=forked)
     runner = await start_site(app, settings.host, settings.port)
     print(
         f"usage-proxy listening on http://{settings.host}:{settings.port}, "

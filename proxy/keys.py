@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 __all__ = [
     "CREDENTIAL_HEADERS",
     "Credential",
     "CredentialStore",
+    "Headers",
     "extract_key",
     "fingerprint",
     "hint",
@@ -59,26 +60,62 @@ class Credential(NamedTuple):
     expires_at: float
 
 
+# Headers of a credential, in the order of CREDENTIAL_HEADERS.
+Headers = tuple[tuple[str, str], ...]
+# A credential seen again within this many seconds is not refreshed: every request refreshes
+# its key, and once a second keeps the expiry exact enough for a TTL of hours.
+_REFRESH = 1.0
+# How often a listener hears of a key that is still in use (it holds its own copy, with its
+# own expiry): at most this long before the store's, the listener's copy may expire.
+_RETELL = 60.0
+
+
 class CredentialStore:
     """fingerprint -> the headers to replay, held in memory only, each for `ttl` seconds after
-    it was last seen. The expiry bounds how long a key outlives its last use in this process."""
+    it was last seen. The expiry bounds how long a key outlives its last use in this process.
 
-    def __init__(self, ttl: float = 24 * 3600.0, clock=time.monotonic) -> None:
+    `listener(fp, headers)` hears of each key when it is new, when its headers change, and
+    every minute while it stays in use: the collector process keeps its copy that way, over a
+    private pipe (proxy.accounting.collector_process)."""
+
+    def __init__(
+        self,
+        ttl: float = 24 * 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+        listener: Callable[[str, Headers], None] | None = None,
+    ) -> None:
         self._ttl = ttl
         self._clock = clock
         self._items: dict[str, Credential] = {}
+        self._told: dict[str, float] = {}
+        self.listener = listener
 
     def remember(self, fp: str, request_headers: Mapping[str, str]) -> None:
+        now = self._clock()
+        old = self._items.get(fp)
+        if old is not None and old.expires_at - now > self._ttl - _REFRESH:
+            return
         get = request_headers.get
         headers = tuple([(n, v) for n in CREDENTIAL_HEADERS if (v := get(n)) is not None])
-        self._items[fp] = Credential(headers, self._clock() + self._ttl)
+        self._items[fp] = Credential(headers, now + self._ttl)
+        if self.listener is not None and (
+            old is None or old.headers != headers or now - self._told.get(fp, -_RETELL) >= _RETELL
+        ):
+            self._told[fp] = now
+            self.listener(fp, headers)
+
+    def put(self, fp: str, headers: Headers) -> bool:
+        """Keep `headers` as they are (a copy told by another process); whether `fp` is new."""
+        new = fp not in self
+        self._items[fp] = Credential(tuple(headers), self._clock() + self._ttl)
+        return new
 
     def get(self, fp: str) -> dict[str, str] | None:
         cred = self._items.get(fp)
         if cred is None:
             return None
         if cred.expires_at < self._clock():
-            del self._items[fp]
+            self._forget(fp)
             return None
         return dict(cred.headers)
 
@@ -90,5 +127,13 @@ class CredentialStore:
     def fingerprints(self) -> list[str]:
         now = self._clock()
         for fp in [fp for fp, c in self._items.items() if c.expires_at < now]:
-            del self._items[fp]
+            self._forget(fp)
         return list(self._items)
+
+    def live(self) -> list[tuple[str, Headers]]:
+        """Every live credential: what a new listener must be told first."""
+        return [(fp, self._items[fp].headers) for fp in self.fingerprints()]
+
+    def _forget(self, fp: str) -> None:
+        del self._items[fp]
+        self._told.pop(fp, None)

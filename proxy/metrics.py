@@ -79,6 +79,7 @@ class Metrics:
         self._requests: dict[tuple[str, int], Any] = {}
         self._usage: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self._kinds: dict[str, Any] = {}
+        self._sources: dict[str, Any] = {}
 
     def request(self, method: str, status: int) -> None:
         child = self._requests.get((method, status))
@@ -94,6 +95,16 @@ class Metrics:
         if child is None:
             child = self._kinds[kind] = self.events_recorded.labels(kind=kind)
         child.inc()
+
+    def run_recorded(self, source: str) -> None:
+        """One Assistants run recorded, its usage from `source` (reported or estimated)."""
+        child = self._sources.get(source)
+        if child is None:
+            child = self._sources[source] = self.runs_recorded.labels(source=source)
+        child.inc()
+
+    def collection_failed(self, reason: str, n: int = 1) -> None:
+        self.collection_failures.labels(reason=reason).inc(n)
 
     def api_error(self, team: str | None, status: int) -> None:
         self.upstream_errors.labels(team=self._team(team), status=str(status)).inc()

@@ -59,7 +59,13 @@ class Settings:
     chat_include_usage: bool = _opt(
         False, "ask the upstream for usage on streamed chat completions", flag=False
     )
-    collector_workers: int = _opt(2, "concurrent run collections per process", flag=False)
+    collector_process: bool = _opt(
+        True,
+        "collect Assistants runs in a child process at lower CPU priority, so that a burst of "
+        "finished runs does not slow forwarding (false: on the serving event loop)",
+        flag=False,
+    )
+    collector_workers: int = _opt(16, "concurrent run collections per process", flag=False)
     collector_poll_interval: float = _opt(1.0, "seconds between scans of the job table", flag=False)
     collector_lease: float = _opt(120.0, "seconds a claimed job stays claimed", flag=False)
     collector_retry_base: float = _opt(

@@ -56,3 +56,33 @@ def test_the_store_keeps_the_replayed_headers_until_they_expire() -> None:
     assert "fp" in store and store.get("fp") == {"api-key": KEY}
     clock.now += 2
     assert "fp" not in store and store.get("fp") is None and store.fingerprints() == []
+
+
+def test_a_listener_hears_new_and_changed_keys_and_one_still_in_use_each_minute() -> None:
+    clock = Clock()
+    told: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    store = CredentialStore(ttl=3600, clock=clock, listener=lambda fp, h: told.append((fp, h)))
+    store.remember("fp", {"Authorization": f"Bearer {KEY}"})
+    assert told == [("fp", (("Authorization", f"Bearer {KEY}"),))]
+    for _ in range(50):  # a second apart: refreshed, not told again
+        clock.now += 1
+        store.remember("fp", {"Authorization": f"Bearer {KEY}"})
+    assert len(told) == 1 and store.live() == [("fp", (("Authorization", f"Bearer {KEY}"),))]
+    clock.now += 2
+    store.remember("fp", {"api-key": KEY})  # changed headers: told at once
+    assert told[-1] == ("fp", (("api-key", KEY),)) and len(told) == 2
+    clock.now += 61
+    store.remember("fp", {"api-key": KEY})  # still in use after a minute: told again
+    assert len(told) == 3
+
+
+def test_a_key_seen_again_within_a_second_is_not_refreshed() -> None:
+    clock = Clock()
+    store = CredentialStore(ttl=10, clock=clock)
+    store.remember("fp", {"api-key": KEY})
+    clock.now += 0.5
+    store.remember("fp", {"api-key": KEY})
+    clock.now += 9.6  # 10.1 s after the first sighting: the refresh half a second in was skipped
+    assert "fp" not in store
+    store.put("fp", (("api-key", KEY),))
+    assert store.get("fp") == {"api-key": KEY} and store.put("fp", ()) is False

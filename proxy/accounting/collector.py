@@ -25,7 +25,8 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -41,9 +42,9 @@ from proxy.db.models import utcnow
 from proxy.decode import parse_json
 from proxy.errors import FetchError
 from proxy.keys import CredentialStore
-from proxy.metrics import Metrics
+from proxy.settings import Settings
 
-__all__ = ["DB_ERRORS", "RunCollector"]
+__all__ = ["DB_ERRORS", "CollectorMetrics", "RunCollector"]
 
 _log = logging.getLogger("proxy.accounting.collector")
 
@@ -60,6 +61,19 @@ _RECORD_BATCH = 100
 _INLINE_ESTIMATE = 8192
 
 _T = TypeVar("_T")
+
+
+class CollectorMetrics(Protocol):
+    """What the collector counts: proxy.metrics.Metrics in the serving process, and in a
+    collector process a relay to it (proxy.accounting.collector_child)."""
+
+    def run_recorded(self, source: str) -> None: ...
+
+    def collection_failed(self, reason: str, n: int = 1) -> None: ...
+
+    def usage(
+        self, team: str | None, model: str | None, prompt: int, completion: int, cost: Decimal
+    ) -> None: ...
 
 
 class RunCollector:
@@ -80,7 +94,7 @@ class RunCollector:
         credentials: CredentialStore,
         prices: PriceTable,
         constants: EstimateConstants,
-        metrics: Metrics,
+        metrics: CollectorMetrics,
         *,
         workers: int = 2,
         claim_size: int = 100,
@@ -115,7 +129,33 @@ class RunCollector:
         self._task: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
         self._stopping = False
-        self._recorded: dict[str, Any] = {}  # runs_recorded by usage_source ("labels" is slow)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        sm: Callable[[], async_sessionmaker[AsyncSession]],
+        fetcher: RunFetcher,
+        credentials: CredentialStore,
+        prices: PriceTable,
+        constants: EstimateConstants,
+        metrics: CollectorMetrics,
+    ) -> RunCollector:
+        s = settings
+        return cls(
+            sm,
+            fetcher,
+            credentials,
+            prices,
+            constants,
+            metrics,
+            workers=s.collector_workers,
+            poll_interval=s.collector_poll_interval,
+            lease=s.collector_lease,
+            reported_wait=s.reported_usage_wait,
+            max_backoff=s.collector_max_backoff,
+            retry_base=s.collector_retry_base,
+        )
 
     def wake(self) -> None:
         """A job may be due now (a run just finished here): look without waiting for the poll."""
@@ -291,7 +331,7 @@ class RunCollector:
             await self._db_failed([job], exc)
         except Exception as exc:
             built = None
-            self._metrics.collection_failures.labels(reason="internal").inc()
+            self._metrics.collection_failed("internal")
             _log.exception("collecting run %s failed", job.run_id)
             await self._retry(job, f"internal error: {type(exc).__name__}", None)
         if built is None:
@@ -315,7 +355,7 @@ class RunCollector:
             try:
                 estimate = await self._estimate(job, run, _scoped(headers, job))
             except FetchError as exc:
-                self._metrics.collection_failures.labels(reason=_reason(exc)).inc()
+                self._metrics.collection_failed(_reason(exc))
                 if exc.retryable:
                     _log.warning("fetching run %s: %s; will retry", job.run_id, exc)
                     await self._retry(job, str(exc), exc.retry_after)
@@ -400,7 +440,7 @@ class RunCollector:
                     return
                 await self._db_failed([job], exc)
             except Exception as exc:
-                self._metrics.collection_failures.labels(reason="internal").inc()
+                self._metrics.collection_failed("internal")
                 _log.exception("recording run %s failed", job.run_id)
                 await self._retry(job, f"internal error: {type(exc).__name__}", None)
 
@@ -414,12 +454,7 @@ class RunCollector:
         for (_, built), new in zip(batch, inserted, strict=True):
             if new:
                 row = built.row
-                counter = self._recorded.get(row.usage_source)
-                if counter is None:
-                    counter = self._recorded[row.usage_source] = self._metrics.runs_recorded.labels(
-                        source=row.usage_source
-                    )
-                counter.inc()
+                self._metrics.run_recorded(row.usage_source)
                 self._metrics.usage(
                     row.team, row.model, row.prompt_tokens, row.completion_tokens, row.cost_usd
                 )
@@ -427,12 +462,12 @@ class RunCollector:
     async def _db_failed(self, held: list[jobs.ClaimedJob], exc: BaseException) -> None:
         if is_unavailable(exc):
             # The jobs stay claimed until their lease ends, then any replica takes them again.
-            self._metrics.collection_failures.labels(reason="database").inc(len(held))
+            self._metrics.collection_failed("database", len(held))
             _log.warning("recording %d run(s) failed: %s", len(held), type(exc).__name__)
             return
         # Refused, not unreachable: retrying at once cannot help, so back off and log.
         for job in held:
-            self._metrics.collection_failures.labels(reason="database_refused").inc()
+            self._metrics.collection_failed("database_refused")
             _log.error("the database refused run %s: %s", job.run_id, type(exc).__name__)
             await self._retry(job, f"database refused the row: {type(exc).__name__}", None)
 

@@ -109,7 +109,7 @@ class RunObserver:
         self,
         open_job: Callable[[RunSighting], Awaitable[None]],
         *,
-        remember_key: Callable[[Mapping[str, str]], Awaitable[None]] | None = None,
+        remember_key: Callable[[Mapping[str, str]], None] | None = None,
         seen_capacity: int = 100_000,
     ) -> None:
         self._open_job = open_job
@@ -125,7 +125,7 @@ class RunObserver:
     async def on_response(self, exchange: Exchange) -> None:
         if self._remember_key is not None:
             # Every request refreshes its key, so a waiting job can finish when the key returns.
-            await self._remember_key(exchange.request_headers)
+            self._remember_key(exchange.request_headers)
         if exchange.status is None or not 200 <= exchange.status < 300 or exchange.is_sse:
             return
         if exchange.content_type != "application/json" or b"thread.run" not in (

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.collector import RunCollector
+from proxy.accounting.collector_process import CollectorProcess, Forked
 from proxy.accounting.estimate import EstimateConstants
 from proxy.accounting.events import EventObserver
 from proxy.accounting.fetch import RunFetcher
@@ -59,7 +60,9 @@ _FP_CACHE = 10_000
 
 
 class Accounting:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics | None = None, *, forked: Forked | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         try:
@@ -90,8 +93,10 @@ class Accounting:
             on_pending=lambda _: self._show_backlog(),
         )
         self._forwarder: Forwarder | None = None
-        self.collector: RunCollector | None = None
+        self._forked = forked
+        self.collector: RunCollector | CollectorProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._remembering: set[asyncio.Future[None]] = set()
 
     # --- wiring --------------------------------------------------------------------------
     def attach_forwarder(self, forwarder: Forwarder) -> None:
@@ -109,26 +114,25 @@ class Accounting:
         self.engine = make_engine(self.settings.database_url)
         self._sm = make_sessionmaker(self.engine)
         assert self._forwarder is not None
-        fetcher = RunFetcher(
-            lambda: self._forwarder.session,  # type: ignore[union-attr]
-            self._forwarder.upstream_url,
-            timeout=self.settings.collector_fetch_timeout,
-        )
-        s = self.settings
-        self.collector = RunCollector(
-            self.sessionmaker,
-            fetcher,
-            self.credentials,
-            self.prices,
-            self.constants,
-            self.metrics,
-            workers=s.collector_workers,
-            poll_interval=s.collector_poll_interval,
-            lease=s.collector_lease,
-            reported_wait=s.reported_usage_wait,
-            max_backoff=s.collector_max_backoff,
-            retry_base=s.collector_retry_base,
-        )
+        if self.settings.collector_process:
+            self.collector = CollectorProcess(
+                self.settings, self.credentials, self.metrics, self._forked
+            )
+        else:
+            forwarder = self._forwarder
+            self.collector = RunCollector.from_settings(
+                self.settings,
+                self.sessionmaker,
+                RunFetcher(
+                    lambda: forwarder.session,
+                    forwarder.upstream_url,
+                    timeout=self.settings.collector_fetch_timeout,
+                ),
+                self.credentials,
+                self.prices,
+                self.constants,
+                self.metrics,
+            )
         loop = asyncio.get_running_loop()
         # Loading the encodings takes a moment: do it now, off the loop, not on the first run.
         warm = loop.run_in_executor(None, warm_up)
@@ -144,9 +148,9 @@ class Accounting:
             # Before the engine is disposed: everything observed so far is written.
             await self.outbox.stop()
             await self.rows.stop()
-            for task in self._tasks:
+            for task in [*self._tasks, *self._remembering]:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks, *self._remembering, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await warm
             await self.engine.dispose()
@@ -184,13 +188,26 @@ class Accounting:
             self._fps.popitem(last=False)
         return fp
 
-    async def remember_key(self, headers: Mapping[str, str]) -> None:
+    def remember_key(self, headers: Mapping[str, str]) -> None:
         """Keep this request's credential in memory: a job waiting for this key (after a
-        restart, or from another replica's sighting) can now be collected here."""
+        restart, or from another replica's sighting) can now be collected here. Called for
+        every response, so a known key costs two dictionary lookups; a new one is
+        fingerprinted on a task (its secret may still be loading)."""
         key = extract_key(headers)
         if key is None:
             return
-        fp = await self._fingerprint(key)
+        fp = self._fps.get(key)
+        if fp is None:
+            task = asyncio.ensure_future(self._remember_new(key, headers))
+            self._remembering.add(task)
+            task.add_done_callback(self._remembering.discard)
+            return
+        self._keep(fp, headers)
+
+    async def _remember_new(self, key: str, headers: Mapping[str, str]) -> None:
+        self._keep(await self._fingerprint(key), headers)
+
+    def _keep(self, fp: str, headers: Mapping[str, str]) -> None:
         known = fp in self.credentials
         self.credentials.remember(fp, headers)
         if not known and self.collector is not None:

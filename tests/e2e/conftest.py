@@ -61,9 +61,15 @@ class RunningProxy:
 async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[RunningProxy]]]:
     started: list[web.AppRunner] = []
 
-    async def start(settings: Settings, **kwargs: Any) -> RunningProxy:
+    async def start(
+        settings: Settings, *, collector_process: bool = False, **kwargs: Any
+    ) -> RunningProxy:
+        """The proxy on a free port. Its collector runs on this test's loop unless
+        `collector_process` (the default of `serve`) asks for the child process: starting
+        one per test would cost a second each, and tests/e2e/test_collector_process.py and
+        the tests that run `serve` cover it."""
         port = free_port()
-        app = make_app(settings.replace(port=port), **kwargs)
+        app = make_app(settings.replace(port=port, collector_process=collector_process), **kwargs)
         runner = await start_site(app, "127.0.0.1", port)
         started.append(runner)
         return RunningProxy(app, runner, f"http://127.0.0.1:{port}")

@@ -115,6 +115,15 @@ class ProxyProcess:
     def stdout_path(self) -> Path:
         return self.log_dir / f"{self.name}.stdout"
 
+    def pids(self) -> list[int]:
+        """The serving process and the processes it started (its collector process)."""
+        pid = self.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except FileNotFoundError:
+            children = []
+        return [pid, *map(int, children)]
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
@@ -142,9 +151,12 @@ class ProxyProcess:
         await wait_until(ready, timeout, interval=0.02, what=f"{self.name} to listen")
 
     async def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
+        """SIGKILL to the replica's every process, as when its machine goes: no shutdown code
+        runs, not even the collector process's."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        for pid in reversed(self.pids()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         await self.proc.wait()
 
     async def stop(self, timeout: float = 30.0) -> int | None:

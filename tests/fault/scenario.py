@@ -244,12 +244,15 @@ class Scenario:
         return True
 
     async def _held_by(self, replica: Replica) -> int:
+        held = 0
         async with self._engine.connect() as conn:
-            result = await conn.execute(
-                text("SELECT count(*) FROM collection_jobs WHERE claimed_by LIKE :p"),
-                {"p": f"%:{replica.proc.pid}:%"},
-            )
-            return int(result.scalar() or 0)
+            for pid in replica.proc.pids():  # the collector may be a child process
+                result = await conn.execute(
+                    text("SELECT count(*) FROM collection_jobs WHERE claimed_by LIKE :p"),
+                    {"p": f"%:{pid}:%"},
+                )
+                held += int(result.scalar() or 0)
+        return held
 
     async def _kill_and_restart(self, victim: Replica, client: Client) -> tuple[int, float]:
         # In the middle of collection: the victim holds claimed jobs when it dies, and client

@@ -1,0 +1,53 @@
+"""The pipe to the collector process (proxy.accounting.collector_wire): what goes across comes
+back the same, and a bad line is refused with a message that repeats nothing of it."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from proxy.accounting import collector_wire as wire
+from proxy.settings import Settings
+from tests.fake_keys import fake_key
+
+KEY = fake_key("wire", "4321")
+
+
+def test_settings_keys_wake_ups_and_metrics_round_trip() -> None:
+    settings = Settings(upstream="http://up.example:81/v1", key_secret="s", collector_workers=7)
+    assert wire.decode(wire.settings_line(settings)) == ("settings", settings)
+    headers = (("Authorization", f"Bearer {KEY}"), ("OpenAI-Project", "proj_1"))
+    assert wire.decode(wire.key_line("fp1", headers)) == ("key", ("fp1", headers))
+    assert wire.decode(wire.WAKE) == ("wake", None)
+    assert wire.decode(wire.READY) == ("ready", None)
+    assert wire.decode(wire.metric_line("run_recorded", "estimated")) == (
+        "metric",
+        ("run_recorded", ["estimated"]),
+    )
+    cost = Decimal("0.0000123456789")
+    kind, (name, args) = wire.decode(wire.metric_line("usage", "team", "gpt-4o", 10, 20, cost))
+    assert (kind, name, args) == ("metric", "usage", ["team", "gpt-4o", 10, 20, cost])
+    assert isinstance(args[4], Decimal)  # exact, not a float
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        (b"not json " + KEY.encode(), "not JSON"),
+        (b'["key"]', "not an object"),
+        (b'{"wake": 1, "ready": 1}', "not an object of one message"),
+        (b'{"shell": "' + KEY.encode() + b'"}', "unknown message 'shell'"),
+        (b'{"key": ["fp", "' + KEY.encode() + b'"]}', "key: not"),
+        (b'{"key": ["fp", [["Authorization"]]]}', "key: not"),
+        (b'{"metric": ["__class__", []]}', "metric: not a known metric"),
+        (b'{"metric": ["run_recorded", ["a", "b"]]}', "metric: not a known metric"),
+        (b'{"metric": ["usage", ["t", "m", 1, 2, "' + KEY.encode() + b'"]]}', "cost is not"),
+        (b'{"settings": {"api_key": "' + KEY.encode() + b'"}}', "unknown names ['api_key']"),
+    ],
+)
+def test_bad_lines_are_refused_without_repeating_them(line: bytes, why: str) -> None:
+    with pytest.raises(wire.WireError) as raised:
+        wire.decode(line)
+    assert why in str(raised.value)
+    assert KEY not in str(raised.value) and "sk-" not in str(raised.value)
