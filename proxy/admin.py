@@ -112,6 +112,9 @@ class _Admin:
             if database is not None
             else {"ok": None, "enabled": False},
         }
+        if self._accounting is not None:
+            # Collection stopping never stops forwarding, so it is reported, not a failure.
+            body["collector"] = self._accounting.collector_status()
         return web.json_response(body)
 
     async def usage(self, request: web.Request) -> web.Response:

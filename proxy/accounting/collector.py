@@ -157,6 +157,10 @@ class RunCollector:
             retry_base=s.collector_retry_base,
         )
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     def wake(self) -> None:
         """A job may be due now (a run just finished here): look without waiting for the poll."""
         self._wake.set()

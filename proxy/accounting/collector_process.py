@@ -153,6 +153,11 @@ class CollectorProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def running(self) -> bool:
+        """A collector process is up and collecting."""
+        return self.started.is_set()
+
     def start(self) -> None:
         self._stopping = False
         self._credentials.listener = self._tell_key

@@ -169,6 +169,14 @@ class Accounting:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    def collector_status(self) -> dict[str, object]:
+        """For /_proxy/health: whether runs are being collected, and where."""
+        collector = self.collector
+        return {
+            "ok": collector is not None and collector.running,
+            "process": collector.pid if isinstance(collector, CollectorProcess) else None,
+        }
+
     async def database_ok(self) -> bool:
         return self.engine is not None and await ping(self.engine)
 

@@ -70,6 +70,12 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+async def health(proxy: RunningProxy) -> dict[str, object]:
+    async with aiohttp.ClientSession() as http:
+        got = await http.get(f"{proxy.url}/_proxy/health")
+        return (await got.json())["collector"]
+
+
 async def metric(proxy: RunningProxy, line_start: str) -> float | None:
     async with aiohttp.ClientSession() as http:
         got = await http.get(
@@ -92,6 +98,7 @@ async def test_a_run_is_collected_by_the_child_with_the_clients_key(
     pid = collector.pid
     assert pid is not None and pid != os.getpid() and alive(pid)
     assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + NICENESS
+    assert await health(proxy) == {"ok": True, "process": pid}
 
     async with client_for(proxy, KEY) as client:
         run = await finished_run(client, usage="no")
@@ -124,12 +131,27 @@ async def test_a_killed_child_is_replaced_and_told_the_keys_again(
         old = collector.pid
         assert old is not None
         os.kill(old, signal.SIGKILL)
+        # Forwarding goes on; the health endpoint tells that collection stopped, until the
+        # replacement (started after a second's backoff) is up.
+        await wait_for(lambda: _down(proxy), timeout=10)
         await wait_for(lambda: collector.pid != old and collector.started.is_set(), timeout=30)
+        assert await health(proxy) == {"ok": True, "process": collector.pid}
         # The key was told to the first child only: the new one has it from the restart.
         second = await finished_run(client, usage="no")
         row = await one_row(sm, second.id, timeout=30)
     assert row["usage_source"] == "estimated" and row["prompt_tokens"] == seed_expectation()[0]
     assert ("steps", second.id, KEY) in ledger(upstream, second.id)
+
+
+async def _down(proxy: RunningProxy) -> bool:
+    return (await health(proxy))["ok"] is False
+
+
+async def test_the_inline_collector_reports_no_process(
+    upstream: FakeUpstream, start_proxy: StartProxy, db_url: str
+) -> None:
+    proxy = await start_proxy(settings_for(upstream, db_url))
+    assert await health(proxy) == {"ok": True, "process": None}
 
 
 async def test_the_child_stops_with_the_proxy(
