@@ -90,11 +90,12 @@ class CredentialStore:
         self._told: dict[str, float] = {}
         self.listener = listener
 
-    def remember(self, fp: str, request_headers: Mapping[str, str]) -> None:
+    def remember(self, fp: str, request_headers: Mapping[str, str]) -> bool:
+        """Keep (or refresh) the credential of `fp`; whether it was not held before."""
         now = self._clock()
         old = self._items.get(fp)
         if old is not None and old.expires_at - now > self._ttl - _REFRESH:
-            return
+            return False
         get = request_headers.get
         headers = tuple([(n, v) for n in CREDENTIAL_HEADERS if (v := get(n)) is not None])
         self._items[fp] = Credential(headers, now + self._ttl)
@@ -103,6 +104,7 @@ class CredentialStore:
         ):
             self._told[fp] = now
             self.listener(fp, headers)
+        return old is None or old.expires_at < now
 
     def put(self, fp: str, headers: Headers) -> bool:
         """Keep `headers` as they are (a copy told by another process); whether `fp` is new."""

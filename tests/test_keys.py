@@ -79,10 +79,12 @@ def test_a_listener_hears_new_and_changed_keys_and_one_still_in_use_each_minute(
 def test_a_key_seen_again_within_a_second_is_not_refreshed() -> None:
     clock = Clock()
     store = CredentialStore(ttl=10, clock=clock)
-    store.remember("fp", {"api-key": KEY})
+    assert store.remember("fp", {"api-key": KEY}) is True  # new
     clock.now += 0.5
-    store.remember("fp", {"api-key": KEY})
+    assert store.remember("fp", {"api-key": KEY}) is False
     clock.now += 9.6  # 10.1 s after the first sighting: the refresh half a second in was skipped
     assert "fp" not in store
+    assert store.remember("fp", {"api-key": KEY}) is True  # expired, so new again
+    clock.now += 20
     store.put("fp", (("api-key", KEY),))
     assert store.get("fp") == {"api-key": KEY} and store.put("fp", ()) is False

@@ -97,6 +97,8 @@ class Accounting:
         self.collector: RunCollector | CollectorProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._remembering: set[asyncio.Future[None]] = set()
+        # (Authorization, api-key) as sent -> fingerprint: remember_key runs on every response.
+        self._fp_by_headers: dict[tuple[str | None, str | None], str] = {}
 
     # --- wiring --------------------------------------------------------------------------
     def attach_forwarder(self, forwarder: Forwarder) -> None:
@@ -199,27 +201,31 @@ class Accounting:
     def remember_key(self, headers: Mapping[str, str]) -> None:
         """Keep this request's credential in memory: a job waiting for this key (after a
         restart, or from another replica's sighting) can now be collected here. Called for
-        every response, so a known key costs two dictionary lookups; a new one is
+        every response, so a known key costs a few dictionary lookups; a new one is
         fingerprinted on a task (its secret may still be loading)."""
-        key = extract_key(headers)
-        if key is None:
-            return
-        fp = self._fps.get(key)
+        sent = (headers.get("Authorization"), headers.get("api-key"))
+        fp = self._fp_by_headers.get(sent)
         if fp is None:
-            task = asyncio.ensure_future(self._remember_new(key, headers))
-            self._remembering.add(task)
-            task.add_done_callback(self._remembering.discard)
-            return
+            key = extract_key(headers)
+            if key is not None:
+                task = asyncio.ensure_future(self._remember_new(sent, key, headers))
+                self._remembering.add(task)
+                task.add_done_callback(self._remembering.discard)
+        else:
+            self._keep(fp, headers)
+
+    async def _remember_new(
+        self, sent: tuple[str | None, str | None], key: str, headers: Mapping[str, str]
+    ) -> None:
+        fp = await self._fingerprint(key)
+        if len(self._fp_by_headers) >= _FP_CACHE:
+            self._fp_by_headers.clear()
+        self._fp_by_headers[sent] = fp
         self._keep(fp, headers)
 
-    async def _remember_new(self, key: str, headers: Mapping[str, str]) -> None:
-        self._keep(await self._fingerprint(key), headers)
-
     def _keep(self, fp: str, headers: Mapping[str, str]) -> None:
-        known = fp in self.credentials
-        self.credentials.remember(fp, headers)
-        if not known and self.collector is not None:
-            self.collector.wake()
+        if self.credentials.remember(fp, headers) and self.collector is not None:
+            self.collector.wake()  # jobs waiting for this key can be collected now
 
     async def attribute(self, headers: Mapping[str, str]) -> Attribution:
         """Who pays for a request: the key's fingerprint, team, tag, project and organization.
