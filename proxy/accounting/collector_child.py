@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
@@ -37,8 +36,6 @@ from proxy.keys import CredentialStore
 from proxy.logs import configure_logging
 
 __all__ = ["NICENESS", "RelayedMetrics", "main", "run"]
-
-_log = logging.getLogger("proxy.accounting.collector")
 
 # Below the serving process: the scheduler runs a forwarding wake-up before collector work.
 # Lower priority does not mean starved: at 5 the collector still gets about a quarter of a
@@ -130,12 +127,7 @@ async def _listen(
     reader: asyncio.StreamReader, credentials: CredentialStore, collector: RunCollector
 ) -> None:
     """Until the serving process closes the socket."""
-    while line := await reader.readline():
-        try:
-            kind, payload = wire.decode(line)
-        except wire.WireError as exc:
-            _log.error("collector process: a bad message from the serving process: %s", exc)
-            continue
+    async for kind, payload in wire.messages(reader, "serving process"):
         if kind == "key":
             fp, headers = payload
             if credentials.put(fp, headers):

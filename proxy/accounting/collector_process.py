@@ -238,12 +238,7 @@ class CollectorProcess:
         return await self._proc.wait()
 
     async def _listen(self, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
-            try:
-                kind, payload = wire.decode(line)
-            except wire.WireError as exc:
-                _log.error("collector process: %s", exc)
-                continue
+        async for kind, payload in wire.messages(reader, "collector process"):
             if kind == "metric":
                 name, args = payload
                 getattr(self._metrics, name)(*args)

@@ -6,12 +6,16 @@ To the collector: `{"settings": {...}}` first, then `{"key": [fingerprint, [[nam
 ...]]}` whenever a key is new, changes or is still in use, and `{"wake": 1}` when jobs were
 written. From the collector: `{"ready": 1}` once it collects, then `{"metric": [name,
 [args]]}`, applied to the serving process's
-metrics, which /_proxy/metrics shows. Pure: encoding and decoding only.
+metrics, which /_proxy/metrics shows. Encoding and decoding are pure; `messages` reads them off
+either end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -27,10 +31,13 @@ __all__ = [
     "WireError",
     "decode",
     "key_line",
+    "messages",
     "metric_line",
     "settings_from",
     "settings_line",
 ]
+
+_log = logging.getLogger("proxy.accounting.collector")
 
 WAKE = b'{"wake":1}\n'
 READY = b'{"ready":1}\n'
@@ -84,6 +91,16 @@ def decode(line: bytes) -> tuple[str, Any]:
     if kind == "metric":
         return kind, _metric(payload)
     raise WireError(f"unknown message {kind!r}")
+
+
+async def messages(reader: asyncio.StreamReader, sender: str) -> AsyncIterator[tuple[str, Any]]:
+    """Each message `sender` writes, decoded, until it closes its end; a bad line is logged
+    (what was wrong with it, not what it held) and skipped."""
+    while line := await reader.readline():
+        try:
+            yield decode(line)
+        except WireError as exc:
+            _log.error("a bad message from the %s: %s", sender, exc)
 
 
 def _key(payload: object) -> tuple[str, Headers]:

@@ -3,6 +3,8 @@ back the same, and a bad line is refused with a message that repeats nothing of 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from decimal import Decimal
 
 import pytest
@@ -51,3 +53,16 @@ def test_bad_lines_are_refused_without_repeating_them(line: bytes, why: str) -> 
         wire.decode(line)
     assert why in str(raised.value)
     assert KEY not in str(raised.value) and "sk-" not in str(raised.value)
+
+
+async def test_messages_are_read_until_the_other_end_closes_and_bad_ones_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(wire.WAKE + b'{"key": "' + KEY.encode() + b'"}\n' + wire.READY)
+    reader.feed_eof()
+    with caplog.at_level(logging.ERROR):
+        got = [m async for m in wire.messages(reader, "serving process")]
+    assert got == [("wake", None), ("ready", None)]
+    assert "a bad message from the serving process: key: not" in caplog.text
+    assert KEY not in caplog.text
