@@ -89,12 +89,12 @@ class Metrics:
                 self._requests[(method, status)] = child
         child.inc()
 
-    def recorded(self, kind: str) -> None:
-        """One usage row of `kind` written."""
+    def recorded(self, kind: str, n: int = 1) -> None:
+        """`n` usage rows of `kind` written."""
         child = self._kinds.get(kind)
         if child is None:
             child = self._kinds[kind] = self.events_recorded.labels(kind=kind)
-        child.inc()
+        child.inc(n)
 
     def run_recorded(self, source: str) -> None:
         """One Assistants run recorded, its usage from `source` (reported or estimated)."""

@@ -286,6 +286,42 @@ def test_parse_json_gives_what_the_standard_library_gives(text: str) -> None:
     assert repr(parse_json(text.encode())) == repr(json.loads(text))
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[18446744073709551615, 18446744073709551616, -9223372036854775809]",  # 20 digits
+        "[9999999999999999999, -999999999999999999]",  # 19 digits: orjson's own
+        '{"n": 123456789012345678901, "s": "12345678901234567890123"}',
+        "[1234567890123456789.5, 12345678901234567890e2, 0.12345678901234567890123]",
+        '{"s": "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660"}',
+    ],
+)
+@pytest.mark.parametrize("as_text", [False, True])
+def test_parse_json_reads_long_numbers_as_the_standard_library_does(
+    text: str, as_text: bool
+) -> None:
+    parsed = parse_json(text if as_text else text.encode())
+    assert repr(parsed) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"s": "\ud800", "n": 123456789012345678901}',  # a lone surrogate: not UTF-8
+        '{"s": "\ud800", "n": 1}',
+        '{"s": "' + "\uff11" * 21 + '", "n": 7}',  # fullwidth digits: string content
+    ],
+)
+def test_parse_json_reads_any_text_as_the_standard_library_does(text: str) -> None:
+    try:
+        expected = repr(json.loads(text))
+    except ValueError:
+        with pytest.raises(DecodeError):
+            parse_json(text)
+    else:
+        assert repr(parse_json(text)) == expected
+
+
 @pytest.mark.parametrize("text", [b"", b"{", b'{"a": 1} x', b"\xff\xfe{}", b"[DONE]"])
 def test_parse_json_refuses_what_is_not_json(text: bytes) -> None:
     with pytest.raises(DecodeError):

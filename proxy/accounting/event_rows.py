@@ -23,9 +23,9 @@ from typing import Any
 
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.chat_estimate import ChatStream
-from proxy.accounting.pricing import PriceTable, Usage, cost_of
+from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
 from proxy.accounting.rows import to_datetime
-from proxy.db.records import UsageRow
+from proxy.db.records import UsageRow, row_from, row_template
 
 __all__ = [
     "CHAT_KIND",
@@ -190,40 +190,67 @@ def response_row(
 
 
 # --- chat completions ----------------------------------------------------------------------
+# Rows are built from these templates (proxy.db.records.row_from): one is built per request.
+_CHAT = row_template(kind=CHAT_KIND)
+_EMBEDDING = row_template(kind=EMBEDDING_KIND, status="completed", usage_source="reported")
+_fromtimestamp = dt.datetime.fromtimestamp
+_UTC = dt.UTC
+
+
+def _row(template: dict[str, Any], who: Attribution) -> dict[str, Any]:
+    values = template.copy()
+    values["key_fingerprint"] = who.key_fingerprint
+    values["key_hint"] = who.key_hint
+    values["team"] = who.team
+    values["tag"] = who.tag
+    values["project"] = who.project
+    values["organization"] = who.organization
+    return values
+
+
+def _when(created: object, now: dt.datetime) -> dt.datetime:
+    # A positive int is the common case; to_datetime decides all the others.
+    if type(created) is int and created > 0:
+        return _fromtimestamp(created, _UTC)
+    return to_datetime(created) or now
+
+
+def _count(value: object) -> int:
+    return value if type(value) is int and value > 0 else 0
+
+
 def _chat_tokens(usage: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if type(details) is dict else 0
+    details = usage.get("completion_tokens_details")
+    reasoning = _count(details.get("reasoning_tokens")) if type(details) is dict else 0
     return (
-        _int(usage.get("prompt_tokens")),
-        _int(usage.get("completion_tokens")),
-        _int(_dict(usage.get("prompt_tokens_details")).get("cached_tokens")),
-        _int(_dict(usage.get("completion_tokens_details")).get("reasoning_tokens")),
+        _count(usage.get("prompt_tokens")),
+        _count(usage.get("completion_tokens")),
+        cached,
+        reasoning,
     )
 
 
 def _chat(
+    values: dict[str, Any],
     object_id: str,
     model: str | None,
     when: dt.datetime,
-    who: Attribution,
     prices: PriceTable,
     tokens: tuple[int, int, int, int],
-    **fields: Any,
 ) -> UsageRow:
     prompt, completion, cached, reasoning = tokens
-    usage = Usage(prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion)
-    return UsageRow(
-        kind=CHAT_KIND,
-        object_id=object_id,
-        model=model,
-        occurred_at=when,
-        **who.columns(),
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        cached_tokens=cached,
-        reasoning_tokens=reasoning,
-        cost_usd=cost_of(prices, model, when, usage).total,
-        **fields,
-    )
+    values["object_id"] = object_id
+    values["model"] = model
+    values["occurred_at"] = when
+    values["prompt_tokens"] = prompt
+    values["completion_tokens"] = completion
+    values["total_tokens"] = prompt + completion
+    values["cached_tokens"] = cached
+    values["reasoning_tokens"] = reasoning
+    values["cost_usd"] = token_cost(prices, model, when, prompt, cached, completion)
+    return row_from(values)
 
 
 def chat_row(
@@ -238,21 +265,22 @@ def chat_row(
     usage = completion.get("usage")
     calls = 0
     for choice in completion.get("choices") or ():
-        message = _dict(_dict(choice).get("message"))
-        tool_calls = message.get("tool_calls")
-        calls += len(tool_calls) if isinstance(tool_calls, list) else 0
-        calls += message.get("function_call") is not None
-    return _chat(
-        object_id,
-        _str(completion.get("model")),
-        to_datetime(completion.get("created")) or now,
-        who,
-        prices,
-        _chat_tokens(_dict(usage)),
-        status="completed",
-        usage_source="reported" if isinstance(usage, dict) else "none",
-        function_calls=calls,
-    )
+        message = choice.get("message") if type(choice) is dict else None
+        if type(message) is dict:
+            tool_calls = message.get("tool_calls")
+            calls += len(tool_calls) if type(tool_calls) is list else 0
+            calls += message.get("function_call") is not None
+    values = _row(_CHAT, who)
+    values["status"] = "completed"
+    values["function_calls"] = calls
+    if type(usage) is dict:
+        values["usage_source"] = "reported"
+        tokens = _chat_tokens(usage)
+    else:
+        values["usage_source"] = "none"
+        tokens = (0, 0, 0, 0)
+    model = _str(completion.get("model"))
+    return _chat(values, object_id, model, _when(completion.get("created"), now), prices, tokens)
 
 
 def chat_stream_row(
@@ -269,20 +297,19 @@ def chat_stream_row(
     the row counts the event at zero tokens). Status "completed" once the usage or a finish
     reason arrived, else "incomplete" (the stream broke off)."""
     done = stream.usage is not None or stream.finished
-    fields: dict[str, Any] = {
-        "status": "completed" if done else "incomplete",
-        "function_calls": stream.tool_calls,
-    }
+    values = _row(_CHAT, who)
+    values["status"] = "completed" if done else "incomplete"
+    values["function_calls"] = stream.tool_calls
     if estimate is not None:
-        fields["estimated_prompt_tokens"], fields["estimated_completion_tokens"] = estimate
+        values["estimated_prompt_tokens"], values["estimated_completion_tokens"] = estimate
     if stream.usage is not None:
         tokens = _chat_tokens(stream.usage)
-        fields["usage_source"] = "reported"
+        values["usage_source"] = "reported"
     else:
         tokens = (*(estimate or (0, 0)), 0, 0)
-        fields["usage_source"] = "estimated" if estimate is not None else "none"
-    when = to_datetime(stream.created) or now
-    return _chat(object_id, stream.model or model, when, who, prices, tokens, **fields)
+        values["usage_source"] = "estimated" if estimate is not None else "none"
+    when = _when(stream.created, now)
+    return _chat(values, object_id, stream.model or model, when, prices, tokens)
 
 
 # --- embeddings ----------------------------------------------------------------------------
@@ -297,15 +324,10 @@ def embedding_row(
     """The row of an embeddings list. The list has no id: the caller supplies one."""
     prompt = _int(_dict(body.get("usage")).get("prompt_tokens"))
     model = _str(body.get("model"))
-    return UsageRow(
-        kind=EMBEDDING_KIND,
-        object_id=object_id,
-        model=model,
-        status="completed",
-        occurred_at=now,
-        **who.columns(),
-        prompt_tokens=prompt,
-        total_tokens=prompt,
-        usage_source="reported",
-        cost_usd=cost_of(prices, model, now, Usage(prompt_tokens=prompt)).total,
-    )
+    values = _row(_EMBEDDING, who)
+    values["object_id"] = object_id
+    values["model"] = model
+    values["occurred_at"] = now
+    values["prompt_tokens"] = values["total_tokens"] = prompt
+    values["cost_usd"] = token_cost(prices, model, now, prompt)
+    return row_from(values)

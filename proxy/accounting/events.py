@@ -63,6 +63,7 @@ _log = logging.getLogger("proxy.accounting.events")
 # Bodies above this are parsed off the event loop, so a large embeddings answer cannot stall it.
 _PARSE_INLINE = 256 * 1024
 _QUOTED_TERMINALS = tuple(f'"{name}"' for name in TERMINAL_RESPONSE_EVENTS)
+_OFF_LOOP: Any = object()
 
 
 class EventObserver:
@@ -97,7 +98,8 @@ class EventObserver:
             await self._response(exchange, response)
 
     async def on_response(self, exchange: Exchange) -> None:
-        stream = self._streams.pop(exchange, None)
+        # Most exchanges are not streams: a length test spares building a weak reference.
+        stream = self._streams.pop(exchange, None) if self._streams else None
         status = exchange.status
         if status is None:
             return
@@ -109,21 +111,22 @@ class EventObserver:
         if stream is not None:
             await self._chat_stream(exchange, stream)
             return
-        body = await _json_body(exchange)
+        body = _json_body(exchange)
+        if body is _OFF_LOOP:
+            body = await asyncio.get_running_loop().run_in_executor(None, exchange.json)
         if (response := terminal_response(body)) is not None:
             await self._response(exchange, response)
         elif exchange.method != "POST" or not isinstance(body, dict):
             return  # a GET of a stored chat completion was billed when it was created
         elif is_chat_completion(body):
             who = await self.accounting.attribute(exchange.request_headers)
-            oid = body.get("id") if isinstance(body.get("id"), str) else _request_id(exchange)
-            await self._record(chat_row(body, who, self.accounting.prices, _now(), object_id=oid))
+            oid = body.get("id")
+            oid = oid if isinstance(oid, str) else _request_id(exchange)
+            self._record(chat_row(body, who, self.accounting.prices, _now(), object_id=oid))
         elif is_embedding_list(body):
             who = await self.accounting.attribute(exchange.request_headers)
             oid = _request_id(exchange)
-            await self._record(
-                embedding_row(body, who, self.accounting.prices, _now(), object_id=oid)
-            )
+            self._record(embedding_row(body, who, self.accounting.prices, _now(), object_id=oid))
 
     async def on_error(self, exchange: Exchange) -> None:
         stream = self._streams.pop(exchange, None)
@@ -149,7 +152,7 @@ class EventObserver:
         )
         for container in response_containers(response):
             self._remember(self._containers, container)
-        await self._record(row)
+        self._record(row)
         self._remember(self._seen, rid)
 
     async def _chat_stream(self, exchange: Exchange, stream: ChatStream) -> None:
@@ -177,9 +180,9 @@ class EventObserver:
             estimate=estimate,
             model=model,
         )
-        await self._record(row)
+        self._record(row)
 
-    async def _record(self, row: records.UsageRow) -> None:
+    def _record(self, row: records.UsageRow) -> None:
         # Handed to the row writer, which batches rows into one transaction: a transaction per
         # row here capped recording at ~600 rows/s (bench/README.md, finding 1).
         self.accounting.rows.submit(row)
@@ -226,16 +229,19 @@ def _request_id(exchange: Exchange) -> str:
     return f"proxy-{uuid.uuid4().hex}"
 
 
-async def _json_body(exchange: Exchange) -> Any:
-    """The response body as JSON when it may carry usage, else None."""
-    if exchange.is_sse or exchange.content_type != "application/json":
+def _json_body(exchange: Exchange) -> Any:
+    """The response body as JSON when it may carry usage, else None; _OFF_LOOP when it is too
+    large to parse here. Not a coroutine: for a chat completion, awaiting one cost as much as
+    the checks in it."""
+    if exchange.content_type != "application/json":  # which also rules out SSE
         return None
     raw = exchange.raw_response_body
     compressed = bool(
         exchange.response_headers and exchange.response_headers.get("Content-Encoding")
     )
-    if not compressed and b'"usage"' not in raw:
+    # find, not `in`: `in` first tries the needle as an int and pays for the TypeError.
+    if not compressed and raw.find(b'"usage"') < 0:
         return None
     if len(raw) <= _PARSE_INLINE:
         return exchange.json()
-    return await asyncio.get_running_loop().run_in_executor(None, exchange.json)
+    return _OFF_LOOP

@@ -11,6 +11,11 @@ entry for the snapshot itself beats the alias's. Any other suffix is a different
 "gpt-4o-mini" is never priced as "gpt-4o". config/pricing.toml documents the file format.
 
 `load_price_table` is the only function that reads anything; `cost_of` never raises.
+
+Token costs are exact: a price in force is also kept as integer rates, and the cost of tokens
+is integer arithmetic rounded half to even at 1e-10 USD, which is what the Decimal formula gives
+(tests/accounting/test_pricing.py compares the two). Decimal arithmetic per event cost more CPU
+than the rest of building its row (bench/README.md).
 """
 
 from __future__ import annotations
@@ -29,11 +34,20 @@ from typing import Any, NamedTuple, TypeVar
 
 from proxy.errors import ConfigError
 
-__all__ = ["Cost", "ModelPrice", "PriceTable", "Usage", "cost_of", "load_price_table"]
+__all__ = [
+    "Cost",
+    "ModelPrice",
+    "PriceTable",
+    "Usage",
+    "cost_of",
+    "load_price_table",
+    "token_cost",
+]
 
 _MTOK = Decimal(1_000_000)
 _PLACES = Decimal("1e-10")  # the usage table stores money as Numeric(20, 10)
 _ZERO = Decimal(0).quantize(_PLACES)
+_UNPRICED: tuple[None, None] = (None, None)
 _SNAPSHOT = re.compile(r"(?P<alias>.+)-\d{4}-\d{2}-\d{2}")
 _TOOLS = ("code_interpreter_session", "file_search_call", "web_search_call")
 # The key naming an entry, then its other required keys and its optional ones.
@@ -42,6 +56,11 @@ _TOOL_KEYS = ("tool", {"effective_from", "price"}, {"per"})
 
 _Lookup = Callable[[str, datetime], "ModelPrice | None"]
 _CACHE_SIZE = 4096
+# Integer rates only for prices with at most this many decimal places, and costs below
+# _EXACT_UNITS units of 1e-10 USD: within both, every step of the Decimal formula is exact in
+# Decimal's 28 digits, so the two agree to the last digit. Anything else takes the formula.
+_EXACT_PLACES = 12
+_EXACT_UNITS = 10**18
 _Entry = TypeVar("_Entry", "ModelPrice", "_ToolPrice")
 
 
@@ -90,6 +109,19 @@ class Cost(NamedTuple):
         return not self.missing
 
 
+class _Rates(NamedTuple):
+    """A model price as integers: the cost of tokens in units of 1e-10 USD is
+    (uncached * input + cached * cached + completion * output) * mul, divided by div and
+    rounded half to even."""
+
+    price: ModelPrice
+    input: int
+    cached: int
+    output: int
+    mul: int
+    div: int
+
+
 class _ToolPrice(NamedTuple):
     effective_from: date
     unit: Decimal  # USD per session or per call
@@ -106,28 +138,33 @@ class PriceTable:
 
     _sources: tuple[_Source, ...]
     _fallback: _Lookup | None = field(default=None, repr=False)
-    # (model, day) -> the tables' answer. Pricing runs for every recorded request; the tables
-    # change only by date, so the answer is the same all day. genai-prices is not cached: its
-    # conditions may depend on the time, not only the day.
-    _cache: dict[tuple[str, date], ModelPrice | None] = field(
+    # (model, day) -> the tables' answer, as integer rates where they are exact. Pricing runs
+    # for every recorded request; the tables change only by date, so the answer is the same
+    # all day. genai-prices is not cached: its conditions may depend on the time, not only the
+    # day.
+    _cache: dict[tuple[str, date], tuple[ModelPrice | None, _Rates | None]] = field(
         default_factory=dict, repr=False, compare=False, hash=False
     )
 
     def model_price(self, model: str | None, at: datetime) -> ModelPrice | None:
         """Token prices in force for `model` at `at` (naive means UTC), or None if unknown."""
+        return self._priced(model, at)[0]
+
+    def _priced(self, model: str | None, at: datetime) -> tuple[ModelPrice | None, _Rates | None]:
         if not model:
-            return None
+            return _UNPRICED
         key = (model, _utc_date(at))
         try:
-            price = self._cache[key]
+            priced = self._cache[key]
         except KeyError:
             price = self._from_tables(model, key[1])
+            priced = (price, None if price is None else _rates(price))
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()  # made-up model names must not grow it without bound
-            self._cache[key] = price
-        if price is None and self._fallback:
-            return self._fallback(model, at)
-        return price
+            self._cache[key] = priced
+        if priced[0] is None and self._fallback:
+            return self._fallback(model, at), None
+        return priced
 
     def _from_tables(self, model: str, day: date) -> ModelPrice | None:
         names = [model.lower()]
@@ -148,23 +185,80 @@ class PriceTable:
         return None
 
 
+def token_cost(
+    table: PriceTable,
+    model: str | None,
+    at: datetime,
+    prompt: int = 0,
+    cached: int = 0,
+    completion: int = 0,
+) -> Decimal:
+    """`cost_of(table, model, at, Usage(prompt, cached, completion)).total`, without building
+    either tuple: the price of a chat completion or an embedding. Never raises."""
+    price, rates = table._priced(model, at)
+    if rates is not None:
+        units = _units(rates, prompt, cached, completion)
+        if units is not None:
+            return Decimal(units).scaleb(-10)
+    return _tokens(price, prompt, cached, completion)
+
+
+def _units(rates: _Rates, prompt: int, cached: int, completion: int) -> int | None:
+    """The cost in units of 1e-10 USD, or None where the integer rates do not apply."""
+    if prompt < 0 or cached < 0 or completion < 0:
+        return None
+    cached = min(cached, prompt)  # see _tokens
+    total = (prompt - cached) * rates.input + cached * rates.cached + completion * rates.output
+    if rates.div == 1:
+        units = total * rates.mul
+    else:
+        units, rest = divmod(total, rates.div)
+        if rest * 2 > rates.div or (rest * 2 == rates.div and units & 1):
+            units += 1
+    return units if units < _EXACT_UNITS else None
+
+
+def _tokens(price: ModelPrice | None, prompt: int, cached: int, completion: int) -> Decimal:
+    """The cost of tokens in Decimal arithmetic: the definition the integer rates follow."""
+    if price is None:
+        return _ZERO
+    # Cached tokens are a subset of the prompt; a malformed usage claiming more must not turn
+    # into a negative charge for the rest.
+    cached = min(cached, prompt)
+    cached_rate = price.input if price.cached_input is None else price.cached_input
+    tokens = (prompt - cached) * price.input + cached * cached_rate
+    return ((tokens + completion * price.output) / _MTOK).quantize(_PLACES)
+
+
+def _rates(price: ModelPrice) -> _Rates | None:
+    cached = price.input if price.cached_input is None else price.cached_input
+    prices = (price.input, cached, price.output)
+    if not all(p.is_finite() and p >= 0 for p in prices):
+        return None
+    places = max(max(0, -int(p.as_tuple().exponent)) for p in prices)
+    if places > _EXACT_PLACES:
+        return None
+    ints = []
+    for p in prices:
+        _, digits, exponent = p.as_tuple()
+        ints.append(int("".join(map(str, digits))) * 10 ** (int(exponent) + places))
+    # Price per 1M tokens times 10**places, so cost in 1e-10 USD = total * 10**(4 - places).
+    mul, div = (10 ** (4 - places), 1) if places <= 4 else (1, 10 ** (places - 4))
+    return _Rates(price, ints[0], ints[1], ints[2], mul, div)
+
+
 def cost_of(table: PriceTable, model: str | None, at: datetime, usage: Usage) -> Cost:
     """Price `usage` of `model` at the prices in force at `at`. Never raises."""
     missing: list[str] = []
-    price = table.model_price(model, at)
-    tokens = Decimal(0)
-    if price is None:
-        if usage.prompt_tokens or usage.completion_tokens:
-            missing.append("tokens")
+    price, rates = table._priced(model, at)
+    prompt, cached, completion = usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
+    units = None if rates is None else _units(rates, prompt, cached, completion)
+    if units is not None:
+        tokens = Decimal(units).scaleb(-10)
     else:
-        # Cached tokens are a subset of the prompt; a malformed usage claiming more must not
-        # turn into a negative charge for the rest.
-        cached = min(usage.cached_tokens, usage.prompt_tokens)
-        cached_rate = price.input if price.cached_input is None else price.cached_input
-        uncached = usage.prompt_tokens - cached
-        tokens = uncached * price.input + cached * cached_rate
-        tokens = (tokens + usage.completion_tokens * price.output) / _MTOK
-    tokens = tokens.quantize(_PLACES)
+        if price is None and (prompt or completion):
+            missing.append("tokens")
+        tokens = _tokens(price, prompt, cached, completion)
     counts = (usage.code_interpreter_sessions, usage.file_search_calls, usage.web_search_calls)
     if not any(counts):  # most events: no tool to look up
         return Cost(tokens, tokens, _ZERO, price, tuple(missing))

@@ -20,7 +20,8 @@ _TIME_FIELDS = ("completed_at", "failed_at", "cancelled_at", "expired_at", "inco
 
 
 def to_datetime(value: object) -> dt.datetime | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    # A tuple, not `int | float`: that union would be built anew on every call.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         return None
     return dt.datetime.fromtimestamp(value, dt.UTC)
 

@@ -128,8 +128,12 @@ class RunObserver:
             self._remember_key(exchange.request_headers)
         if exchange.status is None or not 200 <= exchange.status < 300 or exchange.is_sse:
             return
-        if exchange.content_type != "application/json" or b"thread.run" not in (
-            exchange.raw_response_body[:65536] if not _compressed(exchange) else b"thread.run"
+        if exchange.content_type != "application/json":
+            return
+        # find, not `in` on a slice: no copy of the body (a compressed one is decoded first).
+        if (
+            not _compressed(exchange)
+            and exchange.raw_response_body.find(b"thread.run", 0, 65536) < 0
         ):
             return
         for run in runs_in_body(exchange.json()):

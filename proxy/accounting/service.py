@@ -238,10 +238,8 @@ class Accounting:
         seen = tuple(map(headers.get, _ATTRIBUTED_BY))
         hit = self._attributions.get(seen)
         if hit is not None and hit[1] > now:
-            who = hit[0]
-            if who.key_fingerprint is not None:
-                self.credentials.remember(who.key_fingerprint, headers)
-            return who
+            # The credential itself is refreshed by remember_key, which sees every response.
+            return hit[0]
         who = await self._attribute(headers)
         if who.team is not None:  # None: the database is down; the write resolves it later
             if len(self._attributions) >= _FP_CACHE:

@@ -12,8 +12,9 @@ stored is exactly what the ORM stores and reads back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
@@ -27,6 +28,7 @@ __all__ = ["BulkInsert"]
 _MAX_PARAMS = 32_766
 
 _Processor = Callable[[Any], Any] | None
+_MAX_TEXTS = 256
 
 
 def _chunks(n: int, most: int) -> list[tuple[int, int]]:
@@ -43,9 +45,24 @@ def _chunks(n: int, most: int) -> list[tuple[int, int]]:
     return out
 
 
+class _Shape(NamedTuple):
+    """How a chunk with a given set of all-NULL columns goes out: the columns sent, a getter
+    of their values from a row, and the bind processors by position among them."""
+
+    columns: tuple[str, ...]
+    values: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+
+
 class BulkInsert:
     """Insert-or-nothing of rows given as tuples in `columns` order; the `returning` columns of
-    the rows actually inserted."""
+    the rows actually inserted.
+
+    A nullable column without a server default that is None in every row of a statement is
+    left out of it: the database stores NULL all the same, and binding a NULL per row cost
+    more than any other value (sqlite3 looks None up as a value to adapt). A chat
+    completion's row has a dozen such columns. The statement texts stay few: one per size and
+    set of columns left out, and a kind of row leaves out the same ones."""
 
     def __init__(
         self,
@@ -54,59 +71,96 @@ class BulkInsert:
         *,
         conflict: Sequence[str],
         returning: Sequence[str],
+        processors: Mapping[str, Mapping[str, Callable[[Any], Any]]] | None = None,
     ) -> None:
+        """`processors`: dialect name -> column -> a bind processor to use instead of the
+        column type's own, for a type whose own is slow. It must return exactly what the
+        type's own returns, and raise where it raises (the caller's tests compare them)."""
         self._table = table
         self.columns = tuple(columns)
         self._conflict = tuple(conflict)
         self._returning = tuple(returning)
-        self._sql: dict[tuple[str, int], str] = {}
-        self._processors: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+        self._overrides = processors or {}
+        self._omissible = tuple(
+            (i, itemgetter(i))
+            for i, name in enumerate(self.columns)
+            if table.c[name].nullable and table.c[name].server_default is None
+        )
+        self._sql: dict[tuple[str, int, tuple[int, ...]], str] = {}
+        self._shapes: dict[tuple[str, tuple[int, ...]], _Shape] = {}
 
     async def run(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
         dialect = conn.dialect
-        processors = self._processors.get(dialect.name)
-        if processors is None:
-            processors = self._processors[dialect.name] = self._bind_processors(dialect)
         out: list[Any] = []
         for start, size in _chunks(len(rows), _MAX_PARAMS // len(self.columns)):
             chunk = rows[start : start + size]
-            params: list[Any] = []
-            for row in chunk:
-                if processors:
-                    row = list(row)
-                    for i, process in processors:
-                        if row[i] is not None:
-                            try:
-                                row[i] = process(row[i])
-                            except Exception as exc:
-                                # What SQLAlchemy raises for a value its type refuses.
-                                raise StatementError(
-                                    f"{self.columns[i]}: {exc}", None, None, exc
-                                ) from exc
-                params.extend(row)
-            result = await conn.exec_driver_sql(self._statement(dialect, len(chunk)), tuple(params))
+            absent = tuple(
+                i for i, get in self._omissible if list(map(get, chunk)).count(None) == size
+            )
+            shape = self._shapes.get((dialect.name, absent))
+            if shape is None:
+                shape = self._shapes[(dialect.name, absent)] = self._shape(dialect, absent)
+            params = self._params(chunk, shape)
+            sql = self._sql.get((dialect.name, size, absent))
+            if sql is None:
+                if len(self._sql) >= _MAX_TEXTS:
+                    self._sql.clear()  # odd mixes of columns must not grow it without bound
+                sql = self._sql[(dialect.name, size, absent)] = self._render(
+                    dialect, size, shape.columns
+                )
+            result = await conn.exec_driver_sql(sql, params)
             out.extend(result.all())
         return out
 
-    def _bind_processors(self, dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
-        found = []
-        for i, name in enumerate(self.columns):
-            column_type = self._table.c[name].type
-            process: _Processor = column_type.dialect_impl(dialect).bind_processor(dialect)
+    def _params(self, rows: Sequence[tuple[Any, ...]], shape: _Shape) -> tuple[Any, ...]:
+        params: list[Any] = []
+        get = shape.values
+        processors = shape.processors
+        if not processors:
+            for row in rows:
+                params += get(row)
+            return tuple(params)
+        # A value repeated from the row before (the batch's recorded_at, a shared timestamp)
+        # is processed once: the same object gives the same result.
+        last: list[Any] = [None] * len(processors)
+        done: list[Any] = [None] * len(processors)
+        i = 0
+        try:
+            for row in rows:
+                values = list(get(row))
+                for n, (i, process) in enumerate(processors):
+                    value = values[i]
+                    if value is None:
+                        continue
+                    if value is last[n]:
+                        values[i] = done[n]
+                    else:
+                        last[n] = value
+                        values[i] = done[n] = process(value)
+                params += values
+        except Exception as exc:
+            # What SQLAlchemy raises for a value its type refuses.
+            raise StatementError(f"{shape.columns[i]}: {exc}", None, None, exc) from exc
+        return tuple(params)
+
+    def _shape(self, dialect: Dialect, absent: tuple[int, ...]) -> _Shape:
+        kept = [i for i in range(len(self.columns)) if i not in absent]
+        columns = tuple(self.columns[i] for i in kept)
+        overrides = self._overrides.get(dialect.name, {})
+        processors = []
+        for at, name in enumerate(columns):
+            process: _Processor = overrides.get(name)
+            if process is None:
+                column_type = self._table.c[name].type
+                process = column_type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
-                found.append((i, process))
-        return found
+                processors.append((at, process))
+        values = itemgetter(*kept) if len(kept) > 1 else lambda row: (row[kept[0]],)
+        return _Shape(columns, values, tuple(processors))
 
-    def _statement(self, dialect: Dialect, n: int) -> str:
-        key = (dialect.name, n)
-        sql = self._sql.get(key)
-        if sql is None:
-            sql = self._sql[key] = self._render(dialect, n)
-        return sql
-
-    def _render(self, dialect: Dialect, n: int) -> str:
+    def _render(self, dialect: Dialect, n: int, columns: Sequence[str]) -> str:
         quote = dialect.identifier_preparer.quote
-        width = len(self.columns)
+        width = len(columns)
         style = dialect.paramstyle
         groups = []
         for r in range(n):
@@ -121,7 +175,7 @@ class BulkInsert:
             groups.append("(" + ", ".join(marks) + ")")
         return (
             f"INSERT INTO {quote(self._table.name)} "
-            f"({', '.join(quote(c) for c in self.columns)}) VALUES {', '.join(groups)} "
+            f"({', '.join(quote(c) for c in columns)}) VALUES {', '.join(groups)} "
             f"ON CONFLICT ({', '.join(quote(c) for c in self._conflict)}) DO NOTHING "
             f"RETURNING {', '.join(quote(c) for c in self._returning)}"
         )

@@ -15,6 +15,7 @@ run long (reports) uses `reading(sm)`, which begins DEFERRED and never blocks wr
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -91,6 +92,7 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             path = sqlite_path(url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+            _bind_none_directly()
             engine = create_async_engine(parsed, **kwargs)
             event.listen(engine.sync_engine, "connect", _sqlite_connect)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
@@ -139,6 +141,17 @@ async def ping(engine: AsyncEngine, timeout: float = 5.0) -> bool:
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+# Returns None for any argument, as a C call (a lambda would cost a Python frame per value).
+_UNCHANGED: Any = {}.get
+
+
+def _bind_none_directly() -> None:
+    # sqlite3 treats None as a value to adapt: it finds no adapter for it, then fails to find
+    # two attributes (~3,000 instructions per None, a usage row binds nine). An adapter that
+    # returns None makes that one dict lookup. Process-wide, and still NULL for every user.
+    sqlite3.register_adapter(type(None), _UNCHANGED)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

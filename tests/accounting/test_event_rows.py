@@ -1,3 +1,4 @@
+import dataclasses
 import datetime as dt
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ from proxy.accounting.event_rows import (
     terminal_response,
 )
 from proxy.accounting.pricing import load_price_table
+from proxy.db.records import UsageRow
 
 NOW = dt.datetime(2025, 9, 1, 12, tzinfo=dt.UTC)
 T = 1_756_000_000  # 2025-08-24
@@ -241,6 +243,86 @@ def test_chat_row(prices) -> None:
     # gpt-4o-mini: 10 at $0.15, 2 cached at $0.075, 5 at $0.60 per 1M.
     expected = (10 * Decimal("0.15") + 2 * Decimal("0.075") + 5 * Decimal("0.6")) / 1_000_000
     assert row.cost_usd == expected
+
+
+def test_rows_built_from_templates_are_whole_usage_rows(prices) -> None:
+    # Rows are built from a template dict, not UsageRow(...): every field must be there, and
+    # the row must be the one the keywords would make.
+    rows = [
+        chat_row(completion(), WHO, prices, NOW, object_id="chatcmpl-1"),
+        chat_stream_row(stream(DELTA, STOP), WHO, prices, NOW, object_id="c", estimate=(3, 4)),
+        embedding_row(
+            {"object": "list", "model": "m", "usage": {"prompt_tokens": 3}, "data": []},
+            WHO,
+            prices,
+            NOW,
+            object_id="e",
+        ),
+    ]
+    names = [f.name for f in dataclasses.fields(UsageRow)]
+    for row in rows:
+        assert sorted(vars(row)) == sorted(names)
+        assert row == UsageRow(**{name: getattr(row, name) for name in names})
+        assert dataclasses.replace(row, team="other").team == "other"
+    assert rows[0] == UsageRow(
+        kind="chat.completion",
+        object_id="chatcmpl-1",
+        occurred_at=dt.datetime.fromtimestamp(T, dt.UTC),
+        usage_source="reported",
+        model="gpt-4o-mini",
+        status="completed",
+        key_fingerprint="fp",
+        key_hint="sk-...1234",
+        team="team-a",
+        tag="tag-1",
+        project="proj_1",
+        organization="org_1",
+        prompt_tokens=12,
+        completion_tokens=5,
+        total_tokens=17,
+        cached_tokens=2,
+        reasoning_tokens=1,
+        function_calls=2,
+        cost_usd=Decimal("0.0000046500"),
+    )
+    assert (rows[1].estimated_prompt_tokens, rows[1].estimated_completion_tokens) == (3, 4)
+
+
+@pytest.mark.parametrize(
+    ("body", "tokens", "calls", "when", "model"),
+    [
+        (
+            completion(created=True, usage={"prompt_tokens": True, "completion_tokens": 2.5}),
+            (0, 0, 0),
+            2,
+            NOW,
+            "gpt-4o-mini",
+        ),
+        (
+            completion(created=1.5e9, choices=[None, {"message": []}, {"message": {"a": 1}}]),
+            (12, 5, 2),
+            0,
+            dt.datetime.fromtimestamp(1.5e9, dt.UTC),
+            "gpt-4o-mini",
+        ),
+        (
+            completion(
+                created=-4,
+                choices=[{"message": {"function_call": {}, "tool_calls": {"a": 1}}}],
+                usage={"prompt_tokens": -1, "completion_tokens": 3, "prompt_tokens_details": []},
+            ),
+            (0, 3, 0),
+            1,
+            NOW,
+            "gpt-4o-mini",
+        ),
+        (completion(created="1756000000", model=7, choices=None), (12, 5, 2), 0, NOW, None),
+    ],
+)
+def test_chat_row_reads_odd_bodies(prices, body, tokens, calls, when, model) -> None:
+    row = chat_row(body, WHO, prices, NOW, object_id="x")
+    assert (row.prompt_tokens, row.completion_tokens, row.cached_tokens) == tokens
+    assert (row.function_calls, row.occurred_at, row.model) == (calls, when, model)
 
 
 def test_chat_row_without_usage(prices) -> None:

@@ -1,7 +1,8 @@
+import random
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import genai_prices
@@ -14,6 +15,7 @@ from proxy.accounting.pricing import (
     Usage,
     cost_of,
     load_price_table,
+    token_cost,
 )
 from proxy.errors import ConfigError
 
@@ -421,3 +423,80 @@ def test_a_failure_inside_genai_prices_is_an_unknown_price(monkeypatch):
     cost = cost_of(table, "o1-mini", utc(2025, 6, 1), Usage(prompt_tokens=10))
 
     assert (cost.total, cost.price, cost.known) == (D(0), None, False)
+
+
+def _decimal_cost(price, usage: Usage) -> Decimal:
+    """The Decimal formula the integer rates must reproduce, as cost_of computed it before."""
+    if price is None:
+        return D(0).quantize(D("1e-10"))
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    cached_rate = price.input if price.cached_input is None else price.cached_input
+    tokens = (usage.prompt_tokens - cached) * price.input + cached * cached_rate
+    return ((tokens + usage.completion_tokens * price.output) / D(1_000_000)).quantize(D("1e-10"))
+
+
+def _token_counts() -> list[tuple[int, int, int]]:
+    rng = random.Random(6)
+    edges = [0, 1, 2, 3, 5, 7, 9, 10, 99, 101, 999_999, 1_000_000, 1_000_001, 10**12, 10**16]
+    counts = [(p, c, o) for p in edges[:9] for c in (0, 1, p) for o in edges[:9]]
+    counts += [
+        (rng.randrange(10**7), rng.randrange(10**5), rng.randrange(10**5)) for _ in range(300)
+    ]
+    counts += [(e, e // 3, e) for e in edges] + [(5, 9, 1), (-3, 0, 2), (4, -1, 0), (0, 0, -7)]
+    return counts
+
+
+def test_integer_rates_give_the_decimal_formula_for_every_default_price(defaults):
+    for source in defaults._sources:
+        for name, entries in source.models.items():
+            for price in entries:
+                at = datetime.combine(price.effective_from, datetime.min.time(), UTC)
+                assert defaults.model_price(name, at) is not None
+                for p, c, o in _token_counts():
+                    usage = Usage(prompt_tokens=p, cached_tokens=c, completion_tokens=o)
+                    expected = _decimal_cost(defaults.model_price(name, at), usage)
+                    got = token_cost(defaults, name, at, p, c, o)
+                    assert (got, str(got)) == (expected, str(expected)), (name, p, c, o)
+                    assert cost_of(defaults, name, at, usage).tokens.as_tuple() == (
+                        expected.as_tuple()
+                    )
+
+
+@pytest.mark.parametrize(
+    "prices",
+    [
+        {"input": '"0.123456789"', "output": '"7"'},
+        {"input": '"0.000000000001"', "output": '"0.5"', "cached_input": '"0.0000000000005"'},
+        {"input": '"1.0000000000001"', "output": '"3"'},  # 13 places: the Decimal formula
+        {"input": '"12345678901234567890.5"', "output": '"1E+3"'},
+        {"input": '"0"', "output": '"0"', "cached_input": '"0"'},
+        {"input": '"0.15"', "output": '"0.60"', "cached_input": '"0.075"'},
+        {"input": '"2.5"', "output": '"10"', "cached_input": '"1.25000"'},
+        {"input": '"0.0000055"', "output": '"0.00005"'},
+    ],
+)
+def test_integer_rates_give_the_decimal_formula_for_any_price(tmp_path, prices):
+    table = load_price_table(
+        write_override(tmp_path, model_entry("m", "2025-01-01", **prices)),
+        use_genai_prices=False,
+    )
+    at = utc(2025, 3, 1)
+    price = table.model_price("m", at)
+    for p, c, o in _token_counts():
+        usage = Usage(prompt_tokens=p, cached_tokens=c, completion_tokens=o)
+        try:
+            expected = _decimal_cost(price, usage)
+        except InvalidOperation:
+            continue  # beyond Decimal's 28 digits: not a cost anyone is charged
+        got = token_cost(table, "m", at, p, c, o)
+        assert (got, str(got)) == (expected, str(expected)), (prices, p, c, o)
+        assert cost_of(table, "m", at, usage).total == expected
+
+
+def test_token_cost_of_genai_and_unknown_models_is_the_decimal_formula(full):
+    at = utc(2025, 6, 1)
+    for model in ("o1-mini", "o3", "gpt-4o-mini", "my-unknown-model", None):
+        for p, c, o in _token_counts()[:100]:
+            usage = Usage(prompt_tokens=p, cached_tokens=c, completion_tokens=o)
+            expected = _decimal_cost(full.model_price(model, at), usage)
+            assert token_cost(full, model, at, p, c, o).as_tuple() == expected.as_tuple()

@@ -105,3 +105,38 @@ def test_batches_go_out_in_power_of_two_statements(n: int) -> None:
     assert sum(size for _, size in chunks) == n
     assert all(size & (size - 1) == 0 and size <= 256 for _, size in chunks)
     assert len(chunks) <= n.bit_length() + n // 256  # a few statement texts cover any batch
+
+
+_WITH_NULLABLE = BulkInsert(
+    UsageRecord.__table__,  # type: ignore[arg-type]
+    (*_COLUMNS, "tag", "model"),
+    conflict=("kind", "object_id"),
+    returning=("kind", "object_id"),
+)
+
+
+async def test_columns_none_in_every_row_are_left_out_and_stored_null(sm) -> None:
+    def tagged(object_id: str, tag: str | None, model: str | None = None) -> tuple:
+        return (*row(object_id), tag, model)
+
+    async with sm.begin() as session:
+        conn = await session.connection()
+        await _WITH_NULLABLE.run(conn, [tagged("a", None), tagged("b", None)])
+        await _WITH_NULLABLE.run(conn, [tagged("c", "t1"), tagged("d", None, "m")])
+    async with sm() as session:
+        stored = await session.execute(
+            select(UsageRecord.object_id, UsageRecord.tag, UsageRecord.model).order_by(
+                UsageRecord.object_id
+            )
+        )
+        assert [tuple(r) for r in stored] == [
+            ("a", None, None),
+            ("b", None, None),
+            ("c", "t1", None),
+            ("d", None, "m"),
+        ]
+    # One statement text per size and set of columns left out.
+    assert {(size, absent) for _, size, absent in _WITH_NULLABLE._sql} == {
+        (2, (len(_COLUMNS), len(_COLUMNS) + 1)),
+        (2, ()),
+    }

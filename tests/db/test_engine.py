@@ -134,3 +134,19 @@ async def test_ping_is_false_when_the_database_is_unreachable():
         assert not await ping(engine, timeout=5)
     finally:
         await engine.dispose()
+
+
+async def test_sqlite_binds_none_as_null(tmp_path: Path):
+    # make_engine gives None an adapter of its own (it costs a failed attribute lookup
+    # otherwise); it must still be NULL, on this engine and on plain sqlite3 connections.
+    import sqlite3
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/usage.db")
+    try:
+        async with engine.connect() as conn:
+            got = (await conn.exec_driver_sql("SELECT ? IS NULL, typeof(?)", (None, None))).one()
+        assert tuple(got) == (1, "null")
+    finally:
+        await engine.dispose()
+    with sqlite3.connect(":memory:") as plain:
+        assert plain.execute("SELECT ? IS NULL", (None,)).fetchone() == (1,)

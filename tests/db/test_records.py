@@ -6,12 +6,12 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import String, func, select
 from sqlalchemy.exc import StatementError
 
 from proxy.db import records
 from proxy.db.engine import make_engine, make_sessionmaker
-from proxy.db.models import ThreadSession, UsageRecord
+from proxy.db.models import ThreadSession, UsageRecord, UTCDateTime
 from proxy.db.records import UsageRow
 
 T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
@@ -435,3 +435,64 @@ async def test_recorded_names_the_objects_of_a_kind_that_have_a_row(sm):
     assert await records.recorded(sm, "assistant_run", ["run_1", "run_2", "run_4"]) == {"run_1"}
     assert await records.recorded(sm, "chat.completion", ["run_2"]) == {"run_2"}
     assert await records.recorded(sm, "assistant_run", []) == set()
+
+
+def _sqlalchemy_utc_text():
+    from sqlalchemy.dialects.sqlite.aiosqlite import dialect
+
+    d = dialect()
+    return UTCDateTime().dialect_impl(d).bind_processor(d)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        dt.datetime(2026, 11, 27, 10, 30, 15, 123456, tzinfo=dt.UTC),
+        dt.datetime(2026, 11, 27, 10, 30, 15, tzinfo=dt.UTC),  # no microseconds
+        dt.datetime(2026, 1, 1, 0, 30, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+        dt.datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone(-dt.timedelta(hours=8))),
+        dt.datetime(1, 1, 1, 12, tzinfo=dt.UTC),
+        dt.datetime(999, 3, 4, 5, 6, 7, 8, tzinfo=dt.UTC),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+        dt.datetime.fromtimestamp(1_764_201_600, dt.UTC),
+    ],
+)
+def test_sqlite_datetimes_bind_as_sqlalchemy_binds_them(when: dt.datetime) -> None:
+    expected = _sqlalchemy_utc_text()(when)
+    assert records._sqlite_utc_text(when) == expected
+    assert records._sqlite_utc_text(when) == expected  # and from the cache
+    # An equal instant in another zone is the same text.
+    other = when.astimezone(dt.timezone(dt.timedelta(hours=-3))) if when.year > 1 else when
+    assert records._sqlite_utc_text(other) == expected
+
+
+def test_sqlite_datetimes_refuse_naive_ones_as_sqlalchemy_does() -> None:
+    naive = dt.datetime(2026, 11, 27, 10)
+    records._sqlite_utc_text(naive.replace(tzinfo=dt.UTC))  # the aware twin is cached
+    for process in (_sqlalchemy_utc_text(), records._sqlite_utc_text):
+        with pytest.raises(ValueError, match="naive"):
+            process(naive)
+
+
+async def test_record_rows_stores_times_as_the_orm_does(sm) -> None:
+    # Written by record_rows and by the ORM, read back as the same raw column text.
+    when = dt.datetime(2026, 11, 27, 10, 30, 15, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    await records.record_rows(sm, [chat("fast", occurred_at=when)])
+    async with sm.begin() as session:
+        session.add(
+            UsageRecord(
+                **{
+                    f.name: getattr(chat("orm", occurred_at=when), f.name)
+                    for f in dataclasses.fields(UsageRow)
+                },
+                recorded_at=when,
+            )
+        )
+    async with sm() as session:
+        result = await session.execute(
+            select(UsageRecord.object_id, func.cast(UsageRecord.occurred_at, String)).order_by(
+                UsageRecord.object_id
+            )
+        )
+        stored = dict(result.all())
+    assert stored["fast"] == stored["orm"]
