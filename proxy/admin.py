@@ -50,10 +50,12 @@ class MetricsObserver:
         self._metrics = metrics
 
     def on_response(self, exchange: Exchange) -> None:
-        self._metrics.request(exchange.method, exchange.status or 0)
-        if exchange.response_started_at is not None:
-            latency = max(exchange.response_started_at - exchange.started_at, 0.0)
-            self._metrics.upstream_latency.observe(latency)
+        started = exchange.response_started_at
+        self._metrics.request(
+            exchange.method,
+            exchange.status or 0,
+            None if started is None else max(started - exchange.started_at, 0.0),
+        )
 
     on_error = on_response
 

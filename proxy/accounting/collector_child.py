@@ -37,10 +37,11 @@ from proxy.logs import configure_logging
 
 __all__ = ["NICENESS", "RelayedMetrics", "main", "run"]
 
-# Below the serving process: the scheduler runs a forwarding wake-up before collector work.
-# Lower priority does not mean starved: at 5 the collector still gets about a quarter of a
-# core that both want, and all of an idle one.
-NICENESS = 5
+# Well below the serving process: the scheduler runs a forwarding wake-up before collector work.
+# Not starved for it: the serving process is one thread, so with two cores or more the collector
+# has most of one, and only on a saturated machine does it fall back to a few per cent (its
+# jobs wait in the database meanwhile). bench/README.md has the measurements behind 15.
+NICENESS = 15
 # Lines longer than this are refused (the settings line is the longest, a few KiB).
 _LINE_LIMIT = 1 << 20
 
