@@ -139,19 +139,25 @@ class Proc:
 
     def settle(self, quiet: float = 0.25, bound: float = 60.0) -> float:
         """Wait until the process stops using CPU (observers and collectors may still be
-        working after the last response); returns its CPU seconds then. `settled` says
-        whether it did within `bound` seconds, `waited` how long it took."""
+        working after the last response): until its CPU time rose by less than 1.5 clock
+        ticks over the last `quiet` seconds, read every 20 ms (a sliding window, so `waited`
+        has the resolution of the reads, not of the window). Returns its CPU seconds then.
+        `settled` says whether it did within `bound` seconds, `waited` how long it worked on
+        (the quiet window that proves it is not counted)."""
         t0 = time.monotonic()
-        last = self.cpu()
-        while time.monotonic() - t0 < bound:
-            time.sleep(quiet)
-            now = self.cpu()
-            if now - last < 1.5 / _TICK:
-                self.settled, self.waited = True, time.monotonic() - t0 - quiet
-                return now
-            last = now
+        reads = [(t0, self.cpu())]
+        while reads[-1][0] - t0 < bound:
+            time.sleep(0.02)
+            now, cpu = time.monotonic(), self.cpu()
+            reads.append((now, cpu))
+            while len(reads) > 2 and reads[1][0] <= now - quiet:
+                reads.pop(0)
+            start, before = reads[0]
+            if now - start >= quiet and cpu - before < 1.5 / _TICK:
+                self.settled, self.waited = True, max(start - t0, 0.0)
+                return cpu
         self.settled, self.waited = False, time.monotonic() - t0
-        return last
+        return reads[-1][1]
 
     def stop(self) -> None:
         if self.popen is None or self.popen.poll() is not None:

@@ -41,7 +41,7 @@ PROXY_ENV = {
 FULL = {
     "rounds": 3,
     "lat_s": 2,
-    "thr_s": 1,
+    "thr_s": 3,
     "sse_events": 50,
     "mib": 256,
     "runs": 2000,
