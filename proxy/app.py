@@ -15,6 +15,7 @@ from proxy.accounting.collector_process import Forked, fork_collector
 from proxy.chat_usage import IncludeUsage
 from proxy.exchange import Dispatcher
 from proxy.forward import Forwarder
+from proxy.gc_settings import collect_less
 from proxy.logs import ACCESS_LOGGER, AccessLogger
 from proxy.metrics import Metrics
 from proxy.settings import Settings, mask_url
@@ -116,6 +117,7 @@ def serve(settings: Settings) -> None:
     except ImportError:  # optional speed-up
         uvloop = None
     runner_fn = uvloop.run if uvloop is not None else asyncio.run
+    collect_less()  # before the fork: the collector process inherits it
     # Before the event loop and its threads: see proxy.accounting.collector_process.
     forked = fork_collector() if settings.collector_process else None
     runner_fn(_serve(settings, forked))

@@ -32,6 +32,7 @@ from proxy.accounting.tokenizer import warm_up
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.exchange import Dispatcher
 from proxy.forward import Forwarder
+from proxy.gc_settings import collect_less
 from proxy.keys import CredentialStore
 from proxy.logs import configure_logging
 
@@ -148,6 +149,7 @@ def run(fd: int) -> None:
     """Collect until the socket `fd` closes: in a process of its own, spawned (main) or forked
     (proxy.accounting.collector_process.fork_collector)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    collect_less()  # inherited when forked; set again when spawned
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     try:

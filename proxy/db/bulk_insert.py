@@ -21,7 +21,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["BulkInsert"]
+__all__ = ["BulkInsert", "Conflicted"]
 
 # Bound parameters per statement: SQLite's default limit (since 3.32) and asyncpg's are 32,766
 # and 32,767.
@@ -43,6 +43,11 @@ def _chunks(n: int, most: int) -> list[tuple[int, int]]:
         out.append((start, size))
         start += size
     return out
+
+
+class Conflicted(Exception):
+    """A row of an insert without RETURNING was not inserted: its key exists. Which rows were
+    is not known; the caller rolls back and inserts again with RETURNING."""
 
 
 class _Shape(NamedTuple):
@@ -86,10 +91,31 @@ class BulkInsert:
             for i, name in enumerate(self.columns)
             if table.c[name].nullable and table.c[name].server_default is None
         )
-        self._sql: dict[tuple[str, int, tuple[int, ...]], str] = {}
+        self._sql: dict[tuple[str, int, tuple[int, ...], bool], str] = {}
+        at = [self.columns.index(c) for c in self._returning if c in self.columns]
+        self._keys: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
+        if len(at) == len(self._returning) > 1:
+            self._keys = itemgetter(*at)
+        elif len(at) == len(self._returning) == 1:
+            self._keys = lambda row: (row[at[0]],)
         self._shapes: dict[tuple[str, tuple[int, ...]], _Shape] = {}
 
-    async def run(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def run(
+        self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], *, returning: bool = True
+    ) -> list[Any]:
+        """The `returning` columns of the rows inserted. With returning=False the statements
+        go out without RETURNING and every row must be inserted: `Conflicted` is raised as soon
+        as one is not, and the caller rolls back and runs again with returning=True. The rows'
+        own values are given back then: the `returning` columns must be among `columns`, with
+        values the database stores unchanged (the caller clips strings first).
+
+        RETURNING on SQLite costs a step of the statement per row returned, and sqlite3 lets
+        go of the GIL around every step: the driver's thread and the event loop passed the GIL
+        back and forth hundreds of times per batch, which cost the serving process half of
+        what writing its rows costs (bench/README.md). A conflict is rare (a batch written
+        again after a lost commit, a response fetched twice), so it pays for both tries."""
+        if not returning and self._keys is None:
+            raise ValueError("returning=False needs the returning columns among the columns")
         dialect = conn.dialect
         out: list[Any] = []
         for start, size in _chunks(len(rows), _MAX_PARAMS // len(self.columns)):
@@ -101,15 +127,20 @@ class BulkInsert:
             if shape is None:
                 shape = self._shapes[(dialect.name, absent)] = self._shape(dialect, absent)
             params = self._params(chunk, shape)
-            sql = self._sql.get((dialect.name, size, absent))
+            text_key = (dialect.name, size, absent, returning)
+            sql = self._sql.get(text_key)
             if sql is None:
                 if len(self._sql) >= _MAX_TEXTS:
                     self._sql.clear()  # odd mixes of columns must not grow it without bound
-                sql = self._sql[(dialect.name, size, absent)] = self._render(
-                    dialect, size, shape.columns
-                )
+                sql = self._sql[text_key] = self._render(dialect, size, shape.columns, returning)
             result = await conn.exec_driver_sql(sql, params)
-            out.extend(result.all())
+            if returning:
+                out.extend(result.all())
+            elif result.rowcount != size:
+                raise Conflicted(f"{size - result.rowcount} of {size} rows exist")
+        if not returning:
+            assert self._keys is not None
+            out = list(map(self._keys, rows))
         return out
 
     def _params(self, rows: Sequence[tuple[Any, ...]], shape: _Shape) -> tuple[Any, ...]:
@@ -158,7 +189,7 @@ class BulkInsert:
         values = itemgetter(*kept) if len(kept) > 1 else lambda row: (row[kept[0]],)
         return _Shape(columns, values, tuple(processors))
 
-    def _render(self, dialect: Dialect, n: int, columns: Sequence[str]) -> str:
+    def _render(self, dialect: Dialect, n: int, columns: Sequence[str], returning: bool) -> str:
         quote = dialect.identifier_preparer.quote
         width = len(columns)
         style = dialect.paramstyle
@@ -173,9 +204,11 @@ class BulkInsert:
             else:
                 raise NotImplementedError(f"paramstyle {style!r}")
             groups.append("(" + ", ".join(marks) + ")")
-        return (
+        sql = (
             f"INSERT INTO {quote(self._table.name)} "
             f"({', '.join(quote(c) for c in columns)}) VALUES {', '.join(groups)} "
-            f"ON CONFLICT ({', '.join(quote(c) for c in self._conflict)}) DO NOTHING "
-            f"RETURNING {', '.join(quote(c) for c in self._returning)}"
+            f"ON CONFLICT ({', '.join(quote(c) for c in self._conflict)}) DO NOTHING"
         )
+        if returning:
+            sql += f" RETURNING {', '.join(quote(c) for c in self._returning)}"
+        return sql

@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db import sessions
-from proxy.db.bulk_insert import BulkInsert
+from proxy.db.bulk_insert import BulkInsert, Conflicted
 from proxy.db.engine import reading
 from proxy.db.models import (
     CodeInterpreterCall,
@@ -256,6 +256,28 @@ async def record_usage_many(
         if key not in given:
             times = sorted(t.astimezone(dt.UTC) for t in run.call_times)
             given[key] = _Item(values, times, run.session_price)
+    try:
+        inserted = await _record_items(sm, given, now, also, returning=False)
+    except Conflicted:  # some exist: again, learning which
+        inserted = await _record_items(sm, given, now, also, returning=True)
+    first: set[Key] = set()
+    out = []
+    for key in order:
+        out.append(key in inserted and key not in first)
+        first.add(key)
+    return out
+
+
+async def _record_items(
+    sm: async_sessionmaker[AsyncSession],
+    given: dict[Key, _Item],
+    now: dt.datetime,
+    also: Callable[[AsyncSession], Awaitable[object]] | None,
+    *,
+    returning: bool,
+) -> set[Key]:
+    """record_usage_many's transaction; the keys inserted. Without `returning`, raises
+    Conflicted (and the transaction rolls back) unless every row is inserted."""
     async with sm.begin() as session:
         dialect = _dialect(session)
         _check_returning(dialect)
@@ -269,7 +291,7 @@ async def record_usage_many(
         if rows:
             values = [tuple(map(row.__getitem__, _ROWS.columns)) for row in rows]
             conn = await session.connection()
-            inserted = {(k, o) for k, o in await _ROWS.run(conn, values)}
+            inserted = {(k, o) for k, o in await _ROWS.run(conn, values, returning=returning)}
         kept = [i for k, i in given.items() if k in inserted]
         if len(kept) < len(given):
             await _reshare(session, kept, earlier)
@@ -287,12 +309,7 @@ async def record_usage_many(
             )
         if also is not None:
             await also(session)
-    first: set[Key] = set()
-    out = []
-    for key in order:
-        out.append(key in inserted and key not in first)
-        first.add(key)
-    return out
+    return inserted
 
 
 class _Item:
@@ -417,6 +434,12 @@ async def record_rows(
         params.append(values)
     if not params:
         return []
+    try:
+        async with sm.begin() as session:
+            await _ROWS.run(await session.connection(), params, returning=False)
+        return list(given.values())
+    except Conflicted:
+        pass  # some exist: again, learning which
     async with sm.begin() as session:
         _check_returning(_dialect(session))
         conn = await session.connection()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import StatementError
 
 import proxy.db.bulk_insert as bulk_insert
@@ -136,7 +137,58 @@ async def test_columns_none_in_every_row_are_left_out_and_stored_null(sm) -> Non
             ("d", None, "m"),
         ]
     # One statement text per size and set of columns left out.
-    assert {(size, absent) for _, size, absent in _WITH_NULLABLE._sql} == {
+    assert {(size, absent) for _, size, absent, _ in _WITH_NULLABLE._sql} == {
         (2, (len(_COLUMNS), len(_COLUMNS) + 1)),
         (2, ()),
     }
+
+
+# --- without RETURNING -----------------------------------------------------------------------
+
+
+def _statements(engine) -> list[str]:
+    seen: list[str] = []
+
+    def on_execute(conn, cursor, statement, parameters, context, executemany) -> None:
+        seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    return seen
+
+
+async def test_without_returning_every_row_is_inserted_and_its_key_given_back(sm, engine) -> None:
+    seen = _statements(engine)
+    async with sm.begin() as session:
+        got = await _INSERT.run(
+            await session.connection(), [row("a"), row("b"), row("c")], returning=False
+        )
+    assert got == [("chat.completion", "a"), ("chat.completion", "b"), ("chat.completion", "c")]
+    inserts = [s for s in seen if s.startswith("INSERT")]
+    assert inserts and not any("RETURNING" in s for s in inserts)
+    async with sm() as session:
+        assert len(list(await session.scalars(select(UsageRecord.id)))) == 3
+
+
+async def test_without_returning_an_existing_key_raises_conflicted(sm, monkeypatch) -> None:
+    async with sm.begin() as session:
+        await _INSERT.run(await session.connection(), [row("r7")])
+    # 2 rows per statement: the conflict is in the last of several statements.
+    monkeypatch.setattr(bulk_insert, "_MAX_PARAMS", 60)
+    with pytest.raises(bulk_insert.Conflicted, match="1 of 2 rows exist"):
+        async with sm.begin() as session:
+            await _INSERT.run(
+                await session.connection(), [row(f"r{i}") for i in range(8)], returning=False
+            )
+    async with sm() as session:  # rolled back by the caller: only the first row is there
+        assert list(await session.scalars(select(UsageRecord.object_id))) == ["r7"]
+
+
+def test_without_returning_needs_the_returning_columns_among_the_columns() -> None:
+    insert = BulkInsert(
+        UsageRecord.__table__,  # type: ignore[arg-type]
+        _COLUMNS,
+        conflict=("kind", "object_id"),
+        returning=("id",),
+    )
+    with pytest.raises(ValueError, match="returning columns"):
+        asyncio.run(insert.run(None, [row("a")], returning=False))  # type: ignore[arg-type]
