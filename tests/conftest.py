@@ -132,3 +132,17 @@ def commits(engine: AsyncEngine) -> Iterator[list[int]]:
     event.listen(engine.sync_engine, "commit", on_commit)
     yield seen
     event.remove(engine.sync_engine, "commit", on_commit)
+
+
+@pytest.fixture
+def inserts(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The text of every INSERT into usage_records sent on `engine` while the test runs."""
+    seen: list[str] = []
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("INSERT INTO usage_records"):
+            seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    yield seen
+    event.remove(engine.sync_engine, "before_cursor_execute", on_execute)

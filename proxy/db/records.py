@@ -256,10 +256,9 @@ async def record_usage_many(
         if key not in given:
             times = sorted(t.astimezone(dt.UTC) for t in run.call_times)
             given[key] = _Item(values, times, run.session_price)
-    try:
-        inserted = await _record_items(sm, given, now, also, returning=False)
-    except Conflicted:  # some exist: again, learning which
-        inserted = await _record_items(sm, given, now, also, returning=True)
+    inserted = await _insert_once(
+        lambda returning: _record_items(sm, given, now, also, returning=returning)
+    )
     first: set[Key] = set()
     out = []
     for key in order:
@@ -434,17 +433,25 @@ async def record_rows(
         params.append(values)
     if not params:
         return []
-    try:
+
+    async def insert(returning: bool) -> set[Key]:
         async with sm.begin() as session:
-            await _ROWS.run(await session.connection(), params, returning=False)
-        return list(given.values())
-    except Conflicted:
-        pass  # some exist: again, learning which
-    async with sm.begin() as session:
-        _check_returning(_dialect(session))
-        conn = await session.connection()
-        inserted = {(k, o) for k, o in await _ROWS.run(conn, params)}
+            _check_returning(_dialect(session))
+            conn = await session.connection()
+            return {(k, o) for k, o in await _ROWS.run(conn, params, returning=returning)}
+
+    inserted = await _insert_once(insert)
     return [row for key, row in given.items() if key in inserted]
+
+
+async def _insert_once(insert: Callable[[bool], Awaitable[set[Key]]]) -> set[Key]:
+    """`insert(returning=False)`, a transaction that inserts every row or raises Conflicted
+    and rolls back; on a conflict, `insert(returning=True)`, which learns which rows exist.
+    The keys inserted either way (see BulkInsert.run: RETURNING is what costs)."""
+    try:
+        return await insert(False)
+    except Conflicted:
+        return await insert(True)
 
 
 # Instants already written out: the rows of a batch share recorded_at, and chat completions

@@ -7,7 +7,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.exc import StatementError
 
 import proxy.db.bulk_insert as bulk_insert
@@ -146,24 +146,12 @@ async def test_columns_none_in_every_row_are_left_out_and_stored_null(sm) -> Non
 # --- without RETURNING -----------------------------------------------------------------------
 
 
-def _statements(engine) -> list[str]:
-    seen: list[str] = []
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany) -> None:
-        seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
-    return seen
-
-
-async def test_without_returning_every_row_is_inserted_and_its_key_given_back(sm, engine) -> None:
-    seen = _statements(engine)
+async def test_without_returning_every_row_is_inserted_and_its_key_given_back(sm, inserts) -> None:
     async with sm.begin() as session:
         got = await _INSERT.run(
             await session.connection(), [row("a"), row("b"), row("c")], returning=False
         )
     assert got == [("chat.completion", "a"), ("chat.completion", "b"), ("chat.completion", "c")]
-    inserts = [s for s in seen if s.startswith("INSERT")]
     assert inserts and not any("RETURNING" in s for s in inserts)
     async with sm() as session:
         assert len(list(await session.scalars(select(UsageRecord.id)))) == 3

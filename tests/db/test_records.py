@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import String, event, func, select
+from sqlalchemy import String, func, select
 from sqlalchemy.exc import StatementError
 
 from proxy.db import records
@@ -498,50 +498,31 @@ async def test_record_rows_stores_times_as_the_orm_does(sm) -> None:
     assert stored["fast"] == stored["orm"]
 
 
-async def test_record_rows_without_conflicts_returns_nothing_from_the_database(sm, engine):
+async def test_record_rows_without_conflicts_returns_nothing_from_the_database(sm, inserts):
     # The common batch goes out once, without RETURNING (bench/README.md); a batch with a key
     # that exists is rolled back and written again with RETURNING, and its answer is the same.
-    statements: list[str] = []
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany) -> None:
-        if statement.startswith("INSERT"):
-            statements.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
-    try:
-        assert await records.record_rows(sm, [chat("a"), chat("b")]) == [chat("a"), chat("b")]
-        assert len(statements) == 1 and "RETURNING" not in statements[0]
-        statements.clear()
-        assert await records.record_rows(sm, [chat("c"), chat("a"), chat("d")]) == [
-            chat("c"),
-            chat("d"),
-        ]
-        # 3 rows go out as statements of 2 and 1: the first, without RETURNING, meets "a".
-        assert ["RETURNING" in s for s in statements] == [False, True, True]
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+    assert await records.record_rows(sm, [chat("a"), chat("b")]) == [chat("a"), chat("b")]
+    assert len(inserts) == 1 and "RETURNING" not in inserts[0]
+    inserts.clear()
+    assert await records.record_rows(sm, [chat("c"), chat("a"), chat("d")]) == [
+        chat("c"),
+        chat("d"),
+    ]
+    # 3 rows go out as statements of 2 and 1: the first, without RETURNING, meets "a".
+    assert ["RETURNING" in s for s in inserts] == [False, True, True]
     assert sorted(r.object_id for r in await rows(sm)) == ["a", "b", "c", "d"]
 
 
-async def test_record_usage_many_writes_again_with_returning_only_on_a_conflict(sm, engine):
-    statements: list[str] = []
+async def test_record_usage_many_writes_again_with_returning_only_on_a_conflict(sm, inserts):
     also_ran: list[list[str]] = []
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany) -> None:
-        if statement.startswith("INSERT INTO usage_records"):
-            statements.append(statement)
 
     async def also(session) -> None:
         also_ran.append(sorted(await session.scalars(select(UsageRecord.object_id))))
 
-    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
-    try:
-        batch = [run_usage("run_a", [0]), run_usage("run_b", [90])]
-        assert await records.record_usage_many(sm, batch[:1], also=also) == [True]
-        assert await records.record_usage_many(sm, batch, also=also) == [False, True]
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
-    assert ["RETURNING" in s for s in statements] == [False, False, True]
+    batch = [run_usage("run_a", [0]), run_usage("run_b", [90])]
+    assert await records.record_usage_many(sm, batch[:1], also=also) == [True]
+    assert await records.record_usage_many(sm, batch, also=also) == [False, True]
+    assert ["RETURNING" in s for s in inserts] == [False, False, True]
     # `also` ran once per committed transaction, never in the one rolled back.
     assert also_ran == [["run_a"], ["run_a", "run_b"]]
     assert await shares(sm) == {"run_a": 1, "run_b": 1}
