@@ -25,6 +25,7 @@ from proxy.chat_usage import IncludeUsage
 from proxy.decode import DecodeError, Decompressor, SSEEvent, SSEParser
 from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from proxy.exchange import Dispatcher, Exchange
+from proxy.upstream_client import UpstreamClient, UpstreamResponse
 
 __all__ = ["REQUEST_ID", "Forwarder", "error_response"]
 
@@ -205,7 +206,10 @@ class Forwarder:
         rewriter: IncludeUsage | None = None,
     ) -> None:
         base = URL(upstream)
-        self._prefix = str(base.origin()) + base.raw_path.rstrip("/")
+        self._origin = base.origin()
+        self._base_path = base.raw_path.rstrip("/")
+        self._prefix = str(self._origin) + self._base_path
+        self._connect_timeout = connect_timeout
         self._dispatcher = dispatcher
         self._deadlines = _HeaderDeadlines(timeout)
         self._client_timeout = aiohttp.ClientTimeout(
@@ -218,8 +222,12 @@ class Forwarder:
         # The one change the proxy may make to traffic, opt-in: see proxy.chat_usage.
         self._rewriter = rewriter
         self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
 
     async def start(self) -> None:
+        if self._limit == 0:
+            # A limit is kept by aiohttp's pool, which the lean client does not share.
+            self._client = UpstreamClient(self._origin, connect_timeout=self._connect_timeout)
         connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -234,6 +242,9 @@ class Forwarder:
 
     async def close(self) -> None:
         await self._deadlines.stop()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -312,15 +323,27 @@ class Forwarder:
         task = asyncio.current_task()
         assert task is not None
         deadlines.add(task)
+        client = self._client
+        upstream: aiohttp.ClientResponse | UpstreamResponse
         try:
-            upstream = await session.request(
-                request.method,
-                self.upstream_url(raw_path),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                compress=False,
-            )
+            if client is not None and (data is None or type(data) is bytes) and _plain(headers):
+                upstream = await client.request(
+                    request.method,
+                    # A fragment is the client's own: it never goes on the wire (RFC 9110 4.2.4).
+                    self._base_path + raw_path.partition("#")[0],
+                    headers.items(),
+                    data,
+                    has_length=hdrs.CONTENT_LENGTH in headers,
+                )
+            else:
+                upstream = await session.request(
+                    request.method,
+                    self.upstream_url(raw_path),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    compress=False,
+                )
         except aiohttp.ClientError as exc:
             # Before TimeoutError: a connect timeout is both, and it means "unreachable".
             raise UpstreamUnreachable(
@@ -378,7 +401,7 @@ class Forwarder:
     async def _relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: aiohttp.ClientResponse | UpstreamResponse,
         exchange: Exchange,
         rewritten: bool = False,
     ) -> web.StreamResponse:
@@ -454,7 +477,15 @@ class Forwarder:
         return response
 
 
-def _arrived_whole(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+def _plain(headers: CIMultiDict[str]) -> bool:
+    """Whether the lean client may send a request with these headers: not one that waits for
+    a 100-continue before its body (aiohttp's client handles that)."""
+    return hdrs.EXPECT not in headers
+
+
+def _arrived_whole(
+    request: web.Request, upstream: aiohttp.ClientResponse | UpstreamResponse
+) -> bool:
     """Whether the upstream's whole body, as its Content-Length announced, is already in hand."""
     length = upstream.headers.get(hdrs.CONTENT_LENGTH)
     content = upstream.content

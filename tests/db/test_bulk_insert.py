@@ -88,6 +88,15 @@ async def test_batches_beyond_the_parameter_limit_are_split(sm, monkeypatch) -> 
         assert len(list(await session.scalars(select(UsageRecord.id)))) == 10
 
 
+async def test_no_statement_holds_more_than_64_rows(sm, inserts) -> None:
+    # The loop builds each statement's parameters and sqlite3 binds them holding the GIL:
+    # 200 rows go out as 64 + 64 + 64 + 8, with the loop free between them.
+    async with sm.begin() as session:
+        got = await _INSERT.run(await session.connection(), [row(f"r{i}") for i in range(200)])
+    assert len(got) == 200
+    assert [s.count("), (") + 1 for s in inserts] == [64, 64, 64, 8]
+
+
 async def test_a_value_the_type_refuses_raises_statement_error_and_writes_nothing(sm) -> None:
     naive = row("bad", when=dt.datetime(2026, 11, 27))
     with pytest.raises(StatementError, match="occurred_at"):
