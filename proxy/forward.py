@@ -1,4 +1,6 @@
-"""Forwarding: the only code that touches bytes on the wire.
+"""Forwarding: the only code that touches bytes on the wire (with proxy.upstream_client, the
+lean client it sends requests whose body is in hand with, and aiohttp's ClientSession for
+the rest).
 
 The client gets exactly what the upstream sent (status, reason, headers, body bytes, pacing),
 minus hop-by-hop headers. Observers get copies through the Dispatcher, after the fact.

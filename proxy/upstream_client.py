@@ -22,12 +22,14 @@ from collections.abc import Iterable
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 __all__ = ["UpstreamClient", "UpstreamResponse"]
 
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 # What aiohttp's ClientSession does by default, so traffic is the same either way.
 _KEEPALIVE = 15.0  # seconds an idle connection is kept (TCPConnector's keepalive_timeout)
 _READ_BUFSIZE = 2**16
@@ -92,6 +94,7 @@ class UpstreamClient:
     ) -> None:
         if upstream.scheme not in ("http", "https") or not upstream.raw_host:
             raise ValueError(f"not an http(s) URL with a host: {upstream}")
+        self._origin = upstream.origin()
         self._host = upstream.host or upstream.raw_host
         self._port = upstream.port or (443 if upstream.scheme == "https" else 80)
         self._ssl: ssl.SSLContext | None = None
@@ -145,7 +148,7 @@ class UpstreamClient:
         while True:
             conn, reused = await self._get()
             try:
-                return await self._exchange(conn, method, data)
+                return await self._exchange(conn, method, target, data)
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
                 self._drop(conn)
                 if not (retry and reused):
@@ -155,7 +158,9 @@ class UpstreamClient:
                 self._drop(conn)
                 raise
 
-    async def _exchange(self, conn: ResponseHandler, method: str, data: bytes) -> UpstreamResponse:
+    async def _exchange(
+        self, conn: ResponseHandler, method: str, target: str, data: bytes
+    ) -> UpstreamResponse:
         conn.set_response_params(
             skip_payload=method == "HEAD",
             read_until_eof=True,
@@ -167,7 +172,15 @@ class UpstreamClient:
             raise aiohttp.ServerDisconnectedError()
         transport.write(data)
         while True:
-            message, payload = await conn.read()
+            try:
+                message, payload = await conn.read()
+            except HttpProcessingError as exc:
+                # What aiohttp's ClientResponse raises for a response it cannot parse.
+                url = self._origin.with_path(target.partition("?")[0], encoded=True)
+                info = aiohttp.RequestInfo(url, method, _NO_HEADERS, url)
+                raise aiohttp.ClientResponseError(
+                    info, (), status=exc.code, message=exc.message, headers=exc.headers
+                ) from exc
             # Interim 1xx responses are skipped, as aiohttp's ClientResponse does; a 101
             # cannot come: Upgrade is a hop-by-hop header the forwarder drops.
             if not 100 <= message.code <= 199 or message.code == 101:

@@ -5,6 +5,7 @@ and a TLS upstream with a certificate made for the test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -239,6 +240,15 @@ async def test_release_before_the_end_of_the_body_closes_too(scripted) -> None:
     assert server.connections == 2
 
 
+async def test_a_response_that_is_not_http_reads_as_aiohttp_s_error(scripted) -> None:
+    server, client = await scripted(lambda n, i, _: b"SSH-2.0-OpenSSH\r\n\r\n" if n == 1 else OK)
+    with pytest.raises(aiohttp.ClientResponseError, match="Bad status line") as caught:
+        await _get(client, "POST", b"{}")
+    assert caught.value.request_info.method == "POST"
+    assert await _get(client) == b"ok"  # on a new connection
+    assert [n for n, _ in server.requests] == [1, 2]
+
+
 async def test_idle_connections_expire(scripted) -> None:
     server, client = await scripted(lambda *_: OK, keepalive=0.0)
     assert await _get(client) == b"ok"
@@ -351,10 +361,10 @@ async def test_tls_upstream(certificate: tuple[Path, Path]) -> None:
 # --- in the forwarder ------------------------------------------------------------------------
 
 
-async def test_the_forwarder_sends_small_requests_with_it(scripted) -> None:
-    server, _ = await scripted(lambda *_: OK)
-    port = server._server.sockets[0].getsockname()[1]
-    forwarder = Forwarder(f"http://127.0.0.1:{port}/base/", Dispatcher([]))
+@contextlib.asynccontextmanager
+async def forwarding(upstream: str) -> AsyncIterator[tuple[Forwarder, str]]:
+    """A Forwarder to `upstream` behind an aiohttp server; it and the server's base URL."""
+    forwarder = Forwarder(upstream, Dispatcher([]))
     await forwarder.start()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
@@ -362,20 +372,39 @@ async def test_the_forwarder_sends_small_requests_with_it(scripted) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    proxy = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(2):
-                # JSON: a file type's body streams, through aiohttp's client.
-                json = {"Content-Type": "application/json"}
-                async with session.post(proxy + "/v1/x", data=b"{}", headers=json) as resp:
-                    assert (resp.status, await resp.read()) == (200, b"ok")
-        assert forwarder._client is not None and len(forwarder._client._idle) == 1
-        assert all(raw.startswith(b"POST /base/v1/x HTTP/1.1\r\n") for _, raw in server.requests)
-        assert [n for n, _ in server.requests] == [1, 1]
+        yield forwarder, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     finally:
         await runner.cleanup()
         await forwarder.close()
+
+
+async def test_the_forwarder_sends_small_requests_with_it(scripted) -> None:
+    server, _ = await scripted(lambda *_: OK)
+    port = server._server.sockets[0].getsockname()[1]
+    json = {"Content-Type": "application/json"}  # a file type's body streams, through aiohttp
+    async with forwarding(f"http://127.0.0.1:{port}/base/") as (forwarder, proxy):
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.post(proxy + "/v1/x", data=b"{}", headers=json) as resp:
+                    assert (resp.status, await resp.read()) == (200, b"ok")
+        assert forwarder._client is not None and len(forwarder._client._idle) == 1
+    assert all(raw.startswith(b"POST /base/v1/x HTTP/1.1\r\n") for _, raw in server.requests)
+    assert [n for n, _ in server.requests] == [1, 1]
+
+
+async def test_the_forwarder_answers_a_broken_upstream_with_502(scripted) -> None:
+    server, _ = await scripted(lambda *_: b"garbage\r\n\r\n")
+    port = server._server.sockets[0].getsockname()[1]
+    async with (
+        forwarding(f"http://127.0.0.1:{port}") as (_, proxy),
+        aiohttp.ClientSession() as session,
+        session.get(proxy + "/v1/models") as resp,
+    ):
+        assert resp.status == 502
+        body = await resp.json()
+    assert body["error"]["code"] == "upstream_unreachable"
+    assert "ClientResponseError" in body["error"]["message"]
 
 
 async def test_a_connection_limit_keeps_aiohttp_s_pool() -> None:
