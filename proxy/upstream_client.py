@@ -109,6 +109,7 @@ class UpstreamClient:
         )
         self._idle: collections.deque[tuple[ResponseHandler, float]] = collections.deque()
         self._busy: set[ResponseHandler] = set()
+        self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def request(
@@ -194,9 +195,7 @@ class UpstreamClient:
             raise aiohttp.ClientConnectionError("the upstream client is closed")
         idle = self._idle
         if idle:
-            stale = time.monotonic() - self._keepalive
-            while idle and idle[0][1] < stale:
-                idle.popleft()[0].close()
+            self._close_stale()
             while idle:
                 conn = idle.pop()[0]
                 if conn.is_connected() and not conn.should_close:
@@ -234,12 +233,33 @@ class UpstreamClient:
         self._busy.discard(conn)
         if self._closed or not complete or conn.should_close or not conn.is_connected():
             conn.close()
-        else:
-            self._idle.append((conn, time.monotonic()))
+            return
+        self._idle.append((conn, time.monotonic()))
+        if self._sweep is None:
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(self._keepalive, self._sweep_idle)
+
+    def _close_stale(self) -> None:
+        idle, stale = self._idle, time.monotonic() - self._keepalive
+        while idle and idle[0][1] <= stale:
+            idle.popleft()[0].close()
+
+    def _sweep_idle(self) -> None:
+        # Idle connections are closed after `keepalive` seconds even when no request comes to
+        # find them, as aiohttp's connector does: one timer per period, not per connection.
+        self._sweep = None
+        self._close_stale()
+        if self._idle:
+            wait = self._idle[0][1] + self._keepalive - time.monotonic()
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(max(wait, 0.0), self._sweep_idle)
 
     async def close(self) -> None:
         """Close every connection, idle or in use; later requests fail."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         while self._idle:
             self._idle.pop()[0].close()
         for conn in list(self._busy):

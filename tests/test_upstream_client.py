@@ -257,6 +257,15 @@ async def test_idle_connections_expire(scripted) -> None:
     await wait_until(lambda: server.closed == 1, what="the expired connection was closed")
 
 
+async def test_idle_connections_are_closed_without_a_request_to_find_them(scripted) -> None:
+    server, client = await scripted(lambda *_: OK, keepalive=0.05)
+    assert await _get(client) == b"ok"
+    await wait_until(lambda: server.closed == 1, what="the idle connection was closed")
+    assert not client._idle
+    assert await _get(client) == b"ok"
+    await wait_until(lambda: server.closed == 2, what="and the next one too")
+
+
 async def test_a_cancelled_request_drops_its_connection(scripted) -> None:
     server, client = await scripted(lambda n, i, _: b"" if n == 1 else OK)  # never answers
     task = asyncio.create_task(_get(client))
