@@ -42,6 +42,7 @@ from proxy.db.models import utcnow
 from proxy.decode import parse_json
 from proxy.errors import FetchError
 from proxy.keys import CredentialStore
+from proxy.metrics import usage_sums
 from proxy.settings import Settings
 
 __all__ = ["DB_ERRORS", "CollectorMetrics", "RunCollector"]
@@ -67,7 +68,7 @@ class CollectorMetrics(Protocol):
     """What the collector counts: proxy.metrics.Metrics in the serving process, and in a
     collector process a relay to it (proxy.accounting.collector_child)."""
 
-    def run_recorded(self, source: str) -> None: ...
+    def run_recorded(self, source: str, n: int = 1) -> None: ...
 
     def collection_failed(self, reason: str, n: int = 1) -> None: ...
 
@@ -455,13 +456,14 @@ class RunCollector:
         inserted = await records.record_usage_many(
             self._sm(), [built for _, built in batch], also=done
         )
-        for (_, built), new in zip(batch, inserted, strict=True):
-            if new:
-                row = built.row
-                self._metrics.run_recorded(row.usage_source)
-                self._metrics.usage(
-                    row.team, row.model, row.prompt_tokens, row.completion_tokens, row.cost_usd
-                )
+        rows = [built.row for (_, built), new in zip(batch, inserted, strict=True) if new]
+        # Per batch, not per run: in a collector process each call is a line to the serving
+        # process, which reads them on the loop that forwards requests.
+        m = self._metrics
+        for source, n in collections.Counter(row.usage_source for row in rows).items():
+            m.run_recorded(source, n)
+        for (team, model), (prompt, completion, cost) in usage_sums(rows).items():
+            m.usage(team, model, prompt, completion, cost)
 
     async def _db_failed(self, held: list[jobs.ClaimedJob], exc: BaseException) -> None:
         if is_unavailable(exc):

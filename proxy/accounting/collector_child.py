@@ -57,8 +57,8 @@ class RelayedMetrics:
         if not self._writer.is_closing():
             self._writer.write(wire.metric_line(name, *args))
 
-    def run_recorded(self, source: str) -> None:
-        self._send("run_recorded", source)
+    def run_recorded(self, source: str, n: int = 1) -> None:
+        self._send("run_recorded", source, n)
 
     def collection_failed(self, reason: str, n: int = 1) -> None:
         self._send("collection_failed", reason, n)

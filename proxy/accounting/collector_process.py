@@ -238,7 +238,13 @@ class CollectorProcess:
         return await self._proc.wait()
 
     async def _listen(self, reader: asyncio.StreamReader) -> None:
+        read = 0
         async for kind, payload in wire.messages(reader, "collector process"):
+            read += 1
+            if not read % 64:
+                # Lines already buffered are read without a pause; requests must not wait
+                # for a backlog of them.
+                await asyncio.sleep(0)
             if kind == "metric":
                 name, args = payload
                 getattr(self._metrics, name)(*args)

@@ -43,7 +43,7 @@ WAKE = b'{"wake":1}\n'
 READY = b'{"ready":1}\n'
 # The metrics the collector reports, by the name of their proxy.metrics.Metrics method, and how
 # many arguments each takes: nothing else is applied in the serving process.
-METRICS = {"run_recorded": 1, "collection_failed": 2, "usage": 5}
+METRICS = {"run_recorded": 2, "collection_failed": 2, "usage": 5}
 
 
 class WireError(ValueError):
@@ -116,6 +116,8 @@ def _key(payload: object) -> tuple[str, Headers]:
 def _metric(payload: object) -> tuple[str, list[Any]]:
     match payload:
         case [str(name), list(args)] if METRICS.get(name) == len(args):
+            if name in ("run_recorded", "collection_failed") and not _count(args[1]):
+                raise WireError(f"metric: {name} count is not a whole number")
             if name == "usage":
                 try:
                     args = [*args[:4], Decimal(str(args[4]))]
@@ -123,3 +125,7 @@ def _metric(payload: object) -> tuple[str, list[Any]]:
                     raise WireError("metric: usage cost is not a number") from None
             return name, args
     raise WireError("metric: not a known metric with its arguments")
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and value >= 0

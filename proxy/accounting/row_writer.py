@@ -12,15 +12,15 @@ second later, which no report can tell.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.write_behind import WriteBehind
 from proxy.db import records
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, usage_sums
 
 __all__ = ["RowWriter"]
 
@@ -64,25 +64,9 @@ class RowWriter(WriteBehind[records.UsageRow]):
 
     async def _record(self, batch: Rows) -> None:
         written = await records.record_rows(self._sm(), await self._resolve(batch))
-        # Counted per batch: four counter increments per row, each taking a lock, cost as
-        # much as a fifth of writing the row.
-        kinds: dict[str, int] = {}
-        usage: dict[tuple[str, str | None], list[Any]] = {}
-        for row in written:
-            kinds[row.kind] = kinds.get(row.kind, 0) + 1
-            sums = usage.get((row.team, row.model))
-            if sums is None:
-                usage[(row.team, row.model)] = [
-                    row.prompt_tokens,
-                    row.completion_tokens,
-                    row.cost_usd,
-                ]
-            else:
-                sums[0] += row.prompt_tokens
-                sums[1] += row.completion_tokens
-                sums[2] += row.cost_usd
+        kinds = collections.Counter(row.kind for row in written)
         m = self._metrics
         for kind, n in kinds.items():
             m.recorded(kind, n)
-        for (team, model), (prompt, completion, cost) in usage.items():
+        for (team, model), (prompt, completion, cost) in usage_sums(written).items():
             m.usage(team, model, prompt, completion, cost)

@@ -100,6 +100,7 @@ async def start(sm: SM) -> AsyncIterator[Start]:
     async def start(fetcher: Fetcher, **kw: Any) -> RunCollector:
         credentials = CredentialStore()
         credentials.remember(FP, {"Authorization": "Bearer sk-test-aaaa1234"})
+        metrics = kw.pop("metrics", None) or Metrics()
         options = {"workers": 2, "poll_interval": 0.05, "retry_base": 0.05} | kw
         collector = RunCollector(
             lambda: sm,
@@ -107,7 +108,7 @@ async def start(sm: SM) -> AsyncIterator[Start]:
             credentials,
             load_price_table(None),
             DEFAULT_CONSTANTS,
-            Metrics(),
+            metrics,
             **options,
         )
         collector.start()
@@ -187,6 +188,31 @@ async def test_claims_in_bulk_fetches_workers_at_a_time_and_records_in_batches(
             row.code_interpreter_sessions
         )
     assert per_thread == {f"thread_{t}": 5 for t in range(10)}
+
+
+class CallLog:
+    """Metrics that keep every call: what a collector process sends as a line each."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args: self.calls.append((name, args))
+
+
+async def test_metrics_are_counted_per_batch_not_per_run(sm: SM, start: Start):
+    fetcher = Fetcher()
+    await add_runs(sm, fetcher, 120)
+    log = CallLog()
+    await start(fetcher, workers=4, claim_size=60, metrics=log)
+    await wait_until(lambda: _all_done(sm, 120), timeout=30)
+    recorded = [args for name, args in log.calls if name == "run_recorded"]
+    usage_calls = [args for name, args in log.calls if name == "usage"]
+    assert sum(n for _, n in recorded) == 120 and {s for s, _ in recorded} == {"estimated"}
+    assert len(recorded) < 120 / 4 and len(usage_calls) == len(recorded)  # one team and model
+    rows = (await usage(sm)).values()
+    assert sum(a[2] for a in usage_calls) == sum(r.prompt_tokens for r in rows)
+    assert sum(a[3] for a in usage_calls) == sum(r.completion_tokens for r in rows)
 
 
 async def _all_done(sm: SM, n: int) -> bool:

@@ -23,9 +23,9 @@ def test_settings_keys_wake_ups_and_metrics_round_trip() -> None:
     assert wire.decode(wire.key_line("fp1", headers)) == ("key", ("fp1", headers))
     assert wire.decode(wire.WAKE) == ("wake", None)
     assert wire.decode(wire.READY) == ("ready", None)
-    assert wire.decode(wire.metric_line("run_recorded", "estimated")) == (
+    assert wire.decode(wire.metric_line("run_recorded", "estimated", 64)) == (
         "metric",
-        ("run_recorded", ["estimated"]),
+        ("run_recorded", ["estimated", 64]),
     )
     cost = Decimal("0.0000123456789")
     kind, (name, args) = wire.decode(wire.metric_line("usage", "team", "gpt-4o", 10, 20, cost))
@@ -43,7 +43,10 @@ def test_settings_keys_wake_ups_and_metrics_round_trip() -> None:
         (b'{"key": ["fp", "' + KEY.encode() + b'"]}', "key: not"),
         (b'{"key": ["fp", [["Authorization"]]]}', "key: not"),
         (b'{"metric": ["__class__", []]}', "metric: not a known metric"),
-        (b'{"metric": ["run_recorded", ["a", "b"]]}', "metric: not a known metric"),
+        (b'{"metric": ["run_recorded", ["a"]]}', "metric: not a known metric"),
+        (b'{"metric": ["run_recorded", ["a", "b"]]}', "run_recorded count is not a whole"),
+        (b'{"metric": ["run_recorded", ["a", true]]}', "run_recorded count is not a whole"),
+        (b'{"metric": ["collection_failed", ["a", -1]]}', "collection_failed count is not"),
         (b'{"metric": ["usage", ["t", "m", 1, 2, "' + KEY.encode() + b'"]]}', "cost is not"),
         (b'{"settings": {"api_key": "' + KEY.encode() + b'"}}', "unknown names ['api_key']"),
     ],
