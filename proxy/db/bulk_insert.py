@@ -29,11 +29,11 @@ _MAX_PARAMS = 32_766
 
 _Processor = Callable[[Any], Any] | None
 _MAX_TEXTS = 256
-# Rows per statement at most. The statement's parameters are built on the event loop, and
-# sqlite3 binds them in the driver's thread holding the GIL, so a statement of 256 rows held
-# the loop for ~0.75 ms, which every request arriving meanwhile waited out: the proxy's p99
-# latency at one connection was 1.1-1.3 ms against bare aiohttp's 0.3-0.7 (bench/README.md).
-# 64 rows hold it ~0.15 ms; the loop serves requests while each statement runs.
+# Rows per statement at most. A statement's parameters are built on the event loop (0.32 ms
+# for 256 rows) and sqlite3 binds them in the driver's thread holding the GIL, and every
+# request arriving meanwhile waits: with 256-row statements the proxy's p99 latency at one
+# connection was 1.1-1.4 ms against bare aiohttp's 0.4-0.7 (bench/README.md). 64 rows hold
+# the loop ~0.15 ms at a time, and it serves requests while each statement runs.
 _MOST_ROWS = 64
 
 
