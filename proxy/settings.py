@@ -38,7 +38,12 @@ class Settings:
     database_url: str = _opt("sqlite+aiosqlite:///usage.db", "SQLAlchemy async database URL")
     upstream_timeout: float = _opt(600.0, "seconds to wait for the upstream's response headers")
     upstream_connect_timeout: float = _opt(30.0, "seconds to wait for a connection to the upstream")
-    upstream_limit: int = _opt(0, "maximum upstream connections (0: unlimited)", flag=False)
+    upstream_limit: int = _opt(
+        0,
+        "maximum upstream connections (0: unlimited); with a limit, every request goes through"
+        " aiohttp's pool, ~40 us more CPU per request",
+        flag=False,
+    )
     max_observed_body: int = _opt(8 * 1024 * 1024, "bytes of a response body observers see")
     max_observed_request: int = _opt(4 * 1024 * 1024, "bytes of a request body observers see")
     migrate: bool = _opt(True, "upgrade the database schema on start")
