@@ -51,6 +51,14 @@ def _chunks(n: int, most: int) -> list[tuple[int, int]]:
     return out
 
 
+def _getter(indices: Sequence[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """The values at `indices` of a row, always as a tuple (itemgetter of one index is not)."""
+    if len(indices) == 1:
+        at = indices[0]
+        return lambda row: (row[at],)
+    return itemgetter(*indices)
+
+
 class Conflicted(Exception):
     """A row of an insert without RETURNING was not inserted: its key exists. Which rows were
     is not known; the caller rolls back and inserts again with RETURNING."""
@@ -99,11 +107,7 @@ class BulkInsert:
         )
         self._sql: dict[tuple[str, int, tuple[int, ...], bool], str] = {}
         at = [self.columns.index(c) for c in self._returning if c in self.columns]
-        self._keys: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
-        if len(at) == len(self._returning) > 1:
-            self._keys = itemgetter(*at)
-        elif len(at) == len(self._returning) == 1:
-            self._keys = lambda row: (row[at[0]],)
+        self._keys = _getter(at) if at and len(at) == len(self._returning) else None
         self._shapes: dict[tuple[str, tuple[int, ...]], _Shape] = {}
 
     async def run(
@@ -193,8 +197,7 @@ class BulkInsert:
                 process = column_type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 processors.append((at, process))
-        values = itemgetter(*kept) if len(kept) > 1 else lambda row: (row[kept[0]],)
-        return _Shape(columns, values, tuple(processors))
+        return _Shape(columns, _getter(kept), tuple(processors))
 
     def _render(self, dialect: Dialect, n: int, columns: Sequence[str], returning: bool) -> str:
         quote = dialect.identifier_preparer.quote
