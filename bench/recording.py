@@ -212,8 +212,8 @@ def estimator(seconds: float) -> dict[str, Any]:
     the benchmark's small run, and one with a few thousand tokens of text."""
     from fake_upstream import Runs
 
-    from proxy.accounting.estimate import estimate_run
-    from proxy.accounting.tokenizer import counter_for_model, warm_up
+    from proxy.accounting.estimate.runs import estimate_run
+    from proxy.accounting.estimate.tokenizer import counter_for_model, warm_up
 
     warm_up()
     count = counter_for_model("gpt-4o")

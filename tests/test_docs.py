@@ -63,7 +63,7 @@ def example_config() -> str:
         lines += ["", f"# {opt.help}", f"# ({where})", f"# {opt.name} = {_value(opt.default)}"]
     lines += [
         "",
-        "# The estimator's constants (proxy/accounting/estimate.py). In this table, `base_prompt`",
+        "# The estimator's constants (proxy/accounting/estimate/). In this table, `base_prompt`",
         "# is the setting estimate_base_prompt (env USAGE_PROXY_ESTIMATE_BASE_PROMPT).",
         "[estimate]",
     ]

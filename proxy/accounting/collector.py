@@ -31,11 +31,11 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.estimate import EstimateConstants, RunEstimate, estimate_run
+from proxy.accounting.estimate.runs import EstimateConstants, RunEstimate, estimate_run
+from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.rows import RunRow, run_row
-from proxy.accounting.tokenizer import counter_for_model
 from proxy.db import jobs, records
 from proxy.db.errors import DB_ERRORS, is_unavailable
 from proxy.db.models import utcnow

@@ -25,10 +25,10 @@ from decimal import Decimal
 
 from proxy.accounting import collector_wire as wire
 from proxy.accounting.collector import RunCollector
-from proxy.accounting.estimate import EstimateConstants
+from proxy.accounting.estimate.runs import EstimateConstants
+from proxy.accounting.estimate.tokenizer import warm_up
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import load_price_table
-from proxy.accounting.tokenizer import warm_up
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.exchange import Dispatcher
 from proxy.forward import Forwarder

@@ -87,7 +87,7 @@ def fork_collector() -> Forked | None:
     if threading.active_count() != 1:
         return None
     from proxy.accounting import collector_child
-    from proxy.accounting.tokenizer import warm_up
+    from proxy.accounting.estimate.tokenizer import warm_up
 
     warm_up()
     # Objects alive now are never moved by a collection in either process, so the pages that

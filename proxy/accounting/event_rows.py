@@ -6,7 +6,7 @@ Recognition never looks at the path, so Azure's /openai/deployments/{d}/... work
   body or the "response" of a `response.completed`, `response.failed` or `response.incomplete`
   event;
 - a chat completion has "object": "chat.completion"; a streamed one is the events whose data has
-  "object": "chat.completion.chunk", gathered by `proxy.accounting.chat_estimate.ChatStream`;
+  "object": "chat.completion.chunk", gathered by `proxy.accounting.estimate.chat.ChatStream`;
 - embeddings are a list ("object": "list") of "object": "embedding" items with a usage object.
 
 Rows: `kind` is "response", "chat.completion" or "embedding" and `object_id` the upstream's id.
@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.chat_estimate import ChatStream
+from proxy.accounting.estimate.chat import ChatStream
 from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
 from proxy.accounting.rows import to_datetime
 from proxy.db.records import UsageRow, row_from, row_template

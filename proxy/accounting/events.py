@@ -8,7 +8,7 @@ What is recorded, and when (recognition is by content: see proxy.accounting.even
   a finished response costs no write; the unique (kind, object_id) decides.
 - A chat completion: a 2xx POST answered with a `chat.completion` body, or a stream of
   `chat.completion.chunk` events once it ends. A stream without usage is estimated
-  (proxy.accounting.chat_estimate) and marked usage_source "estimated".
+  (proxy.accounting.estimate.chat) and marked usage_source "estimated".
 - Embeddings: a 2xx POST answered with a list of embeddings. The list has no id, so object_id
   is the upstream's `x-request-id` header (Azure: `apim-request-id`), else a generated
   "proxy-<uuid4 hex>", unique per request.
@@ -34,7 +34,8 @@ import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from proxy.accounting.chat_estimate import ChatStream, estimate_chat_stream
+from proxy.accounting.estimate.chat import ChatStream, estimate_chat_stream
+from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.event_rows import (
     TERMINAL_RESPONSE_EVENTS,
     chat_row,
@@ -47,7 +48,6 @@ from proxy.accounting.event_rows import (
     response_row,
     terminal_response,
 )
-from proxy.accounting.tokenizer import counter_for_model
 from proxy.db import records
 from proxy.decode import DecodeError, SSEEvent
 from proxy.errors import AccountingError

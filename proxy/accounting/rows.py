@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.estimate import RunEstimate
+from proxy.accounting.estimate.runs import RunEstimate
 from proxy.accounting.pricing import PriceTable, Usage, cost_of
 from proxy.db.records import RunUsage, UsageRow
 

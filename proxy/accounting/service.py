@@ -24,14 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.collector import RunCollector
 from proxy.accounting.collector_process import CollectorProcess, Forked
-from proxy.accounting.estimate import EstimateConstants
+from proxy.accounting.estimate.runs import EstimateConstants
+from proxy.accounting.estimate.tokenizer import warm_up
 from proxy.accounting.events import EventObserver
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.outbox import JobWriter
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.row_writer import RowWriter
 from proxy.accounting.runs import RunObserver, RunSighting
-from proxy.accounting.tokenizer import warm_up
 from proxy.db import jobs, records
 from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.db.errors import DB_ERRORS

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.collector import RunCollector
-from proxy.accounting.estimate import DEFAULT_CONSTANTS
+from proxy.accounting.estimate.runs import DEFAULT_CONSTANTS
 from proxy.accounting.fetch import FetchedRun
 from proxy.accounting.pricing import load_price_table
 from proxy.db import jobs, records

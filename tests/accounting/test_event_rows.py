@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.chat_estimate import ChatStream
+from proxy.accounting.estimate.chat import ChatStream
 from proxy.accounting.event_rows import (
     chat_row,
     chat_stream_row,

@@ -26,9 +26,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.estimate import RunEstimate, estimate_run
+from proxy.accounting.estimate.runs import RunEstimate, estimate_run
+from proxy.accounting.estimate.tokenizer import counter_for_model, get_encoding
 from proxy.accounting.pricing import Usage, cost_of, load_price_table
-from proxy.accounting.tokenizer import counter_for_model, get_encoding
 from proxy.db import records
 from proxy.db.engine import reading
 from proxy.db.models import Base, CollectionJob, UsageRecord

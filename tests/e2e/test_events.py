@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.chat_estimate import estimate_completion, estimate_prompt
+from proxy.accounting.estimate.chat import estimate_completion, estimate_prompt
+from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.events import EventObserver
-from proxy.accounting.tokenizer import counter_for_model
 from proxy.app import DISPATCHER
 from proxy.db import records
 from proxy.db.models import UsageRecord

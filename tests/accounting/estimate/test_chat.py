@@ -1,13 +1,13 @@
 import pytest
 
-from proxy.accounting.chat_estimate import (
+from proxy.accounting.estimate.chat import (
     ChatEstimateConstants,
     ChatStream,
     estimate_chat_stream,
     estimate_completion,
     estimate_prompt,
 )
-from proxy.accounting.tokenizer import counter_for_model
+from proxy.accounting.estimate.tokenizer import counter_for_model
 
 # The examples of OpenAI's cookbook "How to count tokens with tiktoken", with the counts the
 # cookbook reports (and says the API agreed with).

@@ -12,10 +12,10 @@ import pytest
 import tiktoken
 import tiktoken.load
 
-from proxy.accounting import tokenizer
+from proxy.accounting.estimate import tokenizer
 from proxy.errors import AccountingError
 
-PACKAGED = Path(tokenizer.__file__).resolve().parent.parent / "data" / "tiktoken"
+PACKAGED = Path(tokenizer.__file__).resolve().parents[2] / "data" / "tiktoken"
 
 # From shared/tiktoken/README.md: the file names tiktoken's cache uses, and their SHA-256.
 FILES = {
@@ -243,10 +243,10 @@ def test_loading_leaves_the_environment_alone(monkeypatch, tmp_path):
 
 def test_nothing_is_loaded_at_import():
     code = (
-        "import proxy.accounting.tokenizer as t, tiktoken.registry as r;"
+        "import proxy.accounting.estimate.tokenizer as t, tiktoken.registry as r;"
         "assert not t._encodings and not r.ENCODINGS, (t._encodings, r.ENCODINGS)"
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=False
     )

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.accounting.estimate import EstimateConstants, RunEstimate, estimate_run
-from proxy.accounting.tokenizer import counter_for_model
+from proxy.accounting.estimate.runs import EstimateConstants, RunEstimate, estimate_run
+from proxy.accounting.estimate.tokenizer import counter_for_model
 
 T0 = 1_700_000_000
 RUN_ID = "run_qR5tNlfF8zTqGhnU1wQ8cXJm"

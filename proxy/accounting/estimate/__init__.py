@@ -1,0 +1,1 @@
+"""Token estimates: Assistants runs, chat streams, the offline tokenizer, fitted constants."""
