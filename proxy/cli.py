@@ -1,4 +1,4 @@
-"""The `usage-proxy` command: serve, migrate, report, keys, projects.
+"""The `usage-proxy` command: serve, migrate, report, keys, projects, estimate, calibrate.
 
 Commands stay thin: parse, call, format. Every command takes --database-url and --config with
 the precedence of proxy.settings (flag > environment > config file > default). Secrets
@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from proxy import __version__
+from proxy.calibration.commands import add_commands as add_calibration_commands
 from proxy.errors import ConfigError
 from proxy.settings import OPTIONS, Settings, load_settings, mask_url
 
@@ -202,6 +203,7 @@ def _build_parser() -> _Parser:
     prm = projects.add_parser("remove", parents=[common], help="unmap a project id")
     prm.add_argument("project")
     prm.set_defaults(run=_projects_remove)
+    add_calibration_commands(sub, common, _settings)
     return parser
 
 

@@ -31,7 +31,8 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.estimate.runs import EstimateConstants, RunEstimate, estimate_run
+from proxy.accounting.estimate.constants import ConstantsTable
+from proxy.accounting.estimate.runs import RunEstimate, estimate_run
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import PriceTable
@@ -94,7 +95,7 @@ class RunCollector:
         fetcher: RunFetcher,
         credentials: CredentialStore,
         prices: PriceTable,
-        constants: EstimateConstants,
+        constants: ConstantsTable,
         metrics: CollectorMetrics,
         *,
         workers: int = 2,
@@ -139,7 +140,7 @@ class RunCollector:
         fetcher: RunFetcher,
         credentials: CredentialStore,
         prices: PriceTable,
-        constants: EstimateConstants,
+        constants: ConstantsTable,
         metrics: CollectorMetrics,
     ) -> RunCollector:
         s = settings

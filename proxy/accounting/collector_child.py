@@ -25,7 +25,7 @@ from decimal import Decimal
 
 from proxy.accounting import collector_wire as wire
 from proxy.accounting.collector import RunCollector
-from proxy.accounting.estimate.runs import EstimateConstants
+from proxy.accounting.estimate.constants import table_from_settings
 from proxy.accounting.estimate.tokenizer import warm_up
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import load_price_table
@@ -105,7 +105,7 @@ async def _run(fd: int) -> None:
         ),
         credentials,
         load_price_table(settings.pricing_file or None),
-        EstimateConstants.from_mapping(settings.estimate_constants()),
+        table_from_settings(settings),
         RelayedMetrics(writer),
     )
     collector.start()

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.collector import RunCollector
 from proxy.accounting.collector_process import CollectorProcess, Forked
-from proxy.accounting.estimate.runs import EstimateConstants
+from proxy.accounting.estimate.constants import table_from_settings
 from proxy.accounting.estimate.tokenizer import warm_up
 from proxy.accounting.events import EventObserver
 from proxy.accounting.fetch import RunFetcher
@@ -67,7 +67,7 @@ class Accounting:
         self.metrics = metrics or Metrics()
         try:
             self.prices = load_price_table(settings.pricing_file or None)
-            self.constants = EstimateConstants.from_mapping(settings.estimate_constants())
+            self.constants = table_from_settings(settings)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         self.credentials = CredentialStore(settings.credential_ttl)
