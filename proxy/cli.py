@@ -203,6 +203,12 @@ def _build_parser() -> _Parser:
     prm = projects.add_parser("remove", parents=[common], help="unmap a project id")
     prm.add_argument("project")
     prm.set_defaults(run=_projects_remove)
+    sql = sub.add_parser(
+        "sql", parents=[common], help="run a read-only query (the views: usage, usage_daily, ...)"
+    )
+    sql.add_argument("statement", help='for example "SELECT * FROM usage_monthly_team"')
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.set_defaults(run=_sql)
     add_calibration_commands(sub, common, _settings)
     return parser
 
@@ -328,6 +334,27 @@ def _report(args: argparse.Namespace) -> int:
         rows = _with_db(settings, lambda sm: usage_events(sm, since, until, **filters))
         text = render(rows, EVENT_COLUMNS, args.format, table_columns=EVENT_TABLE_COLUMNS)
         print(text, end="")
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from proxy.db.readonly import QueryError, run_readonly
+    from proxy.report import render
+
+    settings = _settings(args)
+    try:
+        columns, rows = asyncio.run(run_readonly(settings.database_url, args.statement))
+    except QueryError as exc:
+        raise _UsageError(f"sql: {exc}") from None
+    print(
+        render(
+            [dict(zip(columns, row, strict=True)) for row in rows],
+            columns,
+            args.format,
+            totals=False,
+        ),
+        end="",
+    )
     return 0
 
 
