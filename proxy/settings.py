@@ -105,6 +105,11 @@ class Settings:
     estimate_code_interpreter_tool: int = _opt(
         -1, "system prompt the code interpreter tool adds (-1: the fitted table)", flag=False
     )
+    estimate_code_interpreter_file: int = _opt(
+        -1,
+        "system prompt per file listed to code interpreter, beside its path (-1: fitted)",
+        flag=False,
+    )
     estimate_file_search_tool: int = _opt(
         -1, "system prompt the file search tool adds (-1: the fitted table)", flag=False
     )

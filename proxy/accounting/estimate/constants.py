@@ -48,6 +48,7 @@ CONSTANT_NAMES: tuple[str, ...] = (
     "per_assistant_message",
     "answer_completion",
     "code_interpreter_tool",
+    "code_interpreter_file",
     "file_search_tool",
     "function_tool",
     "per_function_definition",

@@ -3,9 +3,10 @@
 Each run step is one model call (a turn). The prompt of a turn is modelled from parts:
 
 - the system prompt: ``base_prompt``, the run's instructions, a preamble per tool type
-  (``code_interpreter_tool``, ``file_search_tool``, ``function_tool``) and each function
+  (``code_interpreter_tool``, ``file_search_tool``, ``function_tool``), each function
   definition as the model reads it (TypeScript, see ``functions.py``) plus
-  ``per_function_definition``;
+  ``per_function_definition``, and each file listed to code interpreter: its ``/mnt/data`` path
+  plus ``code_interpreter_file``;
 - the thread's messages up to the run (``per_user_message`` / ``per_assistant_message`` each,
   plus their text and images);
 - everything earlier turns of this run added: a code interpreter call's input and outputs
@@ -49,6 +50,7 @@ Which messages count, and in what order:
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -181,7 +183,7 @@ def run_basis(
     run = run if isinstance(run, Mapping) else {}
     model = run.get("model") if isinstance(run.get("model"), str) else None
     parts = _Parts(count, vision_rule(model))
-    prompt = _system_basis(run, parts)
+    prompt = _system_basis(run, parts) + _files_basis(run, steps, messages, parts)
     turns: list[Turn] = []
     totals = _Effect()
     for _, effect in sorted(_events(run, steps, messages, parts), key=lambda e: e[0]):
@@ -298,6 +300,38 @@ def _system_basis(run: Mapping[str, Any], parts: _Parts) -> Basis:
                 parts.count(render_function(function)), per_function_definition=1
             )
     return basis
+
+
+_MOUNTED_FILE = re.compile(r"/mnt/data/(file-[A-Za-z0-9]+)")
+
+
+def _files_basis(
+    run: Mapping[str, Any],
+    steps: Sequence[Mapping[str, Any]],
+    messages: Sequence[Mapping[str, Any]],
+    parts: _Parts,
+) -> Basis:
+    """Files listed to code interpreter in the system prompt, each by its path under /mnt/data.
+
+    The list is not returned, so it is gathered from what is: the run's tool resources, message
+    attachments for code interpreter, and files the model opens by their ``/mnt/data/file-...``
+    path (an id it can only have read in that list).
+    """
+    if "code_interpreter" not in {_get(tool, "type") for tool in _list(run.get("tools"))}:
+        return Basis()
+    files = {f for f in _list(_get(run, "tool_resources", "code_interpreter", "file_ids"))}
+    for message in messages if isinstance(messages, Sequence) else ():
+        for attachment in _list(_get(message, "attachments")):
+            tools = {_get(t, "type") for t in _list(_get(attachment, "tools"))}
+            if "code_interpreter" in tools:
+                files.add(_get(attachment, "file_id"))
+    for step in steps if isinstance(steps, Sequence) else ():
+        for call in _list(_get(step, "step_details", "tool_calls")):
+            code = _get(call, "code_interpreter", "input")
+            if isinstance(code, str):
+                files.update(_MOUNTED_FILE.findall(code))
+    paths = sorted(f"/mnt/data/{f}" for f in files if isinstance(f, str) and f)
+    return Basis.of(sum(parts.count(p) for p in paths), code_interpreter_file=len(paths))
 
 
 def _unique(objects: Sequence[object], kind: str) -> Iterable[Mapping[str, Any]]:

@@ -22,6 +22,7 @@ SEED = {
     "per_assistant_message": 2,
     "answer_completion": 2,
     "code_interpreter_tool": 0,
+    "code_interpreter_file": 0,
     "file_search_tool": 0,
     "function_tool": 0,
     "per_function_definition": 0,
@@ -670,3 +671,49 @@ def test_the_estimate_carries_its_bases():
     assert basis.prompt.value(SEED) == result.prompt_tokens == 286
     assert [t.step_id for t in basis.turns] == [s["id"] for s in steps]
     assert Basis.from_json(result.basis_json()["completion"]) == basis.completion
+
+
+PATH_COUNTS = {f"/mnt/data/{f}": 3 for f in ("file-abc", "file-att", "file-Q5qcmLRsZ9PZ6vsqFfmiaD")}
+
+
+@pytest.mark.parametrize(
+    ("where", "listed"),
+    [
+        ("none", []),
+        ("run", ["file-abc"]),
+        ("attachment", ["file-att"]),
+        ("opened by path", ["file-Q5qcmLRsZ9PZ6vsqFfmiaD"]),
+        ("all, once each", ["file-abc", "file-att", "file-Q5qcmLRsZ9PZ6vsqFfmiaD"]),
+    ],
+)
+def test_files_listed_to_code_interpreter_join_the_system_prompt(where, listed):
+    run, steps, messages = seed_thread()
+    opened = (
+        "df = pd.read_csv('/mnt/data/file-Q5qcmLRsZ9PZ6vsqFfmiaD')\nplt.savefig('/mnt/data/x.png')"
+    )
+    if where in ("run", "all, once each"):
+        run = run | {"tool_resources": {"code_interpreter": {"file_ids": ["file-abc"]}}}
+    if where in ("attachment", "all, once each"):
+        attachment = {"file_id": "file-att", "tools": [{"type": "code_interpreter"}]}
+        messages = [messages[0] | {"attachments": [attachment]}, *messages[1:]]
+    if where in ("opened by path", "all, once each"):
+        call = code_interpreter(opened, logs("4"))
+        steps = [make_step(T0 + 2, tool_calls(call), completed_at=T0 + 5), steps[1]]
+    table = seed_table(code_interpreter_file=7)
+    plain = estimate_run(run, steps, messages, words, seed_table(code_interpreter_file=0))
+
+    result = estimate_run(run, steps, messages, words, table)
+
+    # Each listed file costs its path and the constant, on each of the two turns.
+    assert result.prompt_tokens - plain.prompt_tokens == 2 * 7 * len(listed)
+    first = run_basis(run, steps, messages, FixedCounts({**SEED_COUNTS, **PATH_COUNTS, opened: 9}))
+    assert first.turns[0].prompt.counts.get("code_interpreter_file", 0) == len(listed)
+    assert first.turns[0].prompt.offset == 15 + len(listed) * 3
+    # Without code interpreter, no file is listed to it.
+    no_tool = run | {"tools": [{"type": "function", "function": {"name": "f"}}]}
+    assert (
+        estimate_run(no_tool, steps, messages, words, table).prompt_tokens
+        == estimate_run(
+            no_tool, steps, messages, words, seed_table(code_interpreter_file=0)
+        ).prompt_tokens
+    )
