@@ -382,8 +382,16 @@ class RunCollector:
     async def _estimate(
         self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]
     ) -> RunEstimate:
+        tools = run.get("tools") if isinstance(run.get("tools"), list) else []
         got = await self._fetcher.run(
-            job.api_prefix, job.api_query, job.thread_id, job.run_id, headers
+            job.api_prefix,
+            job.api_query,
+            job.thread_id,
+            job.run_id,
+            headers,
+            file_search_results=any(
+                isinstance(t, dict) and t.get("type") == "file_search" for t in tools
+            ),
         )
         size = got.nbytes + len(job.run_json)
         return await self._estimate_from(run, got.steps, got.messages, size)

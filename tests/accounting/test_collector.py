@@ -83,7 +83,14 @@ class Fetcher:
         self.most = 0
 
     async def run(
-        self, prefix: str, query: str, thread_id: str, run_id: str, headers: Any
+        self,
+        prefix: str,
+        query: str,
+        thread_id: str,
+        run_id: str,
+        headers: Any,
+        *,
+        file_search_results: bool = False,
     ) -> FetchedRun:
         self.active += 1
         self.most = max(self.most, self.active)

@@ -36,7 +36,7 @@ from proxy.db.models import Base, CollectionJob, UsageRecord
 from proxy.keys import fingerprint, hint
 from proxy.settings import Settings
 from tests.e2e.conftest import RunningProxy, client_for, wait_for
-from tests.e2e.fake_upstream import ANSWER, CODE_INPUT, FakeUpstream
+from tests.e2e.fake_upstream import ANSWER, CODE_INPUT, FakeUpstream, without_result_content
 from tests.fake_keys import fake_key
 
 KEY = fake_key("default", "1234")
@@ -1014,3 +1014,38 @@ async def _cli(args: list[str], db_url: str, *, stdin: str | None = None) -> _Co
         proc.communicate((stdin + "\n").encode() if stdin is not None else b""), 60
     )
     return _Completed(proc.returncode or 0, out.decode(), err.decode())
+
+
+async def test_file_search_results_are_fetched_and_counted(upstream, client, sm) -> None:
+    # The API returns a result's text only when the steps are asked to include it; the model
+    # read it, so the estimate needs it.
+    assistant = await client.beta.assistants.create(
+        model="gpt-4o",
+        tools=[{"type": "file_search"}],
+        metadata={"code_calls": "0", "file_search_calls": "1", "usage": "no"},
+    )
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": QUESTION}])
+    run = await client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id
+    )
+
+    row = await one_row(sm, run.id)
+    (steps,) = fetch_requests(upstream, run.id, "steps")
+    assert steps["query"]["include[]"] == (
+        "step_details.tool_calls[*].file_search.results[*].content"
+    )
+    expected = fake_estimate(upstream, run.id)
+    assert (row["prompt_tokens"], row["file_search_calls"]) == (expected.prompt_tokens, 1)
+    without = {k: v for k, v in upstream.runs[run.id].items() if not k.startswith("_")}
+    blind = estimate_run(
+        without,
+        [without_result_content(s) for s in upstream.steps[run.id]],
+        upstream.messages[run.thread_id],
+        counter_for_model("gpt-4o"),
+    )
+    assert row["prompt_tokens"] > blind.prompt_tokens
+    # A run without file search asks for nothing more.
+    plain = await finished_run(client, usage="no")
+    await one_row(sm, plain.id)
+    (plain_steps,) = fetch_requests(upstream, plain.id, "steps")
+    assert "include[]" not in plain_steps["query"]
