@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from proxy import admin
 from proxy.accounting.collector_process import Forked, fork_collector
 from proxy.chat_usage import IncludeUsage
 from proxy.exchange import Dispatcher
 from proxy.forward import Forwarder
 from proxy.gc_settings import collect_less
+from proxy.http.metrics import MetricsObserver
+from proxy.http.routes import install as install_admin
 from proxy.logs import ACCESS_LOGGER, AccessLogger
 from proxy.metrics import Metrics
 from proxy.settings import Settings, mask_url
@@ -54,7 +55,7 @@ def make_app(
         else (service.observers() if service is not None else [])
     )
     # Request metrics are operations, not accounting: counted whichever observers were chosen.
-    dispatcher = Dispatcher([admin.MetricsObserver(metrics), *chosen])
+    dispatcher = Dispatcher([MetricsObserver(metrics), *chosen])
     forwarder = Forwarder(
         settings.upstream,
         dispatcher,
@@ -76,7 +77,7 @@ def make_app(
     if service is not None:
         app.cleanup_ctx.append(service.context)
     app.cleanup_ctx.append(_dispatcher_ctx)
-    admin.install(app, settings, metrics=metrics, dispatcher=dispatcher, accounting=service)
+    install_admin(app, settings, metrics=metrics, dispatcher=dispatcher, accounting=service)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
 

@@ -182,6 +182,12 @@ class Accounting:
     async def database_ok(self) -> bool:
         return self.engine is not None and await ping(self.engine)
 
+    async def pending_jobs(self) -> int | None:
+        """Collection jobs still to do; None before the database is open."""
+        if self.engine is None:
+            return None
+        return await jobs.pending_count(self.sessionmaker())
+
     # --- attribution ---------------------------------------------------------------------
     async def _fingerprint(self, key: str) -> str:
         fp = self._fps.get(key)

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from proxy.report import iso_utc, render, to_csv, to_json, to_table
+from proxy.reports.render import iso_utc, render, to_csv, to_json, to_table
 
 WHEN = dt.datetime(2026, 11, 27, 9, 30, tzinfo=dt.UTC)
 ROWS = [
