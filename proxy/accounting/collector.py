@@ -36,7 +36,8 @@ from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.rows import RunRow, run_row
-from proxy.db import jobs, records
+from proxy.db import jobs, mappings, run_usage
+from proxy.db import usage as db_usage
 from proxy.db.errors import DB_ERRORS, is_unavailable
 from proxy.db.models import utcnow
 from proxy.decode import parse_json
@@ -273,7 +274,7 @@ class RunCollector:
 
     async def _take(self, fresh: list[jobs.ClaimedJob]) -> None:
         try:
-            done = await self._db(records.recorded(self._sm(), _KIND, [j.run_id for j in fresh]))
+            done = await self._db(db_usage.recorded(self._sm(), _KIND, [j.run_id for j in fresh]))
         except DB_ERRORS:
             # Cannot tell: fetch them; recording one twice is refused by its unique row.
             done = set()
@@ -371,7 +372,7 @@ class RunCollector:
         if team is None:
             # Not known when the run was seen (database down then): the mapping decides now.
             team = await self._db(
-                records.team_for(self._sm(), fingerprint=job.key_fingerprint, project=job.project)
+                mappings.team_for(self._sm(), fingerprint=job.key_fingerprint, project=job.project)
             )
         who = Attribution(
             job.key_fingerprint, job.key_hint, team, job.tag, job.project, job.organization
@@ -453,7 +454,7 @@ class RunCollector:
         done = functools.partial(
             jobs.complete_held, job_ids=[job.id for job, _ in batch], worker=self.worker_id
         )
-        inserted = await records.record_usage_many(
+        inserted = await run_usage.record_usage_many(
             self._sm(), [built for _, built in batch], also=done
         )
         rows = [built.row for (_, built), new in zip(batch, inserted, strict=True) if new]

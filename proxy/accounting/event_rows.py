@@ -25,7 +25,7 @@ from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import ChatStream
 from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
 from proxy.accounting.rows import to_datetime
-from proxy.db.records import UsageRow, row_from, row_template
+from proxy.accounting.usage import UsageRow, row_from, row_template
 
 __all__ = [
     "CHAT_KIND",
@@ -190,7 +190,7 @@ def response_row(
 
 
 # --- chat completions ----------------------------------------------------------------------
-# Rows are built from these templates (proxy.db.records.row_from): one is built per request.
+# Rows are built from these templates (proxy.db.row_from): one is built per request.
 _CHAT = row_template(kind=CHAT_KIND)
 _EMBEDDING = row_template(kind=EMBEDDING_KIND, status="completed", usage_source="reported")
 _fromtimestamp = dt.datetime.fromtimestamp

@@ -48,7 +48,7 @@ from proxy.accounting.event_rows import (
     response_row,
     terminal_response,
 )
-from proxy.db import records
+from proxy.accounting.usage import UsageRow
 from proxy.decode import DecodeError, SSEEvent
 from proxy.errors import AccountingError
 from proxy.exchange import Exchange
@@ -182,7 +182,7 @@ class EventObserver:
         )
         self._record(row)
 
-    def _record(self, row: records.UsageRow) -> None:
+    def _record(self, row: UsageRow) -> None:
         # Handed to the row writer, which batches rows into one transaction: a transaction per
         # row here capped recording at ~600 rows/s (bench/README.md, finding 1).
         self.accounting.rows.submit(row)

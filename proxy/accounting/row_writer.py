@@ -1,6 +1,6 @@
 """Write-behind for usage rows (responses, chat completions, embeddings): observers hand rows
 over and go on; proxy.accounting.write_behind writes them in batches, with one multi-row
-INSERT (records.record_rows) each, and keeps them while the database is down.
+INSERT (db_usage.record_rows) each, and keeps them while the database is down.
 
 A transaction per row costs ~1 ms of event-loop CPU, so writing each row as it is observed
 capped recording at ~600 rows/s (bench/README.md, finding 1). A batch short of `batch` rows
@@ -18,24 +18,25 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.accounting.usage import UsageRow
 from proxy.accounting.write_behind import WriteBehind
-from proxy.db import records
+from proxy.db import usage as db_usage
 from proxy.metrics import Metrics, usage_sums
 
 __all__ = ["RowWriter"]
 
 _log = logging.getLogger("proxy.accounting.rows")
 
-Rows = list[records.UsageRow]
+Rows = list[UsageRow]
 
 
-class RowWriter(WriteBehind[records.UsageRow]):
+class RowWriter(WriteBehind[UsageRow]):
     def __init__(
         self,
         sessionmaker: Callable[[], async_sessionmaker[AsyncSession]],
         metrics: Metrics,
         *,
-        resolve_teams: Callable[[Sequence[records.UsageRow]], Awaitable[Rows]],
+        resolve_teams: Callable[[Sequence[UsageRow]], Awaitable[Rows]],
         batch: int = 256,  # measured: 100-500 rows per transaction, PostgreSQL best near 100
         gather: float = 0.1,
         limit: int = 100_000,
@@ -63,7 +64,7 @@ class RowWriter(WriteBehind[records.UsageRow]):
         super().start(name)
 
     async def _record(self, batch: Rows) -> None:
-        written = await records.record_rows(self._sm(), await self._resolve(batch))
+        written = await db_usage.record_rows(self._sm(), await self._resolve(batch))
         kinds = collections.Counter(row.kind for row in written)
         m = self._metrics
         for kind, n in kinds.items():

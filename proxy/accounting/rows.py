@@ -1,7 +1,7 @@
 """Turning an observed or collected object into a usage row. Pure: no I/O.
 
 `run_row` prices an Assistants run from its reported usage or the estimate; code interpreter
-sessions are priced by the database transaction that counts them (see db.records)."""
+sessions are priced by the database transaction that counts them (see proxy.db.run_usage)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.runs import RunEstimate
 from proxy.accounting.pricing import PriceTable, Usage, cost_of
-from proxy.db.records import RunUsage, UsageRow
+from proxy.accounting.usage import UsageRow
+from proxy.db.run_usage import RunUsage
 
 __all__ = ["RunRow", "occurred_at", "run_row", "to_datetime"]
 

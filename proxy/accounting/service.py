@@ -32,7 +32,9 @@ from proxy.accounting.outbox import JobWriter
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.row_writer import RowWriter
 from proxy.accounting.runs import RunObserver, RunSighting
-from proxy.db import jobs, records
+from proxy.accounting.usage import UsageRow
+from proxy.db import jobs, mappings
+from proxy.db import secrets as db_secrets
 from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.db.errors import DB_ERRORS
 from proxy.errors import ConfigError
@@ -161,7 +163,7 @@ class Accounting:
         delay = 0.5
         while True:
             try:
-                self._secret = await records.hmac_secret(self.sessionmaker())
+                self._secret = await db_secrets.hmac_secret(self.sessionmaker())
                 assert self._secret_ready is not None
                 self._secret_ready.set()
                 return
@@ -279,7 +281,7 @@ class Accounting:
         if cached is not None and cached[1] > now:
             return cached[0]
         try:
-            team = await records.team_for(self.sessionmaker(), fingerprint=fp, project=project)
+            team = await mappings.team_for(self.sessionmaker(), fingerprint=fp, project=project)
         except DB_ERRORS:
             # Database down: the last known team, else None, which the write resolves later
             # (billing to "unassigned" for good would move money between teams).
@@ -311,15 +313,15 @@ class Accounting:
         if self.collector is not None:
             self.collector.wake()
 
-    async def resolve_team(self, row: records.UsageRow) -> records.UsageRow:
+    async def resolve_team(self, row: UsageRow) -> UsageRow:
         """The row with its team looked up now, if it could not be when the request was seen."""
         [resolved] = await self.resolve_teams([row])
         return resolved
 
-    async def resolve_teams(self, rows: Sequence[records.UsageRow]) -> list[records.UsageRow]:
+    async def resolve_teams(self, rows: Sequence[UsageRow]) -> list[UsageRow]:
         """`resolve_team` for many rows: one lookup per distinct (fingerprint, project)."""
         teams: dict[tuple[str | None, str | None], str] = {}
-        out: list[records.UsageRow] = []
+        out: list[UsageRow] = []
         for row in rows:
             if row.team is not None:
                 out.append(row)
@@ -327,7 +329,7 @@ class Accounting:
             who = (row.key_fingerprint, row.project)
             team = teams.get(who)
             if team is None:
-                team = teams[who] = await records.team_for(
+                team = teams[who] = await mappings.team_for(
                     self.sessionmaker(), fingerprint=who[0], project=who[1]
                 )
             out.append(dataclasses.replace(row, team=team))

@@ -54,7 +54,8 @@ def _read_key() -> str:
 
 
 def _keys_add(args: argparse.Namespace) -> int:
-    from proxy.db.records import add_key_team, hmac_secret
+    from proxy.db.mappings import add_key_team
+    from proxy.db.secrets import hmac_secret
     from proxy.keys import fingerprint, hint
 
     key = _read_key()
@@ -79,14 +80,15 @@ def _print_mappings(args: argparse.Namespace, fetch: Any, columns: Sequence[str]
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    from proxy.db.records import list_key_teams
+    from proxy.db.mappings import list_key_teams
 
     columns = ["key_hint", "key_fingerprint", "team", "label", "created_at"]
     return _print_mappings(args, list_key_teams, columns)
 
 
 def _keys_remove(args: argparse.Namespace) -> int:
-    from proxy.db.records import hmac_secret, remove_key_team
+    from proxy.db.mappings import remove_key_team
+    from proxy.db.secrets import hmac_secret
     from proxy.keys import fingerprint
 
     key = None if args.fingerprint else _read_key()
@@ -103,7 +105,7 @@ def _keys_remove(args: argparse.Namespace) -> int:
 
 
 def _projects_add(args: argparse.Namespace) -> int:
-    from proxy.db.records import add_project_team
+    from proxy.db.mappings import add_project_team
 
     with_db(settings_of(args), lambda sm: add_project_team(sm, args.project, args.team))
     print(f"{args.project} -> {args.team}")
@@ -111,13 +113,13 @@ def _projects_add(args: argparse.Namespace) -> int:
 
 
 def _projects_list(args: argparse.Namespace) -> int:
-    from proxy.db.records import list_project_teams
+    from proxy.db.mappings import list_project_teams
 
     return _print_mappings(args, list_project_teams, ["project", "team", "created_at"])
 
 
 def _projects_remove(args: argparse.Namespace) -> int:
-    from proxy.db.records import remove_project_team
+    from proxy.db.mappings import remove_project_team
 
     if not with_db(settings_of(args), lambda sm: remove_project_team(sm, args.project)):
         print(f"{PROG}: no mapping for project {args.project!r}", file=sys.stderr)

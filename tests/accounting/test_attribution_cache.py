@@ -8,7 +8,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.service import Accounting
-from proxy.db import records
+from proxy.db import mappings
 from proxy.keys import fingerprint
 from proxy.settings import Settings
 from tests.fake_keys import fake_key
@@ -28,12 +28,12 @@ def accounting(sm: async_sessionmaker[AsyncSession], **settings: Any) -> Account
 
 
 async def test_the_same_headers_are_attributed_once(sm) -> None:
-    await records.add_key_team(sm, fingerprint(KEY, SECRET.encode()), None, "red")
+    await mappings.add_key_team(sm, fingerprint(KEY, SECRET.encode()), None, "red")
     acc = accounting(sm)
     first = await acc.attribute(headers())
     assert (first.team, first.key_hint) == ("red", "sk-...cdef")
     # A later change of the key's team shows once the cached answer expires, as before.
-    await records.add_key_team(sm, fingerprint(KEY, SECRET.encode()), None, "blue")
+    await mappings.add_key_team(sm, fingerprint(KEY, SECRET.encode()), None, "blue")
     assert await acc.attribute(headers()) is first
     assert acc.credentials.get(first.key_fingerprint) == {"Authorization": f"Bearer {KEY}"}
     tagged = await acc.attribute(headers(**{"X-Usage-Tag": "nightly"}))

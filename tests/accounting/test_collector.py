@@ -17,7 +17,9 @@ from proxy.accounting.collector import RunCollector
 from proxy.accounting.estimate.runs import DEFAULT_CONSTANTS
 from proxy.accounting.fetch import FetchedRun
 from proxy.accounting.pricing import load_price_table
-from proxy.db import jobs, records
+from proxy.accounting.usage import UsageRow
+from proxy.db import jobs, run_usage
+from proxy.db import usage as db_usage
 from proxy.db.models import CollectionJob, UsageRecord, utcnow
 from proxy.keys import CredentialStore
 from proxy.metrics import Metrics
@@ -154,7 +156,7 @@ async def test_claims_in_bulk_fetches_workers_at_a_time_and_records_in_batches(
 ):
     claimed: list[int] = []
     recorded: list[int] = []
-    claim, record_many = jobs.claim, records.record_usage_many
+    claim, record_many = jobs.claim, run_usage.record_usage_many
 
     async def counting_claim(*args: Any, **kw: Any) -> list[jobs.ClaimedJob]:
         got = await claim(*args, **kw)
@@ -166,7 +168,7 @@ async def test_claims_in_bulk_fetches_workers_at_a_time_and_records_in_batches(
         return await record_many(sm, items, **kw)
 
     monkeypatch.setattr(jobs, "claim", counting_claim)
-    monkeypatch.setattr(records, "record_usage_many", counting_record)
+    monkeypatch.setattr(run_usage, "record_usage_many", counting_record)
     fetcher = Fetcher()
     ids = await add_runs(sm, fetcher, 250)
     await start(fetcher, workers=2, claim_size=100)
@@ -238,7 +240,7 @@ async def test_a_job_taken_over_mid_fetch_is_left_to_its_new_holder(sm: SM, star
     # collector's to delete any more: it is the other replica's, which then finds the row.
     [job] = (await left(sm)).values()
     assert job.claimed_by == "other"
-    assert await records.recorded(sm, "assistants.run", [run_id]) == {run_id}
+    assert await db_usage.recorded(sm, "assistants.run", [run_id]) == {run_id}
     assert await jobs.complete(sm, taken.id, "other")
     assert len(await usage(sm)) == 1
 
@@ -269,10 +271,10 @@ async def test_stop_gives_back_the_jobs_it_holds(sm: SM, start: Start):
 async def test_a_run_recorded_before_is_completed_without_a_fetch(sm: SM, start: Start):
     fetcher = Fetcher()
     ids = await add_runs(sm, fetcher, 2)
-    row = records.UsageRow(
+    row = UsageRow(
         kind="assistants.run", object_id=ids[0], occurred_at=utcnow(), usage_source="reported"
     )
-    assert await records.record_usage(sm, row)
+    assert await run_usage.record_usage(sm, row)
     await start(fetcher)
     await wait_until(lambda: _all_done(sm, 2))
     assert fetcher.fetched == [ids[1]]

@@ -18,7 +18,7 @@ from proxy.accounting.event_rows import (
     terminal_response,
 )
 from proxy.accounting.pricing import load_price_table
-from proxy.db.records import UsageRow
+from proxy.accounting.usage import UsageRow
 
 NOW = dt.datetime(2025, 9, 1, 12, tzinfo=dt.UTC)
 T = 1_756_000_000  # 2025-08-24

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.row_writer import RowWriter
 from proxy.accounting.service import Accounting
-from proxy.db import records
+from proxy.accounting.usage import UsageRow
+from proxy.db import mappings, run_usage
 from proxy.db.models import UsageRecord
-from proxy.db.records import UsageRow
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 from tests.waiting import wait_until
@@ -137,7 +137,7 @@ async def test_stop_writes_everything_submitted(accounting: Accounting, sm: SM):
 
 
 async def test_only_inserted_rows_are_counted(accounting: Accounting, sm: SM):
-    await records.record_usage(sm, chat("old"))
+    await run_usage.record_usage(sm, chat("old"))
     writer = writer_for(accounting, sm)
     writer.start()
     for oid in ("old", "new", "new"):
@@ -151,16 +151,16 @@ async def test_only_inserted_rows_are_counted(accounting: Accounting, sm: SM):
 async def test_teams_are_resolved_once_per_key_and_project(
     accounting: Accounting, sm: SM, monkeypatch: pytest.MonkeyPatch
 ):
-    await records.add_key_team(sm, "fp1", None, "team-key")
-    await records.add_project_team(sm, "proj_1", "team-project")
+    await mappings.add_key_team(sm, "fp1", None, "team-key")
+    await mappings.add_project_team(sm, "proj_1", "team-project")
     lookups: list[tuple[str | None, str | None]] = []
-    team_for = records.team_for
+    team_for = mappings.team_for
 
     async def counting(sm: SM, *, fingerprint: str | None, project: str | None) -> str:
         lookups.append((fingerprint, project))
         return await team_for(sm, fingerprint=fingerprint, project=project)
 
-    monkeypatch.setattr(records, "team_for", counting)
+    monkeypatch.setattr(mappings, "team_for", counting)
     writer = writer_for(accounting, sm)
     writer.start()
     for i in range(30):

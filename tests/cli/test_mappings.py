@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from proxy.db.engine import make_engine, make_sessionmaker, sqlite_path
 from proxy.db.models import Base
-from proxy.db.records import get_or_create_secret
+from proxy.db.secrets import get_or_create_secret
 from proxy.keys import fingerprint
 from tests.cli.runner import run
 from tests.fake_keys import fake_key

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from proxy.accounting.usage import UsageRow
 from proxy.db import queries
 from proxy.db.engine import make_engine, make_sessionmaker, sqlite_path
 from proxy.db.migrate import current, head
-from proxy.db.records import UsageRow, record_usage
+from proxy.db.run_usage import record_usage
 from tests.cli.runner import run
 from tests.fake_keys import fake_key
 

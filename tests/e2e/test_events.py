@@ -24,7 +24,7 @@ from proxy.accounting.estimate.chat import estimate_completion, estimate_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.events import EventObserver
 from proxy.app import DISPATCHER
-from proxy.db import records
+from proxy.db import mappings
 from proxy.db.models import UsageRecord
 from proxy.keys import fingerprint
 from proxy.settings import Settings
@@ -150,7 +150,7 @@ async def test_background_response_is_recorded_once_when_a_poll_shows_it_done(
 
 # --- chat completions ----------------------------------------------------------------------
 async def test_chat_json_with_key_team_and_tag(proxy_for: Start, sm: SM):
-    await records.add_key_team(sm, fingerprint(KEY, SECRET.encode()), None, "team-key")
+    await mappings.add_key_team(sm, fingerprint(KEY, SECRET.encode()), None, "team-key")
     proxy = await proxy_for()
     # A team sent by the client is ignored unless allow_client_team is set; a tag never is.
     headers = {"X-Usage-Team": "team-header", "X-Usage-Tag": "t1"}
