@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from aiohttp import web
 
 from proxy.accounting.collector_process import Forked, fork_collector
+from proxy.accounting.service import Accounting
 from proxy.chat_usage import IncludeUsage
 from proxy.exchange import Dispatcher
 from proxy.forward import Forwarder
@@ -21,7 +22,16 @@ from proxy.logs import ACCESS_LOGGER, AccessLogger
 from proxy.metrics import Metrics
 from proxy.settings import Settings, mask_url
 
-__all__ = ["DISPATCHER", "FORWARDER", "METRICS", "SETTINGS", "make_app", "serve", "start_site"]
+__all__ = [
+    "ACCOUNTING",
+    "DISPATCHER",
+    "FORWARDER",
+    "METRICS",
+    "SETTINGS",
+    "make_app",
+    "serve",
+    "start_site",
+]
 
 _log = logging.getLogger("proxy")
 
@@ -29,6 +39,8 @@ SETTINGS = web.AppKey("settings", Settings)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 METRICS = web.AppKey("metrics", Metrics)
+# The accounting, when the app has one (make_app(accounting=True)).
+ACCOUNTING = web.AppKey("accounting", Accounting)
 
 
 def make_app(
@@ -45,8 +57,6 @@ def make_app(
     app[SETTINGS] = settings
     service = None
     if accounting:
-        from proxy.accounting.service import Accounting
-
         service = Accounting(settings, forked=collector)
     metrics = service.metrics if service is not None else Metrics()
     chosen = (
@@ -68,6 +78,7 @@ def make_app(
     )
     if service is not None:
         service.attach_forwarder(forwarder)
+        app[ACCOUNTING] = service
     app[DISPATCHER] = dispatcher
     app[FORWARDER] = forwarder
     app[METRICS] = metrics

@@ -25,8 +25,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from decimal import Decimal
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -36,6 +35,7 @@ from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.rows import RunRow, run_row
+from proxy.accounting.usage import ASSISTANTS_RUN, UsageRecorded, UsageSink
 from proxy.db import jobs, mappings, run_usage
 from proxy.db import usage as db_usage
 from proxy.db.errors import DB_ERRORS, is_unavailable
@@ -43,14 +43,13 @@ from proxy.db.models import utcnow
 from proxy.decode import parse_json
 from proxy.errors import FetchError
 from proxy.keys import CredentialStore
-from proxy.metrics import usage_sums
 from proxy.settings import Settings
 
-__all__ = ["DB_ERRORS", "CollectorMetrics", "RunCollector"]
+__all__ = ["DB_ERRORS", "Failures", "RunCollector"]
 
 _log = logging.getLogger("proxy.accounting.collector")
 
-_KIND = "assistants.run"
+_KIND = ASSISTANTS_RUN
 _SCOPE_HEADERS = ("openai-project", "openai-organization", "openai-beta")
 _ASSISTANTS_BETA = "assistants=v2"
 _STOP_TIMEOUT = 10.0
@@ -65,17 +64,8 @@ _INLINE_ESTIMATE = 8192
 _T = TypeVar("_T")
 
 
-class CollectorMetrics(Protocol):
-    """What the collector counts: proxy.metrics.Metrics in the serving process, and in a
-    collector process a relay to it (proxy.accounting.collector_child)."""
-
-    def run_recorded(self, source: str, n: int = 1) -> None: ...
-
-    def collection_failed(self, reason: str, n: int = 1) -> None: ...
-
-    def usage(
-        self, team: str | None, model: str | None, prompt: int, completion: int, cost: Decimal
-    ) -> None: ...
+# A collection failure: (reason, how many runs).
+Failures = Callable[[str, int], None]
 
 
 class RunCollector:
@@ -96,7 +86,8 @@ class RunCollector:
         credentials: CredentialStore,
         prices: PriceTable,
         constants: EstimateConstants,
-        metrics: CollectorMetrics,
+        recorded: UsageSink,
+        failed: Failures,
         *,
         workers: int = 2,
         claim_size: int = 100,
@@ -111,7 +102,8 @@ class RunCollector:
         self._credentials = credentials
         self._prices = prices
         self._constants = constants
-        self._metrics = metrics
+        self._recorded = recorded
+        self._failed = failed
         self._workers = workers
         self._claim_size = claim_size
         self._poll = poll_interval
@@ -141,7 +133,8 @@ class RunCollector:
         credentials: CredentialStore,
         prices: PriceTable,
         constants: EstimateConstants,
-        metrics: CollectorMetrics,
+        recorded: UsageSink,
+        failed: Failures,
     ) -> RunCollector:
         s = settings
         return cls(
@@ -150,7 +143,8 @@ class RunCollector:
             credentials,
             prices,
             constants,
-            metrics,
+            recorded,
+            failed,
             workers=s.collector_workers,
             poll_interval=s.collector_poll_interval,
             lease=s.collector_lease,
@@ -337,7 +331,7 @@ class RunCollector:
             await self._db_failed([job], exc)
         except Exception as exc:
             built = None
-            self._metrics.collection_failed("internal")
+            self._failed("internal", 1)
             _log.exception("collecting run %s failed", job.run_id)
             await self._retry(job, f"internal error: {type(exc).__name__}", None)
         if built is None:
@@ -361,7 +355,7 @@ class RunCollector:
             try:
                 estimate = await self._estimate(job, run, _scoped(headers, job))
             except FetchError as exc:
-                self._metrics.collection_failed(_reason(exc))
+                self._failed(_reason(exc), 1)
                 if exc.retryable:
                     _log.warning("fetching run %s: %s; will retry", job.run_id, exc)
                     await self._retry(job, str(exc), exc.retry_after)
@@ -446,7 +440,7 @@ class RunCollector:
                     return
                 await self._db_failed([job], exc)
             except Exception as exc:
-                self._metrics.collection_failed("internal")
+                self._failed("internal", 1)
                 _log.exception("recording run %s failed", job.run_id)
                 await self._retry(job, f"internal error: {type(exc).__name__}", None)
 
@@ -458,23 +452,20 @@ class RunCollector:
             self._sm(), [built for _, built in batch], also=done
         )
         rows = [built.row for (_, built), new in zip(batch, inserted, strict=True) if new]
-        # Per batch, not per run: in a collector process each call is a line to the serving
+        # Per batch, not per run: in a collector process each signal is a line to the serving
         # process, which reads them on the loop that forwards requests.
-        m = self._metrics
-        for source, n in collections.Counter(row.usage_source for row in rows).items():
-            m.run_recorded(source, n)
-        for (team, model), (prompt, completion, cost) in usage_sums(rows).items():
-            m.usage(team, model, prompt, completion, cost)
+        if rows:
+            self._recorded(UsageRecorded.of(rows))
 
     async def _db_failed(self, held: list[jobs.ClaimedJob], exc: BaseException) -> None:
         if is_unavailable(exc):
             # The jobs stay claimed until their lease ends, then any replica takes them again.
-            self._metrics.collection_failed("database", len(held))
+            self._failed("database", len(held))
             _log.warning("recording %d run(s) failed: %s", len(held), type(exc).__name__)
             return
         # Refused, not unreachable: retrying at once cannot help, so back off and log.
         for job in held:
-            self._metrics.collection_failed("database_refused")
+            self._failed("database_refused", 1)
             _log.error("the database refused run %s: %s", job.run_id, type(exc).__name__)
             await self._retry(job, f"database refused the row: {type(exc).__name__}", None)
 

@@ -6,7 +6,8 @@ proxy.accounting.collector_child FD`. Started by the serving process
 It runs a RunCollector on its own event loop, at a lower CPU priority than the serving process,
 so a burst of finished runs is fetched, estimated and recorded without holding up forwarding.
 Everything it needs comes over the socket FD (proxy.accounting.collector_wire): the settings
-first, then the keys it may fetch with, then wake-ups. Its metrics go back the same way.
+first, then the keys it may fetch with, then wake-ups. What it recorded (UsageRecorded) and
+its failures go back the same way.
 
 It stops, giving back the jobs it holds, when the socket closes (the serving process stopped,
 or died: the kernel closes its end) or on SIGTERM; SIGINT is left to the serving process, which
@@ -21,7 +22,6 @@ import os
 import signal
 import socket
 import sys
-from decimal import Decimal
 
 from proxy.accounting import collector_wire as wire
 from proxy.accounting.collector import RunCollector
@@ -29,6 +29,7 @@ from proxy.accounting.estimate.runs import EstimateConstants
 from proxy.accounting.estimate.tokenizer import warm_up
 from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import load_price_table
+from proxy.accounting.usage import UsageRecorded
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.exchange import Dispatcher
 from proxy.forward import Forwarder
@@ -36,7 +37,7 @@ from proxy.gc_settings import collect_less
 from proxy.keys import CredentialStore
 from proxy.logs import configure_logging
 
-__all__ = ["NICENESS", "RelayedMetrics", "main", "run"]
+__all__ = ["NICENESS", "Relay", "main", "run"]
 
 # Well below the serving process: the scheduler runs a forwarding wake-up before collector work.
 # Not starved for it: the serving process is one thread, so with two cores or more the collector
@@ -47,26 +48,22 @@ NICENESS = 15
 _LINE_LIMIT = 1 << 20
 
 
-class RelayedMetrics:
-    """The collector's metrics, sent to the serving process as they happen."""
+class Relay:
+    """What the collector tells the serving process, sent as it happens: usage recorded
+    (proxy.accounting.usage.UsageRecorded) and collection failures."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
 
-    def _send(self, name: str, *args: object) -> None:
+    def _send(self, line: bytes) -> None:
         if not self._writer.is_closing():
-            self._writer.write(wire.metric_line(name, *args))
+            self._writer.write(line)
 
-    def run_recorded(self, source: str, n: int = 1) -> None:
-        self._send("run_recorded", source, n)
+    def recorded(self, event: UsageRecorded) -> None:
+        self._send(wire.recorded_line(event))
 
-    def collection_failed(self, reason: str, n: int = 1) -> None:
-        self._send("collection_failed", reason, n)
-
-    def usage(
-        self, team: str | None, model: str | None, prompt: int, completion: int, cost: Decimal
-    ) -> None:
-        self._send("usage", team, model, prompt, completion, cost)
+    def failed(self, reason: str, n: int) -> None:
+        self._send(wire.failed_line(reason, n))
 
 
 async def _run(fd: int) -> None:
@@ -95,6 +92,7 @@ async def _run(fd: int) -> None:
         limit=settings.upstream_limit,
     )
     await upstream.start()
+    relay = Relay(writer)
     collector = RunCollector.from_settings(
         settings,
         lambda: sm,
@@ -106,7 +104,8 @@ async def _run(fd: int) -> None:
         credentials,
         load_price_table(settings.pricing_file or None),
         EstimateConstants.from_mapping(settings.estimate_constants()),
-        RelayedMetrics(writer),
+        relay.recorded,
+        relay.failed,
     )
     collector.start()
     writer.write(wire.READY)

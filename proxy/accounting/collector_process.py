@@ -1,6 +1,6 @@
 """The serving process's side of the collector process (proxy.accounting.collector_child):
-starts it, tells it the keys it may fetch with and when jobs were written, applies the metrics
-it reports, and starts it again should it die.
+starts it, tells it the keys it may fetch with and when jobs were written, hands on what it
+recorded (UsageRecorded) and the failures it reports, and starts it again should it die.
 
 `serve` forks the first collector process before its event loop starts (`fork_collector`),
 after loading the tokenizer's tables and freezing the garbage collector, so the two processes
@@ -25,10 +25,11 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
 from proxy.accounting import collector_wire as wire
+from proxy.accounting.usage import UsageSink
 from proxy.keys import CredentialStore, Headers
-from proxy.metrics import Metrics
 from proxy.settings import Settings
 
 __all__ = ["CollectorProcess", "Forked", "fork_collector"]
@@ -136,12 +137,14 @@ class CollectorProcess:
         self,
         settings: Settings,
         credentials: CredentialStore,
-        metrics: Metrics,
+        recorded: UsageSink,
+        failed: Callable[[str, int], None],
         forked: Forked | None = None,
     ) -> None:
         self._settings = settings
         self._credentials = credentials
-        self._metrics = metrics
+        self._recorded = recorded
+        self._failed = failed
         self._forked = forked  # the first child, if serve forked one
         self._writer: asyncio.StreamWriter | None = None
         self._proc: Forked | _Spawned | None = None
@@ -245,9 +248,10 @@ class CollectorProcess:
                 # Lines already buffered are read without a pause; requests must not wait
                 # for a backlog of them.
                 await asyncio.sleep(0)
-            if kind == "metric":
-                name, args = payload
-                getattr(self._metrics, name)(*args)
+            if kind == "recorded":
+                self._recorded(payload)
+            elif kind == "failed":
+                self._failed(*payload)
             elif kind == "ready":
                 self.started.set()
             else:

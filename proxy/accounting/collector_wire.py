@@ -4,10 +4,11 @@ an argument or an environment variable, and no line of it is ever logged).
 
 To the collector: `{"settings": {...}}` first, then `{"key": [fingerprint, [[name, value],
 ...]]}` whenever a key is new, changes or is still in use, and `{"wake": 1}` when jobs were
-written. From the collector: `{"ready": 1}` once it collects, then `{"metric": [name,
-[args]]}`, applied to the serving process's
-metrics, which /_proxy/metrics shows. Encoding and decoding are pure; `messages` reads them off
-either end.
+written. From the collector: `{"ready": 1}` once it collects, then `{"recorded": [[kind,
+usage_source, team, model, events, prompt, completion, cost], ...]}` after each transaction that
+recorded runs (a proxy.accounting.usage.UsageRecorded, which the serving process hands to its
+subscribers, the metrics among them) and `{"failed": [reason, count]}` when collection fails.
+Encoding and decoding are pure; `messages` reads them off either end.
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ from typing import Any
 
 import orjson
 
+from proxy.accounting.usage import UsageRecorded, UsageTotal
 from proxy.keys import Headers
 from proxy.settings import Settings
 
 __all__ = [
-    "METRICS",
     "READY",
     "WAKE",
     "WireError",
     "decode",
+    "failed_line",
     "key_line",
     "messages",
-    "metric_line",
+    "recorded_line",
     "settings_from",
     "settings_line",
 ]
@@ -41,9 +43,6 @@ _log = logging.getLogger("proxy.accounting.collector")
 
 WAKE = b'{"wake":1}\n'
 READY = b'{"ready":1}\n'
-# The metrics the collector reports, by the name of their proxy.metrics.Metrics method, and how
-# many arguments each takes: nothing else is applied in the serving process.
-METRICS = {"run_recorded": 2, "collection_failed": 2, "usage": 5}
 
 
 class WireError(ValueError):
@@ -67,14 +66,19 @@ def key_line(fp: str, headers: Headers) -> bytes:
     return orjson.dumps({"key": [fp, headers]}) + b"\n"
 
 
-def metric_line(name: str, *args: Any) -> bytes:
+def recorded_line(event: UsageRecorded) -> bytes:
     # Cost is a Decimal: as a string, so the serving process adds exactly what was recorded.
-    return orjson.dumps({"metric": [name, args]}, default=str) + b"\n"
+    totals = [dataclasses.astuple(total) for total in event.totals]
+    return orjson.dumps({"recorded": totals}, default=str) + b"\n"
+
+
+def failed_line(reason: str, n: int) -> bytes:
+    return orjson.dumps({"failed": [reason, n]}) + b"\n"
 
 
 def decode(line: bytes) -> tuple[str, Any]:
     """(kind, payload) of one line: ("settings", Settings), ("key", (fp, headers)),
-    ("wake", None), ("ready", None) or ("metric", (name, args))."""
+    ("wake", None), ("ready", None), ("recorded", UsageRecorded) or ("failed", (reason, n))."""
     try:
         message = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -88,8 +92,10 @@ def decode(line: bytes) -> tuple[str, Any]:
         return kind, None
     if kind == "key":
         return kind, _key(payload)
-    if kind == "metric":
-        return kind, _metric(payload)
+    if kind == "recorded":
+        return kind, _recorded(payload)
+    if kind == "failed":
+        return kind, _failed(payload)
     raise WireError(f"unknown message {kind!r}")
 
 
@@ -113,18 +119,33 @@ def _key(payload: object) -> tuple[str, Headers]:
     raise WireError("key: not [fingerprint, [[name, value], ...]]")
 
 
-def _metric(payload: object) -> tuple[str, list[Any]]:
+def _recorded(payload: object) -> UsageRecorded:
+    if not isinstance(payload, list):
+        raise WireError("recorded: not a list of totals")
+    return UsageRecorded(tuple(map(_total, payload)))
+
+
+def _total(item: object) -> UsageTotal:
+    match item:
+        case [str(kind), str(source), str(team), model, events, prompt, completion, str(cost)] if (
+            (model is None or isinstance(model, str))
+            and _count(events)
+            and _count(prompt)
+            and _count(completion)
+        ):
+            try:
+                exact = Decimal(cost)
+            except ArithmeticError:
+                raise WireError("recorded: a cost is not a number") from None
+            return UsageTotal(kind, source, team, model, events, prompt, completion, exact)
+    raise WireError("recorded: not [kind, source, team, model, events, prompt, completion, cost]")
+
+
+def _failed(payload: object) -> tuple[str, int]:
     match payload:
-        case [str(name), list(args)] if METRICS.get(name) == len(args):
-            if name in ("run_recorded", "collection_failed") and not _count(args[1]):
-                raise WireError(f"metric: {name} count is not a whole number")
-            if name == "usage":
-                try:
-                    args = [*args[:4], Decimal(str(args[4]))]
-                except ArithmeticError:
-                    raise WireError("metric: usage cost is not a number") from None
-            return name, args
-    raise WireError("metric: not a known metric with its arguments")
+        case [str(reason), n] if _count(n):
+            return reason, n
+    raise WireError("failed: not [reason, count]")
 
 
 def _count(value: object) -> bool:

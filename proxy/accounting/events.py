@@ -19,7 +19,7 @@ What is recorded, and when (recognition is by content: see proxy.accounting.even
   GET that shows it terminal records it then.
 - 4xx/5xx answers of the upstream record nothing and are counted per team in metrics.
 
-Failures: rows go to Accounting.rows (a RowWriter), which writes them in batches off this task
+Failures: rows go to `submit` (the RowWriter's), which writes them in batches off this task
 and keeps them while the database is down. Anything else that raises is logged by the
 dispatcher's guard (fail open: the client's traffic never waits on this).
 """
@@ -32,8 +32,10 @@ import logging
 import uuid
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
+from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import ChatStream, estimate_chat_stream
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.event_rows import (
@@ -48,13 +50,11 @@ from proxy.accounting.event_rows import (
     response_row,
     terminal_response,
 )
+from proxy.accounting.pricing import PriceTable
 from proxy.accounting.usage import UsageRow
 from proxy.decode import DecodeError, SSEEvent
 from proxy.errors import AccountingError
 from proxy.exchange import Exchange
-
-if TYPE_CHECKING:
-    from proxy.accounting.service import Accounting
 
 __all__ = ["EventObserver"]
 
@@ -67,11 +67,23 @@ _OFF_LOOP: Any = object()
 
 
 class EventObserver:
-    """Records responses, chat completions and embeddings through `accounting` (attribution,
-    prices, metrics and the database writes, which it keeps while the database is down)."""
+    """Records responses, chat completions and embeddings: `attribute` says who pays for a
+    request's headers, `prices` prices the usage, `submit` takes each row to write (and keeps
+    it while the database is down), `api_error` counts an upstream error by team and status."""
 
-    def __init__(self, accounting: Accounting, *, seen_capacity: int = 100_000) -> None:
-        self.accounting = accounting
+    def __init__(
+        self,
+        attribute: Callable[[Mapping[str, str]], Awaitable[Attribution]],
+        prices: PriceTable,
+        submit: Callable[[UsageRow], None],
+        *,
+        api_error: Callable[[str | None, int], None],
+        seen_capacity: int = 100_000,
+    ) -> None:
+        self._attribute = attribute
+        self._prices = prices
+        self._submit = submit
+        self._count_api_error = api_error
         self._capacity = seen_capacity
         # Keyed weakly: should an exchange's end be dropped (a full dispatcher queue), its
         # stream goes with the exchange instead of staying here.
@@ -119,14 +131,14 @@ class EventObserver:
         elif exchange.method != "POST" or not isinstance(body, dict):
             return  # a GET of a stored chat completion was billed when it was created
         elif is_chat_completion(body):
-            who = await self.accounting.attribute(exchange.request_headers)
+            who = await self._attribute(exchange.request_headers)
             oid = body.get("id")
             oid = oid if isinstance(oid, str) else _request_id(exchange)
-            self._record(chat_row(body, who, self.accounting.prices, _now(), object_id=oid))
+            self._record(chat_row(body, who, self._prices, _now(), object_id=oid))
         elif is_embedding_list(body):
-            who = await self.accounting.attribute(exchange.request_headers)
+            who = await self._attribute(exchange.request_headers)
             oid = _request_id(exchange)
-            self._record(embedding_row(body, who, self.accounting.prices, _now(), object_id=oid))
+            self._record(embedding_row(body, who, self._prices, _now(), object_id=oid))
 
     async def on_error(self, exchange: Exchange) -> None:
         stream = self._streams.pop(exchange, None)
@@ -140,12 +152,12 @@ class EventObserver:
         rid = response["id"]
         if rid in self._seen:
             return
-        who = await self.accounting.attribute(exchange.request_headers)
+        who = await self._attribute(exchange.request_headers)
         request = exchange.request_json() if exchange.method == "POST" else None
         row = response_row(
             response,
             who,
-            self.accounting.prices,
+            self._prices,
             _now(),
             request=request if isinstance(request, dict) else None,
             known_containers=self._containers.keys(),
@@ -169,12 +181,12 @@ class EventObserver:
             except AccountingError:
                 # The row is still written, with usage_source "none", so the event is counted.
                 _log.exception("cannot estimate chat completion %s", stream.id)
-        who = await self.accounting.attribute(exchange.request_headers)
+        who = await self._attribute(exchange.request_headers)
         oid = stream.id or _request_id(exchange)
         row = chat_stream_row(
             stream,
             who,
-            self.accounting.prices,
+            self._prices,
             _now(),
             object_id=oid,
             estimate=estimate,
@@ -185,11 +197,11 @@ class EventObserver:
     def _record(self, row: UsageRow) -> None:
         # Handed to the row writer, which batches rows into one transaction: a transaction per
         # row here capped recording at ~600 rows/s (bench/README.md, finding 1).
-        self.accounting.rows.submit(row)
+        self._submit(row)
 
     async def _api_error(self, exchange: Exchange, status: int) -> None:
-        who = await self.accounting.attribute(exchange.request_headers)
-        self.accounting.metrics.api_error(who.team, status)
+        who = await self._attribute(exchange.request_headers)
+        self._count_api_error(who.team, status)
 
     def _remember(self, seen: OrderedDict[str, None], key: str) -> None:
         seen[key] = None

@@ -12,16 +12,15 @@ second later, which no report can tell.
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.usage import UsageRow
+from proxy.accounting.usage import UsageRecorded, UsageRow, UsageSink
 from proxy.accounting.write_behind import WriteBehind
 from proxy.db import usage as db_usage
-from proxy.metrics import Metrics, usage_sums
+from proxy.metrics import Metrics
 
 __all__ = ["RowWriter"]
 
@@ -37,6 +36,7 @@ class RowWriter(WriteBehind[UsageRow]):
         metrics: Metrics,
         *,
         resolve_teams: Callable[[Sequence[UsageRow]], Awaitable[Rows]],
+        recorded: UsageSink,
         batch: int = 256,  # measured: 100-500 rows per transaction, PostgreSQL best near 100
         gather: float = 0.1,
         limit: int = 100_000,
@@ -59,15 +59,13 @@ class RowWriter(WriteBehind[UsageRow]):
         )
         self._sm = sessionmaker
         self._resolve = resolve_teams
+        self._recorded = recorded
 
     def start(self, name: str = "usage-row-writer") -> None:
         super().start(name)
 
     async def _record(self, batch: Rows) -> None:
         written = await db_usage.record_rows(self._sm(), await self._resolve(batch))
-        kinds = collections.Counter(row.kind for row in written)
-        m = self._metrics
-        for kind, n in kinds.items():
-            m.recorded(kind, n)
-        for (team, model), (prompt, completion, cost) in usage_sums(written).items():
-            m.usage(team, model, prompt, completion, cost)
+        if written:
+            # After the commit: what subscribers are told is in the database.
+            self._recorded(UsageRecorded.of(written))

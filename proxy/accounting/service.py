@@ -32,7 +32,8 @@ from proxy.accounting.outbox import JobWriter
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.row_writer import RowWriter
 from proxy.accounting.runs import RunObserver, RunSighting
-from proxy.accounting.usage import UsageRow
+from proxy.accounting.usage import UsageRow, UsageSignal
+from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.db import jobs, mappings
 from proxy.db import secrets as db_secrets
 from proxy.db.engine import make_engine, make_sessionmaker, ping
@@ -73,6 +74,9 @@ class Accounting:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         self.credentials = CredentialStore(settings.credential_ttl)
+        # "Usage was recorded", from both writers, after they commit.
+        self.recorded = UsageSignal()
+        self.recorded.subscribe(UsageMetrics(self.metrics))
         self.engine: AsyncEngine | None = None
         self._sm: async_sessionmaker[AsyncSession] | None = None
         self._secret: bytes | None = settings.key_secret.encode() or None
@@ -91,6 +95,7 @@ class Accounting:
             self.sessionmaker,
             self.metrics,
             resolve_teams=self.resolve_teams,
+            recorded=self.recorded,
             limit=_BACKLOG_LIMIT,
             on_pending=lambda _: self._show_backlog(),
         )
@@ -108,7 +113,13 @@ class Accounting:
         self._forwarder = forwarder
 
     def observers(self) -> list[object]:
-        return [RunObserver(self.open_job, remember_key=self.remember_key), EventObserver(self)]
+        events = EventObserver(
+            self.attribute,
+            self.prices,
+            self.rows.submit,
+            api_error=self.metrics.api_error,
+        )
+        return [RunObserver(self.open_job, remember_key=self.remember_key), events]
 
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         assert self._sm is not None, "accounting is not started"
@@ -120,7 +131,11 @@ class Accounting:
         assert self._forwarder is not None
         if self.settings.collector_process:
             self.collector = CollectorProcess(
-                self.settings, self.credentials, self.metrics, self._forked
+                self.settings,
+                self.credentials,
+                self.recorded,
+                self.metrics.collection_failed,
+                self._forked,
             )
         else:
             forwarder = self._forwarder
@@ -135,7 +150,8 @@ class Accounting:
                 self.credentials,
                 self.prices,
                 self.constants,
-                self.metrics,
+                self.recorded,
+                self.metrics.collection_failed,
             )
         loop = asyncio.get_running_loop()
         # Loading the encodings takes a moment: do it now, off the loop, not on the first run.

@@ -1,17 +1,41 @@
-"""The domain's usage row: what one billable event cost, and who pays. Built by the pure row
-builders of each source, recorded by proxy.db.usage (exactly once)."""
+"""The domain's usage row (what one billable event cost, and who pays), and UsageRecorded, the
+one signal that usage was recorded.
+
+Rows are built by the pure row builders of each source and recorded by proxy.db.usage (exactly
+once). Both writers (the row writer, and the collector, in whichever process it runs) emit one
+UsageRecorded per committed transaction, to a UsageSink; metrics subscribe to it (budgets and
+the dashboard will). It is per batch, not per row: a signal per row cost as much as a fifth of
+writing the row, and a collector process relaying a line per run made the serving process read
+thousands of lines a second (bench/README.md)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from proxy.db.mappings import UNASSIGNED
 
-__all__ = ["UNASSIGNED", "UsageRow", "row_from", "row_template"]
+__all__ = [
+    "ASSISTANTS_RUN",
+    "UNASSIGNED",
+    "UsageRecorded",
+    "UsageRow",
+    "UsageSignal",
+    "UsageSink",
+    "UsageTotal",
+    "row_from",
+    "row_template",
+]
+
+_log = logging.getLogger("proxy.accounting.usage")
+
+# The kind of an Assistants run's row (the collector's); the other kinds are the API's objects.
+ASSISTANTS_RUN = "assistants.run"
 
 
 # Not frozen: a frozen dataclass of 29 fields costs ~8x as much to build (object.__setattr__
@@ -72,3 +96,61 @@ def row_from(values: dict[str, Any]) -> UsageRow:
     row = _new(UsageRow)
     row.__dict__ = values
     return row
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """The rows of one (kind, usage_source, team, model) in one UsageRecorded, summed."""
+
+    kind: str
+    usage_source: str
+    team: str
+    model: str | None
+    events: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecorded:
+    """Usage rows that one transaction committed (only those it inserted), summed."""
+
+    totals: tuple[UsageTotal, ...]
+
+    @classmethod
+    def of(cls, rows: Iterable[UsageRow]) -> UsageRecorded:
+        sums: dict[tuple[str, str, str, str | None], list[Any]] = {}
+        for row in rows:
+            key = (row.kind, row.usage_source, row.team, row.model)
+            acc = sums.get(key)
+            if acc is None:
+                sums[key] = [1, row.prompt_tokens, row.completion_tokens, row.cost_usd]
+            else:
+                acc[0] += 1
+                acc[1] += row.prompt_tokens
+                acc[2] += row.completion_tokens
+                acc[3] += row.cost_usd
+        return cls(tuple(UsageTotal(*key, *acc) for key, acc in sums.items()))
+
+
+UsageSink = Callable[[UsageRecorded], None]
+
+
+class UsageSignal:
+    """A UsageSink that hands each UsageRecorded to every subscriber, in order. A subscriber
+    that raises is logged with its traceback and the others still run (fail open: what was
+    recorded is in the database whatever a subscriber does)."""
+
+    def __init__(self) -> None:
+        self._sinks: list[UsageSink] = []
+
+    def subscribe(self, sink: UsageSink) -> None:
+        self._sinks.append(sink)
+
+    def __call__(self, event: UsageRecorded) -> None:
+        for sink in self._sinks:
+            try:
+                sink(event)
+            except Exception:
+                _log.exception("a usage subscriber failed")

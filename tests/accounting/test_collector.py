@@ -17,7 +17,8 @@ from proxy.accounting.collector import RunCollector
 from proxy.accounting.estimate.runs import DEFAULT_CONSTANTS
 from proxy.accounting.fetch import FetchedRun
 from proxy.accounting.pricing import load_price_table
-from proxy.accounting.usage import UsageRow
+from proxy.accounting.usage import UsageRecorded, UsageRow
+from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.db import jobs, run_usage
 from proxy.db import usage as db_usage
 from proxy.db.models import CollectionJob, UsageRecord, utcnow
@@ -103,6 +104,7 @@ async def start(sm: SM) -> AsyncIterator[Start]:
         credentials = CredentialStore()
         credentials.remember(FP, {"Authorization": "Bearer sk-test-aaaa1234"})
         metrics = kw.pop("metrics", None) or Metrics()
+        recorded = kw.pop("recorded", None) or UsageMetrics(metrics)
         options = {"workers": 2, "poll_interval": 0.05, "retry_base": 0.05} | kw
         collector = RunCollector(
             lambda: sm,
@@ -110,7 +112,8 @@ async def start(sm: SM) -> AsyncIterator[Start]:
             credentials,
             load_price_table(None),
             DEFAULT_CONSTANTS,
-            metrics,
+            recorded,
+            metrics.collection_failed,
             **options,
         )
         collector.start()
@@ -192,29 +195,19 @@ async def test_claims_in_bulk_fetches_workers_at_a_time_and_records_in_batches(
     assert per_thread == {f"thread_{t}": 5 for t in range(10)}
 
 
-class CallLog:
-    """Metrics that keep every call: what a collector process sends as a line each."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args: self.calls.append((name, args))
-
-
-async def test_metrics_are_counted_per_batch_not_per_run(sm: SM, start: Start):
+async def test_usage_is_signalled_per_batch_not_per_run(sm: SM, start: Start):
     fetcher = Fetcher()
     await add_runs(sm, fetcher, 120)
-    log = CallLog()
-    await start(fetcher, workers=4, claim_size=60, metrics=log)
+    signals: list[UsageRecorded] = []
+    await start(fetcher, workers=4, claim_size=60, recorded=signals.append)
     await wait_until(lambda: _all_done(sm, 120), timeout=30)
-    recorded = [args for name, args in log.calls if name == "run_recorded"]
-    usage_calls = [args for name, args in log.calls if name == "usage"]
-    assert sum(n for _, n in recorded) == 120 and {s for s, _ in recorded} == {"estimated"}
-    assert len(recorded) < 120 / 4 and len(usage_calls) == len(recorded)  # one team and model
+    totals = [t for event in signals for t in event.totals]
+    assert len(signals) < 120 / 4 and len(totals) == len(signals)  # one team and model
+    assert {(t.kind, t.usage_source) for t in totals} == {("assistants.run", "estimated")}
+    assert sum(t.events for t in totals) == 120
     rows = (await usage(sm)).values()
-    assert sum(a[2] for a in usage_calls) == sum(r.prompt_tokens for r in rows)
-    assert sum(a[3] for a in usage_calls) == sum(r.completion_tokens for r in rows)
+    assert sum(t.prompt_tokens for t in totals) == sum(r.prompt_tokens for r in rows)
+    assert sum(t.completion_tokens for t in totals) == sum(r.completion_tokens for r in rows)
 
 
 async def _all_done(sm: SM, n: int) -> bool:

@@ -10,27 +10,31 @@ from decimal import Decimal
 import pytest
 
 from proxy.accounting import collector_wire as wire
+from proxy.accounting.usage import UsageRecorded, UsageTotal
 from proxy.settings import Settings
 from tests.fake_keys import fake_key
 
 KEY = fake_key("wire", "4321")
 
 
-def test_settings_keys_wake_ups_and_metrics_round_trip() -> None:
+def test_settings_keys_wake_ups_usage_and_failures_round_trip() -> None:
     settings = Settings(upstream="http://up.example:81/v1", key_secret="s", collector_workers=7)
     assert wire.decode(wire.settings_line(settings)) == ("settings", settings)
     headers = (("Authorization", f"Bearer {KEY}"), ("OpenAI-Project", "proj_1"))
     assert wire.decode(wire.key_line("fp1", headers)) == ("key", ("fp1", headers))
     assert wire.decode(wire.WAKE) == ("wake", None)
     assert wire.decode(wire.READY) == ("ready", None)
-    assert wire.decode(wire.metric_line("run_recorded", "estimated", 64)) == (
-        "metric",
-        ("run_recorded", ["estimated", 64]),
-    )
+    assert wire.decode(wire.failed_line("fetch_429", 3)) == ("failed", ("fetch_429", 3))
     cost = Decimal("0.0000123456789")
-    kind, (name, args) = wire.decode(wire.metric_line("usage", "team", "gpt-4o", 10, 20, cost))
-    assert (kind, name, args) == ("metric", "usage", ["team", "gpt-4o", 10, 20, cost])
-    assert isinstance(args[4], Decimal)  # exact, not a float
+    event = UsageRecorded(
+        (
+            UsageTotal("assistants.run", "estimated", "red", "gpt-4o", 64, 10, 20, cost),
+            UsageTotal("assistants.run", "reported", "unassigned", None, 1, 0, 0, Decimal(0)),
+        )
+    )
+    kind, got = wire.decode(wire.recorded_line(event))
+    assert (kind, got) == ("recorded", event)
+    assert isinstance(got.totals[0].cost_usd, Decimal)  # exact, not a float
 
 
 @pytest.mark.parametrize(
@@ -42,12 +46,15 @@ def test_settings_keys_wake_ups_and_metrics_round_trip() -> None:
         (b'{"shell": "' + KEY.encode() + b'"}', "unknown message 'shell'"),
         (b'{"key": ["fp", "' + KEY.encode() + b'"]}', "key: not"),
         (b'{"key": ["fp", [["Authorization"]]]}', "key: not"),
-        (b'{"metric": ["__class__", []]}', "metric: not a known metric"),
-        (b'{"metric": ["run_recorded", ["a"]]}', "metric: not a known metric"),
-        (b'{"metric": ["run_recorded", ["a", "b"]]}', "run_recorded count is not a whole"),
-        (b'{"metric": ["run_recorded", ["a", true]]}', "run_recorded count is not a whole"),
-        (b'{"metric": ["collection_failed", ["a", -1]]}', "collection_failed count is not"),
-        (b'{"metric": ["usage", ["t", "m", 1, 2, "' + KEY.encode() + b'"]]}', "cost is not"),
+        (b'{"metric": ["__class__", []]}', "unknown message 'metric'"),
+        (b'{"failed": ["a"]}', "failed: not [reason, count]"),
+        (b'{"failed": ["a", -1]}', "failed: not [reason, count]"),
+        (b'{"failed": ["a", true]}', "failed: not [reason, count]"),
+        (b'{"recorded": {"a": 1}}', "recorded: not a list"),
+        (b'{"recorded": [["k", "s", "t", "m", 1, 2, 3]]}', "recorded: not [kind"),
+        (b'{"recorded": [["k", "s", "t", 5, 1, 2, 3, "1"]]}', "recorded: not [kind"),
+        (b'{"recorded": [["k", "s", "t", "m", 1, -2, 3, "1"]]}', "recorded: not [kind"),
+        (b'{"recorded": [["k", "s", "t", "m", 1, 2, 3, "' + KEY.encode() + b'"]]}', "cost is not"),
         (b'{"settings": {"api_key": "' + KEY.encode() + b'"}}', "unknown names ['api_key']"),
     ],
 )

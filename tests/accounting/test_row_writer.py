@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from proxy.accounting.row_writer import RowWriter
 from proxy.accounting.service import Accounting
 from proxy.accounting.usage import UsageRow
+from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.db import mappings, run_usage
 from proxy.db.models import UsageRecord
 from proxy.metrics import Metrics
@@ -75,6 +76,7 @@ def writer_for(
         lambda: sm,
         metrics or accounting.metrics,
         resolve_teams=accounting.resolve_teams,
+        recorded=UsageMetrics(metrics) if metrics else accounting.recorded,
         **({"retry_base": 0.01, "max_backoff": 0.05} | kw),
     )
 
@@ -270,7 +272,9 @@ async def test_a_failure_that_is_no_database_error_costs_only_its_row(
             raise RuntimeError("a bug")
         return list(rows)
 
-    writer = RowWriter(lambda: sm, accounting.metrics, resolve_teams=resolve)
+    writer = RowWriter(
+        lambda: sm, accounting.metrics, resolve_teams=resolve, recorded=accounting.recorded
+    )
     writer.start()
     for oid in ("a", "bad", "b"):
         writer.submit(chat(oid))

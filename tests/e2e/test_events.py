@@ -22,8 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.estimate.chat import estimate_completion, estimate_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
-from proxy.accounting.events import EventObserver
-from proxy.app import DISPATCHER
+from proxy.app import ACCOUNTING, DISPATCHER
 from proxy.db import mappings
 from proxy.db.models import UsageRecord
 from proxy.keys import fingerprint
@@ -67,13 +66,11 @@ async def settle(proxy: RunningProxy) -> None:
     """Everything observed so far has been handled and written, and no observer failed."""
     await proxy.app[DISPATCHER].drain()
     assert proxy.app[DISPATCHER].failures == 0
-    observer = next(o for o in proxy.app[DISPATCHER].observers if isinstance(o, EventObserver))
-    await observer.accounting.rows.drain()
+    await proxy.app[ACCOUNTING].rows.drain()
 
 
 def metric(proxy: RunningProxy, name: str, **labels: str) -> float:
-    observer = next(o for o in proxy.app[DISPATCHER].observers if isinstance(o, EventObserver))
-    value = observer.accounting.metrics.registry.get_sample_value(name, labels)
+    value = proxy.app[ACCOUNTING].metrics.registry.get_sample_value(name, labels)
     return value or 0.0
 
 
