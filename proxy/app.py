@@ -12,9 +12,9 @@ from aiohttp import web
 
 from proxy.accounting.collector_process import Forked, fork_collector
 from proxy.accounting.service import Accounting
-from proxy.chat_usage import IncludeUsage
-from proxy.exchange import Dispatcher
-from proxy.forward import Forwarder
+from proxy.forwarding.exchange import Dispatcher
+from proxy.forwarding.forward import Forwarder
+from proxy.forwarding.rewrite import IncludeUsage
 from proxy.gc_settings import collect_less
 from proxy.http.metrics import MetricsObserver
 from proxy.http.routes import install as install_admin

@@ -40,8 +40,8 @@ from proxy.db import jobs, mappings, run_usage
 from proxy.db import usage as db_usage
 from proxy.db.errors import DB_ERRORS, is_unavailable
 from proxy.db.models import utcnow
-from proxy.decode import parse_json
 from proxy.errors import FetchError
+from proxy.forwarding.decode import parse_json
 from proxy.keys import CredentialStore
 from proxy.settings import Settings
 

@@ -31,8 +31,8 @@ from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.usage import UsageRecorded
 from proxy.db.engine import make_engine, make_sessionmaker
-from proxy.exchange import Dispatcher
-from proxy.forward import Forwarder
+from proxy.forwarding.exchange import Dispatcher
+from proxy.forwarding.forward import Forwarder
 from proxy.gc_settings import collect_less
 from proxy.keys import CredentialStore
 from proxy.logs import configure_logging

@@ -52,9 +52,9 @@ from proxy.accounting.event_rows import (
 )
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.usage import UsageRow
-from proxy.decode import DecodeError, SSEEvent
 from proxy.errors import AccountingError
-from proxy.exchange import Exchange
+from proxy.forwarding.decode import DecodeError, SSEEvent
+from proxy.forwarding.exchange import Exchange
 
 __all__ = ["EventObserver"]
 

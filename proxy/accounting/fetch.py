@@ -15,8 +15,8 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from proxy.decode import DecodeError, decode_body, parse_json
 from proxy.errors import FetchError
+from proxy.forwarding.decode import DecodeError, decode_body, parse_json
 
 __all__ = ["FetchedRun", "RunFetcher", "parse_retry_after"]
 

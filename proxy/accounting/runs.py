@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from proxy.decode import DecodeError, SSEEvent
-from proxy.exchange import Exchange
+from proxy.forwarding.decode import DecodeError, SSEEvent
+from proxy.forwarding.exchange import Exchange
 
 __all__ = [
     "TERMINAL_STATUSES",

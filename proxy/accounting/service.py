@@ -39,7 +39,7 @@ from proxy.db import secrets as db_secrets
 from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.db.errors import DB_ERRORS
 from proxy.errors import ConfigError
-from proxy.forward import Forwarder
+from proxy.forwarding.forward import Forwarder
 from proxy.keys import CredentialStore, extract_key, fingerprint, hint
 from proxy.metrics import Metrics
 from proxy.settings import Settings

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
-from proxy.exchange import Dispatcher, Exchange
+from proxy.forwarding.exchange import Dispatcher, Exchange
 from proxy.http.auth import AdminToken
 from proxy.metrics import Metrics
 

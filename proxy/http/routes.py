@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.exchange import Dispatcher
+from proxy.forwarding.exchange import Dispatcher
 from proxy.http.auth import AdminToken, error
 from proxy.http.health import Health
 from proxy.http.metrics import MetricsEndpoint

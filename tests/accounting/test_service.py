@@ -16,8 +16,8 @@ from proxy.accounting.runs import RunSighting
 from proxy.accounting.service import Accounting
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.db.models import CollectionJob
-from proxy.exchange import Dispatcher
-from proxy.forward import Forwarder
+from proxy.forwarding.exchange import Dispatcher
+from proxy.forwarding.forward import Forwarder
 from proxy.settings import Settings
 from tests.accounting.test_row_writer import Flaky
 from tests.waiting import wait_until

@@ -4,7 +4,7 @@ import json
 import pytest
 from multidict import CIMultiDict
 
-from proxy.chat_usage import IncludeUsage, UsageChunkFilter, add_include_usage
+from proxy.forwarding.rewrite import IncludeUsage, UsageChunkFilter, add_include_usage
 
 # --- the request ---------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.decode import DecodeError, Decompressor
+from proxy.forwarding.decode import DecodeError, Decompressor
 
 __all__ = ["IncludeUsage", "UsageChunkFilter", "add_include_usage"]
 

@@ -1,4 +1,4 @@
-"""proxy.upstream_client against real sockets: a scripted HTTP/1.1 server that records the
+"""proxy.forwarding.upstream.lean against real sockets: a scripted HTTP/1.1 server that records the
 exact bytes it gets and answers as each test says (including ways real servers misbehave),
 and a TLS upstream with a certificate made for the test."""
 
@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.exchange import Dispatcher
-from proxy.forward import Forwarder
-from proxy.upstream_client import UpstreamClient
+from proxy.forwarding.exchange import Dispatcher
+from proxy.forwarding.forward import Forwarder
+from proxy.forwarding.upstream.lean import UpstreamClient
 from tests.waiting import wait_until
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -242,9 +242,10 @@ async def test_release_before_the_end_of_the_body_closes_too(scripted) -> None:
 
 async def test_a_response_that_is_not_http_reads_as_aiohttp_s_error(scripted) -> None:
     server, client = await scripted(lambda n, i, _: b"SSH-2.0-OpenSSH\r\n\r\n" if n == 1 else OK)
-    with pytest.raises(aiohttp.ClientResponseError, match="Bad status line") as caught:
+    with pytest.raises(aiohttp.ClientResponseError) as caught:
         await _get(client, "POST", b"{}")
-    assert caught.value.request_info.method == "POST"
+    # The parser's own words vary with aiohttp's version ("Bad status line", "Expected HTTP/").
+    assert (caught.value.status, caught.value.request_info.method) == (400, "POST")
     assert await _get(client) == b"ok"  # on a new connection
     assert [n for n, _ in server.requests] == [1, 2]
 
@@ -397,7 +398,7 @@ async def test_the_forwarder_sends_small_requests_with_it(scripted) -> None:
             for _ in range(2):
                 async with session.post(proxy + "/v1/x", data=b"{}", headers=json) as resp:
                     assert (resp.status, await resp.read()) == (200, b"ok")
-        assert forwarder._client is not None and len(forwarder._client._idle) == 1
+        assert forwarder._lean is not None and len(forwarder._lean._idle) == 1
     assert all(raw.startswith(b"POST /base/v1/x HTTP/1.1\r\n") for _, raw in server.requests)
     assert [n for n, _ in server.requests] == [1, 1]
 
@@ -420,6 +421,6 @@ async def test_a_connection_limit_keeps_aiohttp_s_pool() -> None:
     forwarder = Forwarder("http://127.0.0.1:9", Dispatcher([]), limit=4)
     await forwarder.start()
     try:
-        assert forwarder._client is None
+        assert forwarder._lean is None
     finally:
         await forwarder.close()

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from multidict import CIMultiDictProxy
 
-from proxy.decode import BodyTooLarge, DecodeError, SSEEvent, decode_body, parse_json
+from proxy.forwarding.decode import BodyTooLarge, DecodeError, SSEEvent, decode_body, parse_json
 
 __all__ = ["Dispatcher", "Exchange", "Observer"]
 

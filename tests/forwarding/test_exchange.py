@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-import proxy.exchange as exchange_module
-from proxy.decode import SSEEvent
-from proxy.exchange import Dispatcher, Exchange
+import proxy.forwarding.exchange as exchange_module
+from proxy.forwarding.decode import SSEEvent
+from proxy.forwarding.exchange import Dispatcher, Exchange
 
 
 def make_exchange(

@@ -8,7 +8,8 @@ pass-through that uses this instead (bench/README.md). Here the request line, he
 go out in one write, and the response is read with aiohttp's own protocol and C parser
 (`ResponseHandler`), so the forwarder gets the same `StreamReader` body and the same errors
 (`aiohttp.ClientError`) as from a ClientSession. Requests whose body streams, that expect a
-100-continue, or that go through a limited pool keep using the ClientSession.
+100-continue, or that go through a limited pool keep using the ClientSession (session.py).
+The aiohttp internals used here come from compat.py, which checks them at start-up.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 import aiohttp
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.client_reqrep import ConnectionKey
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import StreamReader
+from aiohttp import StreamReader, hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
+
+from proxy.forwarding.upstream import Body
+from proxy.forwarding.upstream.compat import (
+    HttpProcessingError,
+    ResponseHandler,
+    connection_key,
+)
 
 __all__ = ["UpstreamClient", "UpstreamResponse"]
 
@@ -91,10 +96,12 @@ class UpstreamClient:
         connect_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
         keepalive: float = _KEEPALIVE,
+        base_path: str = "",
     ) -> None:
         if upstream.scheme not in ("http", "https") or not upstream.raw_host:
             raise ValueError(f"not an http(s) URL with a host: {upstream}")
         self._origin = upstream.origin()
+        self._base_path = base_path
         self._host = upstream.host or upstream.raw_host
         self._port = upstream.port or (443 if upstream.scheme == "https" else 80)
         self._ssl: ssl.SSLContext | None = None
@@ -104,13 +111,25 @@ class UpstreamClient:
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         # What aiohttp's connect errors carry, so they read the same.
-        self._key = ConnectionKey(
-            self._host, self._port, self._ssl is not None, True, None, None, None
-        )
+        self._key = connection_key(self._host, self._port, self._ssl is not None)
         self._idle: collections.deque[tuple[ResponseHandler, float]] = collections.deque()
         self._busy: set[ResponseHandler] = set()
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+
+    def send(
+        self, method: str, raw_path: str, headers: CIMultiDict[str], data: Body
+    ) -> Awaitable[UpstreamResponse]:
+        """The Transport's `send`: `request` to the base path + `raw_path`, whose body is in
+        hand (bytes or None). Not a coroutine of its own: `request`'s is awaited directly."""
+        return self.request(
+            method,
+            # A fragment is the client's own: it never goes on the wire (RFC 9110 4.2.4).
+            self._base_path + raw_path.partition("#")[0],
+            headers.items(),
+            data,  # type: ignore[arg-type]
+            has_length=hdrs.CONTENT_LENGTH in headers,
+        )
 
     async def request(
         self,

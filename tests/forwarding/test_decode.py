@@ -14,8 +14,15 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import proxy.decode
-from proxy.decode import DecodeError, Decompressor, SSEEvent, SSEParser, decode_body, parse_json
+import proxy.forwarding.decode
+from proxy.forwarding.decode import (
+    DecodeError,
+    Decompressor,
+    SSEEvent,
+    SSEParser,
+    decode_body,
+    parse_json,
+)
 
 # One stream with every feature the parser must handle: comments, CRLF, LF and bare CR line
 # endings, multi-line data, an event with no data line (dispatches nothing and resets the
@@ -246,7 +253,7 @@ def test_gzip_with_several_members() -> None:
 
 @pytest.mark.parametrize(("name", "attr"), [("br", "_brotli"), ("zstd", "_zstd")])
 def test_missing_optional_codec(monkeypatch: pytest.MonkeyPatch, name: str, attr: str) -> None:
-    monkeypatch.setattr(proxy.decode, attr, None)
+    monkeypatch.setattr(proxy.forwarding.decode, attr, None)
     with pytest.raises(DecodeError, match=name):
         decode_body(ENCODED[name], name)
 
