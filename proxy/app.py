@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from proxy.accounting.collector_process import Forked, fork_collector
+from proxy.accounting.process.supervisor import Forked, fork_collector
 from proxy.accounting.service import Accounting
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.forward import Forwarder
@@ -130,7 +130,7 @@ def serve(settings: Settings) -> None:
         uvloop = None
     runner_fn = uvloop.run if uvloop is not None else asyncio.run
     collect_less()  # before the fork: the collector process inherits it
-    # Before the event loop and its threads: see proxy.accounting.collector_process.
+    # Before the event loop and its threads: see proxy.accounting.process.supervisor.
     forked = fork_collector() if settings.collector_process else None
     runner_fn(_serve(settings, forked))
 

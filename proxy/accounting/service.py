@@ -22,18 +22,18 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.collector import RunCollector
-from proxy.accounting.collector_process import CollectorProcess, Forked
 from proxy.accounting.estimate.runs import EstimateConstants
 from proxy.accounting.estimate.tokenizer import warm_up
-from proxy.accounting.events import EventObserver
-from proxy.accounting.fetch import RunFetcher
-from proxy.accounting.outbox import JobWriter
 from proxy.accounting.pricing import load_price_table
-from proxy.accounting.row_writer import RowWriter
-from proxy.accounting.runs import RunObserver, RunSighting
+from proxy.accounting.process.supervisor import CollectorProcess, Forked
+from proxy.accounting.sources.assistants.collector import RunCollector
+from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
+from proxy.accounting.sources.events.observer import EventObserver
 from proxy.accounting.usage import UsageRow, UsageSignal
 from proxy.accounting.usage_metrics import UsageMetrics
+from proxy.accounting.writing.outbox import JobWriter
+from proxy.accounting.writing.row_writer import RowWriter
 from proxy.db import jobs, mappings
 from proxy.db import secrets as db_secrets
 from proxy.db.engine import make_engine, make_sessionmaker, ping

@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.accounting.collector_child import NICENESS
-from proxy.accounting.collector_process import CollectorProcess
+from proxy.accounting.process.child import NICENESS
+from proxy.accounting.process.supervisor import CollectorProcess
 from proxy.app import ACCOUNTING
 from proxy.keys import fingerprint
 from tests.e2e.conftest import RunningProxy, client_for, wait_for

@@ -1,4 +1,4 @@
-"""The serving process's side of the collector process (proxy.accounting.collector_child):
+"""The serving process's side of the collector process (proxy.accounting.process.child):
 starts it, tells it the keys it may fetch with and when jobs were written, hands on what it
 recorded (UsageRecorded) and the failures it reports, and starts it again should it die.
 
@@ -7,7 +7,7 @@ after loading the tokenizer's tables and freezing the garbage collector, so the 
 share those pages instead of holding ~110 MiB each. A collector started again later is spawned
 afresh (forking a process whose threads may hold locks is not safe) and loads its own.
 
-Keys go only over a socketpair private to the two processes (proxy.accounting.collector_wire):
+Keys go only over a socketpair private to the two processes (proxy.accounting.process.wire):
 never a file, an argument or the environment. Jobs are in the database, so a collector that
 dies loses nothing: its jobs' leases run out and the next one (or another replica) takes them.
 """
@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from proxy.accounting import collector_wire as wire
+from proxy.accounting.process import wire
 from proxy.accounting.usage import UsageSink
 from proxy.keys import CredentialStore, Headers
 from proxy.settings import Settings
@@ -87,8 +87,8 @@ def fork_collector() -> Forked | None:
         return None
     if threading.active_count() != 1:
         return None
-    from proxy.accounting import collector_child
     from proxy.accounting.estimate.tokenizer import warm_up
+    from proxy.accounting.process import child as collector_child
 
     warm_up()
     # Objects alive now are never moved by a collection in either process, so the pages that
@@ -112,7 +112,7 @@ def fork_collector() -> Forked | None:
 
 
 class _Spawned:
-    """A collector process started with `python -m proxy.accounting.collector_child FD`."""
+    """A collector process started with `python -m proxy.accounting.process.child FD`."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self._proc = proc
@@ -264,7 +264,7 @@ async def _spawn() -> tuple[_Spawned, socket.socket]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "proxy.accounting.collector_child",
+            "proxy.accounting.process.child",
             str(theirs.fileno()),
             pass_fds=(theirs.fileno(),),
             stdin=asyncio.subprocess.DEVNULL,

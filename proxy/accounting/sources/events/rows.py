@@ -24,7 +24,7 @@ from typing import Any
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import ChatStream
 from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
-from proxy.accounting.rows import to_datetime
+from proxy.accounting.sources.assistants.rows import to_datetime
 from proxy.accounting.usage import UsageRow, row_from, row_template
 
 __all__ = [

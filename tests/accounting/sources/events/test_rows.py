@@ -6,7 +6,8 @@ import pytest
 
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import ChatStream
-from proxy.accounting.event_rows import (
+from proxy.accounting.pricing import load_price_table
+from proxy.accounting.sources.events.rows import (
     chat_row,
     chat_stream_row,
     embedding_row,
@@ -17,7 +18,6 @@ from proxy.accounting.event_rows import (
     response_row,
     terminal_response,
 )
-from proxy.accounting.pricing import load_price_table
 from proxy.accounting.usage import UsageRow
 
 NOW = dt.datetime(2025, 9, 1, 12, tzinfo=dt.UTC)

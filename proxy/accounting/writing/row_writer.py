@@ -1,5 +1,5 @@
 """Write-behind for usage rows (responses, chat completions, embeddings): observers hand rows
-over and go on; proxy.accounting.write_behind writes them in batches, with one multi-row
+over and go on; proxy.accounting.writing.write_behind writes them in batches, with one multi-row
 INSERT (db_usage.record_rows) each, and keeps them while the database is down.
 
 A transaction per row costs ~1 ms of event-loop CPU, so writing each row as it is observed
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.usage import UsageRecorded, UsageRow, UsageSink
-from proxy.accounting.write_behind import WriteBehind
+from proxy.accounting.writing.write_behind import WriteBehind
 from proxy.db import usage as db_usage
 from proxy.metrics import Metrics
 

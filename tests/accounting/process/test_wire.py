@@ -1,4 +1,4 @@
-"""The pipe to the collector process (proxy.accounting.collector_wire): what goes across comes
+"""The pipe to the collector process (proxy.accounting.process.wire): what goes across comes
 back the same, and a bad line is refused with a message that repeats nothing of it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from proxy.accounting import collector_wire as wire
+from proxy.accounting.process import wire
 from proxy.accounting.usage import UsageRecorded, UsageTotal
 from proxy.settings import Settings
 from tests.fake_keys import fake_key

@@ -1,16 +1,14 @@
-"""The collector: claims finished runs from the jobs table, fetches their steps and messages
-with the client's own credentials, estimates, prices and records exactly one row per run.
+"""The collector: claims finished runs from the jobs table, has each one's row built
+(collect.py: fetched with the client's own credentials, estimated, priced) and records them
+exactly once, in batches with the deletion of their jobs.
 
-Failure handling (fail open for traffic, lose nothing for accounting):
-- a fetch that fails with 429/5xx/timeout is retried with backoff (429 honours retry-after);
-- a fetch the upstream refuses for good (401/403/404) records what the run itself tells;
-- a database that is down leaves the job claimed; its lease runs out and it is claimed again;
-- an unexpected error in estimation is logged and retried like a fetch failure.
-None of this is ever visible to a client: the collector runs on its own tasks.
+Failure handling (fail open for traffic, lose nothing for accounting): a database that is down
+leaves the job claimed, and its lease runs out and it is claimed again; an unexpected error is
+logged and retried like a fetch failure (see collect.py for those). None of this is ever
+visible to a client: the collector runs on its own tasks.
 
-Shutdown: database operations run to their end (shielded); a transaction cut off by
-cancellation would leave its connection idle in transaction, holding row locks, outside the
-pool. Jobs still held are then given back, so another replica (or the next start) takes them at
+Shutdown: database operations run to their end (proxy.accounting.shielded). Jobs still held
+are then given back, so another replica (or the next start) takes them at
 once instead of after their lease.
 """
 
@@ -24,48 +22,37 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.attribution import Attribution
-from proxy.accounting.estimate.runs import EstimateConstants, RunEstimate, estimate_run
-from proxy.accounting.estimate.tokenizer import counter_for_model
-from proxy.accounting.fetch import RunFetcher
+from proxy.accounting.estimate.runs import EstimateConstants
 from proxy.accounting.pricing import PriceTable
-from proxy.accounting.rows import RunRow, run_row
+from proxy.accounting.shielded import Shielded
+from proxy.accounting.sources.assistants.collect import WAIT, Failures, Retry, RunCollect
+from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.rows import RunRow
 from proxy.accounting.usage import ASSISTANTS_RUN, UsageRecorded, UsageSink
-from proxy.db import jobs, mappings, run_usage
+from proxy.db import jobs, run_usage
 from proxy.db import usage as db_usage
 from proxy.db.errors import DB_ERRORS, is_unavailable
 from proxy.db.models import utcnow
-from proxy.errors import FetchError
-from proxy.forwarding.decode import parse_json
 from proxy.keys import CredentialStore
 from proxy.settings import Settings
 
-__all__ = ["DB_ERRORS", "Failures", "RunCollector"]
+__all__ = ["DB_ERRORS", "RunCollector"]
 
 _log = logging.getLogger("proxy.accounting.collector")
 
 _KIND = ASSISTANTS_RUN
-_SCOPE_HEADERS = ("openai-project", "openai-organization", "openai-beta")
-_ASSISTANTS_BETA = "assistants=v2"
 _STOP_TIMEOUT = 10.0
 # Runs per recording transaction; more finished meanwhile wait for the next one. A batch's
 # parameters are processed on the event loop in one go, so a cap bounds that stretch (at 100
 # rows a transaction costs a row's worth, bench/db_ops.py).
 _RECORD_BATCH = 100
-# Bytes of run, steps and messages up to which a run is estimated on the event loop (~0.1-0.3 ms
-# of tokenizing at most); larger runs go to a thread.
-_INLINE_ESTIMATE = 8192
 
 _T = TypeVar("_T")
-
-
-# A collection failure: (reason, how many runs).
-Failures = Callable[[str, int], None]
 
 
 class RunCollector:
@@ -98,10 +85,8 @@ class RunCollector:
         retry_base: float = 1.0,
     ) -> None:
         self._sm = sm
-        self._fetcher = fetcher
         self._credentials = credentials
-        self._prices = prices
-        self._constants = constants
+        self._collect = RunCollect(sm, fetcher, credentials, prices, constants, failed)
         self._recorded = recorded
         self._failed = failed
         self._workers = workers
@@ -119,7 +104,7 @@ class RunCollector:
         self._busy: set[asyncio.Task[None]] = set()  # fetches, at most `workers`
         self._finished: list[tuple[jobs.ClaimedJob, RunRow]] = []  # to record
         self._finish = asyncio.Event()
-        self._db_ops: set[asyncio.Future[Any]] = set()
+        self._db = Shielded()  # see proxy.accounting.shielded; stop() waits for them
         self._task: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
         self._stopping = False
@@ -180,8 +165,7 @@ class RunCollector:
         for task in list(self._busy):
             task.cancel()
         await asyncio.gather(*self._busy, return_exceptions=True)
-        if self._db_ops:
-            await asyncio.wait(self._db_ops, timeout=_STOP_TIMEOUT)
+        await self._db.wait(_STOP_TIMEOUT)
         finished, self._finished = self._finished, []
         recording = {job.id for job, _ in finished}
         held = [job_id for job_id in self._held if job_id not in recording]
@@ -196,20 +180,6 @@ class RunCollector:
         except (*DB_ERRORS, TimeoutError) as exc:
             # Their leases run out instead: nothing is lost, it is only later.
             _log.warning("could not give back %d job(s): %s", len(held), type(exc).__name__)
-
-    async def _db(self, op: Awaitable[_T]) -> _T:
-        """Await a database operation that cancellation cannot cut off half-way (see the
-        module docstring); `stop` waits for the ones still running."""
-        future = asyncio.ensure_future(op)
-        self._db_ops.add(future)
-        future.add_done_callback(self._db_done)
-        return await asyncio.shield(future)
-
-    def _db_done(self, future: asyncio.Future[Any]) -> None:
-        self._db_ops.discard(future)
-        if not future.cancelled():
-            # Retrieved here too: the caller may be gone (cancelled at shutdown).
-            future.exception()
 
     # --- claiming ------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -304,7 +274,7 @@ class RunCollector:
             self._busy.add(task)
             task.add_done_callback(self._fetched)
         if stale:
-            self._in_background(self._give_back(stale))
+            self._db.background(self._give_back(stale))
         if len(self._queue) < self._workers:
             self._wake.set()
 
@@ -312,18 +282,19 @@ class RunCollector:
         self._busy.discard(task)
         self._start_fetches()
 
-    def _in_background(self, op: Awaitable[object]) -> None:
-        future = asyncio.ensure_future(op)
-        self._db_ops.add(future)
-        future.add_done_callback(self._db_done)
-
     async def _give_back(self, job_ids: list[int]) -> None:
         with contextlib.suppress(*DB_ERRORS):
             await jobs.release_many(self._sm(), job_ids, self.worker_id)
 
     async def _process(self, job: jobs.ClaimedJob) -> None:
         try:
-            built = await self._collect(job)
+            built = await self._collect(job, self._db)
+            if isinstance(built, Retry):
+                await self._retry(job, built.error, built.retry_after)
+                built = None
+            elif built is WAIT:
+                await self._db(jobs.release(self._sm(), job.id, self.worker_id))
+                built = None
         except asyncio.CancelledError:
             raise  # stop() gives the job back
         except DB_ERRORS as exc:
@@ -334,71 +305,11 @@ class RunCollector:
             self._failed("internal", 1)
             _log.exception("collecting run %s failed", job.run_id)
             await self._retry(job, f"internal error: {type(exc).__name__}", None)
-        if built is None:
+        if not isinstance(built, RunRow):
             self._held.pop(job.id, None)
             return
         self._finished.append((job, built))
         self._finish.set()
-
-    async def _collect(self, job: jobs.ClaimedJob) -> RunRow | None:
-        """The run's row, or None when the job was retried or given back instead."""
-        run = parse_json(job.run_json)
-        headers = self._credentials.get(job.key_fingerprint) if job.key_fingerprint else None
-        estimate: RunEstimate | None = None
-        if headers is None:
-            if not job.has_reported_usage:
-                # The key expired since the claim (or lives in another replica): wait for it.
-                await self._db(jobs.release(self._sm(), job.id, self.worker_id))
-                return None
-            _log.info("recording run %s from its reported usage alone (key not seen)", job.run_id)
-        else:
-            try:
-                estimate = await self._estimate(job, run, _scoped(headers, job))
-            except FetchError as exc:
-                self._failed(_reason(exc), 1)
-                if exc.retryable:
-                    _log.warning("fetching run %s: %s; will retry", job.run_id, exc)
-                    await self._retry(job, str(exc), exc.retry_after)
-                    return None
-                _log.warning("fetching run %s: %s; recording the run alone", job.run_id, exc)
-                estimate = await self._estimate_from(run, [], [], len(job.run_json))
-        team = job.team
-        if team is None:
-            # Not known when the run was seen (database down then): the mapping decides now.
-            team = await self._db(
-                mappings.team_for(self._sm(), fingerprint=job.key_fingerprint, project=job.project)
-            )
-        who = Attribution(
-            job.key_fingerprint, job.key_hint, team, job.tag, job.project, job.organization
-        )
-        return run_row(run, who, estimate, self._prices, utcnow())
-
-    async def _estimate(
-        self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]
-    ) -> RunEstimate:
-        got = await self._fetcher.run(
-            job.api_prefix, job.api_query, job.thread_id, job.run_id, headers
-        )
-        size = got.nbytes + len(job.run_json)
-        return await self._estimate_from(run, got.steps, got.messages, size)
-
-    async def _estimate_from(
-        self,
-        run: dict[str, Any],
-        steps: list[dict[str, Any]],
-        messages: list[dict[str, Any]],
-        nbytes: int,
-    ) -> RunEstimate:
-        count = counter_for_model(run.get("model"))
-        if nbytes <= _INLINE_ESTIMATE:
-            # A typical run's estimate takes well under a millisecond: cheaper on the loop
-            # than handing it to a thread, whose GIL hand-over can hold the loop up to the
-            # switch interval (5 ms) when the loop is busy.
-            return estimate_run(run, steps, messages, count, self._constants)
-        # Much text: tokenizing is CPU work (tiktoken releases the GIL), off the event loop.
-        return await asyncio.get_running_loop().run_in_executor(
-            None, estimate_run, run, steps, messages, count, self._constants
-        )
 
     # --- recording -----------------------------------------------------------------------
     async def _record_loop(self) -> None:
@@ -475,25 +386,3 @@ class RunCollector:
         )
         with contextlib.suppress(*DB_ERRORS):
             await self._db(jobs.retry(self._sm(), job.id, self.worker_id, error=error, delay=delay))
-
-
-def _scoped(headers: Mapping[str, str], job: jobs.ClaimedJob) -> dict[str, str]:
-    """The key's headers (from its latest request) fitted to this run: the project and
-    organization of the request the run was seen in, since the latest one may have named
-    another project, where the thread is unknown; and the Assistants beta header, which the
-    latest request (say, a chat completion) may not have carried, and without which the API
-    refuses the fetch."""
-    scoped = {k: v for k, v in headers.items() if k.lower() not in _SCOPE_HEADERS}
-    if job.project:
-        scoped["OpenAI-Project"] = job.project
-    if job.organization:
-        scoped["OpenAI-Organization"] = job.organization
-    beta = next((v for k, v in headers.items() if k.lower() == "openai-beta"), "")
-    scoped["OpenAI-Beta"] = beta if "assistants=" in beta else _ASSISTANTS_BETA
-    return scoped
-
-
-def _reason(exc: FetchError) -> str:
-    if exc.status is None:
-        return "network"
-    return "rate_limited" if exc.status == 429 else f"http_{exc.status // 100}xx"

@@ -1,6 +1,6 @@
 """Observer: usage of responses, chat completions and embeddings, one row per object.
 
-What is recorded, and when (recognition is by content: see proxy.accounting.event_rows):
+What is recorded, and when (recognition is by content: see proxy.accounting.sources.events.rows):
 
 - A response, the first time it is seen in a terminal status: the answer to its POST, a GET
   poll of a background response, or the `response` of a `response.completed`, `.failed` or
@@ -38,7 +38,8 @@ from typing import Any
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import ChatStream, estimate_chat_stream
 from proxy.accounting.estimate.tokenizer import counter_for_model
-from proxy.accounting.event_rows import (
+from proxy.accounting.pricing import PriceTable
+from proxy.accounting.sources.events.rows import (
     TERMINAL_RESPONSE_EVENTS,
     chat_row,
     chat_stream_row,
@@ -50,7 +51,6 @@ from proxy.accounting.event_rows import (
     response_row,
     terminal_response,
 )
-from proxy.accounting.pricing import PriceTable
 from proxy.accounting.usage import UsageRow
 from proxy.errors import AccountingError
 from proxy.forwarding.decode import DecodeError, SSEEvent

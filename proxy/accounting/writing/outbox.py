@@ -1,5 +1,5 @@
 """Write-behind for collection jobs (the outbox): observers hand sightings over and go on;
-proxy.accounting.write_behind inserts them in batches, with one multi-row INSERT ... ON
+proxy.accounting.writing.write_behind inserts them in batches, with one multi-row INSERT ... ON
 CONFLICT (run_id) DO NOTHING (jobs.enqueue_many) each, and keeps them while the database is
 down; `retry_now` ends a backoff wait early.
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.write_behind import WriteBehind
+from proxy.accounting.writing.write_behind import WriteBehind
 from proxy.db import jobs
 from proxy.metrics import Metrics
 

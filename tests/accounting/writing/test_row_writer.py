@@ -1,4 +1,5 @@
-"""The usage row writer (proxy.accounting.row_writer), on a real database of each backend."""
+"""The usage row writer (proxy.accounting.writing.row_writer), on a real database of each
+backend."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.row_writer import RowWriter
 from proxy.accounting.service import Accounting
 from proxy.accounting.usage import UsageRow
 from proxy.accounting.usage_metrics import UsageMetrics
+from proxy.accounting.writing.row_writer import RowWriter
 from proxy.db import mappings, run_usage
 from proxy.db.models import UsageRecord
 from proxy.metrics import Metrics

@@ -1,4 +1,5 @@
-"""The collection job writer (proxy.accounting.outbox), on a real database of each backend."""
+"""The collection job writer (proxy.accounting.writing.outbox), on a real database of each
+backend."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.outbox import JobWriter
+from proxy.accounting.writing.outbox import JobWriter
 from proxy.db import jobs
 from proxy.db.models import CollectionJob
 from proxy.metrics import Metrics
-from tests.accounting.test_row_writer import Flaky
+from tests.accounting.writing.test_row_writer import Flaky
 from tests.waiting import wait_until
 
 SM = async_sessionmaker[AsyncSession]

@@ -1,11 +1,11 @@
 """The collector process: forked by `serve` before its event loop starts, so that it shares the
 tokenizer tables already loaded, or, when it must be started again, `python -m
-proxy.accounting.collector_child FD`. Started by the serving process
-(proxy.accounting.collector_process), never by hand.
+proxy.accounting.process.child FD`. Started by the serving process
+(proxy.accounting.process.supervisor), never by hand.
 
 It runs a RunCollector on its own event loop, at a lower CPU priority than the serving process,
 so a burst of finished runs is fetched, estimated and recorded without holding up forwarding.
-Everything it needs comes over the socket FD (proxy.accounting.collector_wire): the settings
+Everything it needs comes over the socket FD (proxy.accounting.process.wire): the settings
 first, then the keys it may fetch with, then wake-ups. What it recorded (UsageRecorded) and
 its failures go back the same way.
 
@@ -23,12 +23,12 @@ import signal
 import socket
 import sys
 
-from proxy.accounting import collector_wire as wire
-from proxy.accounting.collector import RunCollector
 from proxy.accounting.estimate.runs import EstimateConstants
 from proxy.accounting.estimate.tokenizer import warm_up
-from proxy.accounting.fetch import RunFetcher
 from proxy.accounting.pricing import load_price_table
+from proxy.accounting.process import wire
+from proxy.accounting.sources.assistants.collector import RunCollector
+from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.usage import UsageRecorded
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.forwarding.exchange import Dispatcher
@@ -140,13 +140,13 @@ async def _listen(
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not args[0].isdigit():
-        sys.exit("usage: python -m proxy.accounting.collector_child FD (started by serve)")
+        sys.exit("usage: python -m proxy.accounting.process.child FD (started by serve)")
     run(int(args[0]))
 
 
 def run(fd: int) -> None:
     """Collect until the socket `fd` closes: in a process of its own, spawned (main) or forked
-    (proxy.accounting.collector_process.fork_collector)."""
+    (proxy.accounting.process.supervisor.fork_collector)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     collect_less()  # inherited when forked; set again when spawned
     with contextlib.suppress(OSError):

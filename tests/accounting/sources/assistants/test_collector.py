@@ -1,5 +1,6 @@
-"""The run collector (proxy.accounting.collector) against a real database of each backend and a
-fake fetcher: how it claims, fetches and records in batches, and what it gives back."""
+"""The run collector (proxy.accounting.sources.assistants.collector) against a real database
+of each backend and a fake fetcher: how it claims, fetches and records in batches, and what it
+gives back."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.collector import RunCollector
 from proxy.accounting.estimate.runs import DEFAULT_CONSTANTS
-from proxy.accounting.fetch import FetchedRun
 from proxy.accounting.pricing import load_price_table
+from proxy.accounting.sources.assistants.collector import RunCollector
+from proxy.accounting.sources.assistants.fetch import FetchedRun
 from proxy.accounting.usage import UsageRecorded, UsageRow
 from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.db import jobs, run_usage
