@@ -38,8 +38,8 @@ async def test_the_same_headers_are_attributed_once(sm) -> None:
     assert acc.credentials.get(first.key_fingerprint) == {"Authorization": f"Bearer {KEY}"}
     tagged = await acc.attribute(headers(**{"X-Usage-Tag": "nightly"}))
     assert tagged is not first and tagged.tag == "nightly"
-    acc._attributions.clear()
-    acc._teams.clear()
+    acc.attribution._attributions.clear()
+    acc.attribution._teams.clear()
     assert (await acc.attribute(headers())).team == "blue"
 
 
@@ -62,6 +62,6 @@ async def test_an_unknown_team_is_not_remembered(sm) -> None:
 
     acc._sm = Down()  # type: ignore[assignment]
     who = await acc.attribute(headers())
-    assert who.team is None and acc._attributions == {}
+    assert who.team is None and acc.attribution._attributions == {}
     acc._sm = sm
     assert (await acc.attribute(headers())).team == "unassigned"
