@@ -14,7 +14,7 @@ entry for the snapshot itself beats the alias's. Any other suffix is a different
 
 Token costs are exact: a price in force is also kept as integer rates, and the cost of tokens
 is integer arithmetic rounded half to even at 1e-10 USD, which is what the Decimal formula gives
-(tests/accounting/test_pricing.py compares the two). Decimal arithmetic per event cost more CPU
+(tests/accounting/pricing/test_cost.py compares the two). Decimal arithmetic per event cost more CPU
 than the rest of building its row (bench/README.md).
 """
 
