@@ -48,7 +48,7 @@ async def _serve(
     await upgrade(database_url)
     if mode in ("full", "full-info", "no-writes"):
         app = make_app(settings)
-        from proxy.accounting.events import EventObserver
+        from proxy.accounting.sources.events.observer import EventObserver
 
         for observer in app[DISPATCHER].observers:
             if not isinstance(observer, EventObserver):

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from sqlalchemy.dialects import sqlite
 
-from proxy.db import jobs, records
+from proxy.accounting.usage import UsageRow
+from proxy.db import jobs, run_usage
+from proxy.db import usage as db_usage
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.db.models import UsageRecord
 
@@ -32,8 +34,8 @@ _FP = "f" * 64
 _NOW = dt.datetime.now(dt.UTC)
 
 
-def _row(i: int) -> records.UsageRow:
-    return records.UsageRow(
+def _row(i: int) -> UsageRow:
+    return UsageRow(
         kind="assistants.run",
         object_id=f"run_{i}",
         occurred_at=_NOW,
@@ -89,7 +91,7 @@ async def _main(url: str, n: int) -> None:
     async def record(lo: int, sessions: bool) -> None:
         for i in range(lo, lo + n):
             times = [_NOW] if sessions else []
-            await records.record_usage(
+            await run_usage.record_usage(
                 sm,
                 _row(i),
                 code_interpreter_call_times=times,
@@ -124,25 +126,25 @@ async def _main(url: str, n: int) -> None:
         # calls, and the deletion of their jobs, in one transaction.
         for k in range(lo, lo + n, size):
             items = [
-                records.RunUsage(_row(i), (_NOW,), Decimal("0.03"))
+                run_usage.RunUsage(_row(i), (_NOW,), Decimal("0.03"))
                 for i in range(k, min(k + size, lo + n))
             ]
             ids = [job.id for job in claimed[k - lo : k - lo + size]]
-            await records.record_usage_many(
+            await run_usage.record_usage_many(
                 sm, items, also=lambda s, ids=ids: jobs.complete_held(s, ids, "w")
             )
 
     async def record_rows(lo: int, size: int) -> None:
         rows = [_row(i) for i in range(lo, lo + n)]
         for k in range(0, n, size):
-            await records.record_rows(sm, rows[k : k + size])
+            await db_usage.record_rows(sm, rows[k : k + size])
 
     await _timed("jobs.enqueue, 1 transaction each (Accounting.open_job)", n, lambda: enqueue(0))
     await _timed("jobs.claim, limit 2 (collector_workers=2), per job", n, lambda: claim(2))
     await enqueue(n)
     await _timed("jobs.claim, limit 16, per job", n, lambda: claim(16))
-    await _timed("records.record_usage + code interpreter session", n, lambda: record(0, True))
-    await _timed("records.record_usage, no session (chat rows)", n, lambda: record(n, False))
+    await _timed("run_usage.record_usage + code interpreter session", n, lambda: record(0, True))
+    await _timed("run_usage.record_usage, no session (chat rows)", n, lambda: record(n, False))
     await _timed("jobs.complete, 1 transaction each", len(claimed), complete)
     await _timed("prebuilt Core insert, 1 row per transaction", n, lambda: batched(2 * n, 1))
     await _timed("prebuilt Core insert, executemany 10 rows/tx", n, lambda: batched(3 * n, 10))
@@ -154,11 +156,13 @@ async def _main(url: str, n: int) -> None:
     claimed.clear()
     await _timed("jobs.claim, limit 100 (the collector), per job", n, lambda: claim(100))
     await _timed(
-        "records.record_usage_many + sessions + jobs.complete_held, 100/tx",
+        "run_usage.record_usage_many + sessions + jobs.complete_held, 100/tx",
         n,
         lambda: record_many(5 * n, 100),
     )
-    await _timed("records.record_rows, 256 rows/tx (RowWriter)", n, lambda: record_rows(6 * n, 256))
+    await _timed(
+        "db_usage.record_rows, 256 rows/tx (RowWriter)", n, lambda: record_rows(6 * n, 256)
+    )
     await engine.dispose()
 
 

@@ -10,17 +10,28 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from proxy import admin
-from proxy.accounting.collector_process import Forked, fork_collector
-from proxy.chat_usage import IncludeUsage
-from proxy.exchange import Dispatcher
-from proxy.forward import Forwarder
+from proxy.accounting.process.supervisor import Forked, fork_collector
+from proxy.accounting.service import Accounting
+from proxy.forwarding.exchange import Dispatcher
+from proxy.forwarding.forward import Forwarder
+from proxy.forwarding.rewrite import IncludeUsage
 from proxy.gc_settings import collect_less
+from proxy.http.metrics import MetricsObserver
+from proxy.http.routes import install as install_admin
 from proxy.logs import ACCESS_LOGGER, AccessLogger
 from proxy.metrics import Metrics
 from proxy.settings import Settings, mask_url
 
-__all__ = ["DISPATCHER", "FORWARDER", "METRICS", "SETTINGS", "make_app", "serve", "start_site"]
+__all__ = [
+    "ACCOUNTING",
+    "DISPATCHER",
+    "FORWARDER",
+    "METRICS",
+    "SETTINGS",
+    "make_app",
+    "serve",
+    "start_site",
+]
 
 _log = logging.getLogger("proxy")
 
@@ -28,6 +39,8 @@ SETTINGS = web.AppKey("settings", Settings)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 METRICS = web.AppKey("metrics", Metrics)
+# The accounting, when the app has one (make_app(accounting=True)).
+ACCOUNTING = web.AppKey("accounting", Accounting)
 
 
 def make_app(
@@ -44,8 +57,6 @@ def make_app(
     app[SETTINGS] = settings
     service = None
     if accounting:
-        from proxy.accounting.service import Accounting
-
         service = Accounting(settings, forked=collector)
     metrics = service.metrics if service is not None else Metrics()
     chosen = (
@@ -54,7 +65,7 @@ def make_app(
         else (service.observers() if service is not None else [])
     )
     # Request metrics are operations, not accounting: counted whichever observers were chosen.
-    dispatcher = Dispatcher([admin.MetricsObserver(metrics), *chosen])
+    dispatcher = Dispatcher([MetricsObserver(metrics), *chosen])
     forwarder = Forwarder(
         settings.upstream,
         dispatcher,
@@ -67,6 +78,7 @@ def make_app(
     )
     if service is not None:
         service.attach_forwarder(forwarder)
+        app[ACCOUNTING] = service
     app[DISPATCHER] = dispatcher
     app[FORWARDER] = forwarder
     app[METRICS] = metrics
@@ -76,7 +88,7 @@ def make_app(
     if service is not None:
         app.cleanup_ctx.append(service.context)
     app.cleanup_ctx.append(_dispatcher_ctx)
-    admin.install(app, settings, metrics=metrics, dispatcher=dispatcher, accounting=service)
+    install_admin(app, settings, metrics=metrics, dispatcher=dispatcher, accounting=service)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
 
@@ -118,7 +130,7 @@ def serve(settings: Settings) -> None:
         uvloop = None
     runner_fn = uvloop.run if uvloop is not None else asyncio.run
     collect_less()  # before the fork: the collector process inherits it
-    # Before the event loop and its threads: see proxy.accounting.collector_process.
+    # Before the event loop and its threads: see proxy.accounting.process.supervisor.
     forked = fork_collector() if settings.collector_process else None
     runner_fn(_serve(settings, forked))
 

@@ -76,7 +76,7 @@ class CredentialStore:
 
     `listener(fp, headers)` hears of each key when it is new, when its headers change, and
     every minute while it stays in use: the collector process keeps its copy that way, over a
-    private pipe (proxy.accounting.collector_process)."""
+    private pipe (proxy.accounting.process.supervisor)."""
 
     def __init__(
         self,

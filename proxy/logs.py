@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
-from proxy.forward import REQUEST_ID
+from proxy.forwarding.forward import REQUEST_ID
 from proxy.settings import Settings
 
 __all__ = [

@@ -4,15 +4,15 @@ collide). Labels are bounded: method class, status, team, model, kind; never ids
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["Metrics", "UsageSums", "usage_sums"]
+__all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _MAX_LABEL_VALUES = 200  # beyond this many distinct teams or models, the rest become "other"
@@ -34,34 +34,6 @@ class _Bounded:
             return "other"
         self._seen.add(value)
         return value
-
-
-class _Usage(Protocol):
-    team: str | None
-    model: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: Decimal
-
-
-UsageSums = dict[tuple[str | None, str | None], list[Any]]
-
-
-def usage_sums(rows: Iterable[_Usage]) -> UsageSums:
-    """(team, model) -> [prompt tokens, completion tokens, cost] over the rows. Metrics are
-    counted per batch of rows: four counter increments per row, each taking a lock, cost as
-    much as a fifth of writing the row, and a collector process relaying a line per run made
-    the serving process read thousands of lines a second."""
-    sums: UsageSums = {}
-    for row in rows:
-        acc = sums.get((row.team, row.model))
-        if acc is None:
-            sums[(row.team, row.model)] = [row.prompt_tokens, row.completion_tokens, row.cost_usd]
-        else:
-            acc[0] += row.prompt_tokens
-            acc[1] += row.completion_tokens
-            acc[2] += row.cost_usd
-    return sums
 
 
 class Metrics:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from proxy.cli import upgrade_when_reachable
+from proxy.cli.serve import upgrade_when_reachable
 from proxy.db.migrate import current, head
 from proxy.settings import OPTIONS, load_settings
 from tests.conftest import PG_ENV, _pg_execute, with_schema
@@ -184,7 +184,7 @@ def test_the_image_build_stage_builds_from_what_it_copies(tmp_path: Path) -> Non
     [wheel] = (tmp_path / "dist").glob("usage_proxy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for needed in (
-        "proxy/cli.py",
+        "proxy/cli/root.py",
         "proxy/data/pricing.toml",
         "migrations/env.py",
         "migrations/script.py.mako",

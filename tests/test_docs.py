@@ -112,12 +112,21 @@ def _install_and_serve() -> str:
     return line
 
 
-def _test_command() -> str:
-    [line] = [
+def _test_commands() -> list[str]:
+    return [
         c
         for c in _commands(README.read_text())
         if c.startswith("python3 -m venv") and "pytest" in c
     ]
+
+
+def _test_command() -> str:
+    [line] = [c for c in _test_commands() if c.startswith("python3 -m venv .venv &&")]
+    return line
+
+
+def _lowest_command() -> str:
+    [line] = [c for c in _test_commands() if c.startswith("python3 -m venv .venv-lowest &&")]
     return line
 
 
@@ -132,6 +141,13 @@ def test_readme_installs_and_serves_in_one_command() -> None:
 def test_readme_installs_the_test_dependencies_and_runs_the_suite_in_one_command() -> None:
     line = _test_command()
     assert ".venv/bin/pip install -e '.[test]'" in line and line.endswith(".venv/bin/pytest")
+    assert "&& .venv/bin/lint-imports &&" in line
+
+
+def test_the_second_run_pins_the_lowest_aiohttp_pyproject_allows() -> None:
+    [declared] = re.findall(r'"aiohttp>=([0-9.]+),<4"', (ROOT / "pyproject.toml").read_text())
+    line = _lowest_command()
+    assert f" aiohttp=={declared} " in line and line.endswith(".venv-lowest/bin/pytest")
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
@@ -140,6 +156,8 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert "set -euo pipefail" in script
     commands = [line.strip() for line in script.splitlines() if not line.strip().startswith("#")]
     assert _test_command() in commands, "README's test command is not a line of .ci/run"
+    assert _lowest_command() in commands, "README's lowest-aiohttp run is not a line of .ci/run"
+    assert commands.index(_test_command()) < commands.index(_lowest_command())
 
 
 # --- every setting ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Accounting, wired: the database, the key fingerprinter, team lookup, the observers and the
+"""Accounting, wired: the database, attribution (attributor.py), the observers and the
 collector, with one lifecycle (`context`, an aiohttp cleanup_ctx).
 
 Collection jobs go through `outbox` (a JobWriter) and usage rows of chat completions,
@@ -11,33 +11,34 @@ them; fail open for traffic either way).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from proxy.accounting.attribution import Attribution
-from proxy.accounting.collector import RunCollector
-from proxy.accounting.collector_process import CollectorProcess, Forked
+from proxy.accounting.attributor import Attributor
 from proxy.accounting.estimate.constants import table_from_settings
 from proxy.accounting.estimate.tokenizer import warm_up
-from proxy.accounting.events import EventObserver
-from proxy.accounting.fetch import RunFetcher
-from proxy.accounting.outbox import JobWriter
 from proxy.accounting.pricing import load_price_table
-from proxy.accounting.row_writer import RowWriter
-from proxy.accounting.runs import RunObserver, RunSighting
-from proxy.db import jobs, records
+from proxy.accounting.process.supervisor import CollectorProcess, Forked
+from proxy.accounting.sources.assistants.collector import RunCollector
+from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
+from proxy.accounting.sources.events.observer import EventObserver
+from proxy.accounting.usage import UsageRow, UsageSignal
+from proxy.accounting.usage_metrics import UsageMetrics
+from proxy.accounting.writing.outbox import JobWriter
+from proxy.accounting.writing.row_writer import RowWriter
+from proxy.db import jobs, mappings
+from proxy.db import secrets as db_secrets
 from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.db.errors import DB_ERRORS
 from proxy.errors import ConfigError
-from proxy.forward import Forwarder
-from proxy.keys import CredentialStore, extract_key, fingerprint, hint
+from proxy.forwarding.forward import Forwarder
+from proxy.keys import CredentialStore
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 
@@ -46,17 +47,6 @@ __all__ = ["Accounting"]
 _log = logging.getLogger("proxy.accounting")
 
 _BACKLOG_LIMIT = 100_000
-_TEAM_TTL = 60.0
-# The request headers attribution depends on (see Accounting.attribute).
-_ATTRIBUTED_BY = (
-    "Authorization",
-    "api-key",
-    "OpenAI-Project",
-    "OpenAI-Organization",
-    "X-Usage-Team",
-    "X-Usage-Tag",
-)
-_FP_CACHE = 10_000
 
 
 class Accounting:
@@ -71,13 +61,23 @@ class Accounting:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         self.credentials = CredentialStore(settings.credential_ttl)
+        # "Usage was recorded", from both writers, after they commit.
+        self.recorded = UsageSignal()
+        self.recorded.subscribe(UsageMetrics(self.metrics))
         self.engine: AsyncEngine | None = None
         self._sm: async_sessionmaker[AsyncSession] | None = None
-        self._secret: bytes | None = settings.key_secret.encode() or None
-        self._secret_ready = asyncio.Event() if self._secret is None else None
-        self._fps: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self._teams: dict[tuple[str | None, str | None], tuple[str, float]] = {}
-        self._attributions: dict[tuple[str | None, ...], tuple[Attribution, float]] = {}
+        self.attribution = Attributor(
+            self.sessionmaker,
+            self.credentials,
+            key_secret=settings.key_secret,
+            allow_client_team=settings.allow_client_team,
+            on_key=self._wake_collector,
+        )
+        # The attributor's, as the observers and the writers use them.
+        self.attribute = self.attribution.attribute
+        self.remember_key = self.attribution.remember_key
+        self.resolve_team = self.attribution.resolve_team
+        self.resolve_teams = self.attribution.resolve_teams
         self.outbox = JobWriter(
             self.sessionmaker,
             self.metrics,
@@ -89,6 +89,7 @@ class Accounting:
             self.sessionmaker,
             self.metrics,
             resolve_teams=self.resolve_teams,
+            recorded=self.recorded,
             limit=_BACKLOG_LIMIT,
             on_pending=lambda _: self._show_backlog(),
         )
@@ -96,9 +97,6 @@ class Accounting:
         self._forked = forked
         self.collector: RunCollector | CollectorProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._remembering: set[asyncio.Future[None]] = set()
-        # (Authorization, api-key) as sent -> fingerprint: remember_key runs on every response.
-        self._fp_by_headers: dict[tuple[str | None, str | None], str] = {}
 
     # --- wiring --------------------------------------------------------------------------
     def attach_forwarder(self, forwarder: Forwarder) -> None:
@@ -106,7 +104,13 @@ class Accounting:
         self._forwarder = forwarder
 
     def observers(self) -> list[object]:
-        return [RunObserver(self.open_job, remember_key=self.remember_key), EventObserver(self)]
+        events = EventObserver(
+            self.attribute,
+            self.prices,
+            self.rows.submit,
+            api_error=self.metrics.api_error,
+        )
+        return [RunObserver(self.open_job, remember_key=self.remember_key), events]
 
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         assert self._sm is not None, "accounting is not started"
@@ -118,7 +122,11 @@ class Accounting:
         assert self._forwarder is not None
         if self.settings.collector_process:
             self.collector = CollectorProcess(
-                self.settings, self.credentials, self.metrics, self._forked
+                self.settings,
+                self.credentials,
+                self.recorded,
+                self.metrics.collection_failed,
+                self._forked,
             )
         else:
             forwarder = self._forwarder
@@ -133,13 +141,14 @@ class Accounting:
                 self.credentials,
                 self.prices,
                 self.constants,
-                self.metrics,
+                self.recorded,
+                self.metrics.collection_failed,
             )
         loop = asyncio.get_running_loop()
         # Loading the encodings takes a moment: do it now, off the loop, not on the first run.
         warm = loop.run_in_executor(None, warm_up)
-        if self._secret is None:
-            self._tasks.append(asyncio.create_task(self._load_secret()))
+        if self.attribution.needs_secret:
+            self._tasks.append(asyncio.create_task(self.attribution.load_secret()))
         self.collector.start()
         self.outbox.start()
         self.rows.start()
@@ -150,9 +159,10 @@ class Accounting:
             # Before the engine is disposed: everything observed so far is written.
             await self.outbox.stop()
             await self.rows.stop()
-            for task in [*self._tasks, *self._remembering]:
+            for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, *self._remembering, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.attribution.close()
             with contextlib.suppress(Exception):
                 await warm
             await self.engine.dispose()
@@ -161,7 +171,7 @@ class Accounting:
         delay = 0.5
         while True:
             try:
-                self._secret = await records.hmac_secret(self.sessionmaker())
+                self._secret = await db_secrets.hmac_secret(self.sessionmaker())
                 assert self._secret_ready is not None
                 self._secret_ready.set()
                 return
@@ -182,106 +192,11 @@ class Accounting:
     async def database_ok(self) -> bool:
         return self.engine is not None and await ping(self.engine)
 
-    # --- attribution ---------------------------------------------------------------------
-    async def _fingerprint(self, key: str) -> str:
-        fp = self._fps.get(key)
-        if fp is not None:
-            self._fps.move_to_end(key)
-            return fp
-        if self._secret is None:
-            assert self._secret_ready is not None
-            await self._secret_ready.wait()
-        assert self._secret is not None
-        fp = fingerprint(key, self._secret)
-        self._fps[key] = fp
-        if len(self._fps) > _FP_CACHE:
-            self._fps.popitem(last=False)
-        return fp
-
-    def remember_key(self, headers: Mapping[str, str]) -> None:
-        """Keep this request's credential in memory: a job waiting for this key (after a
-        restart, or from another replica's sighting) can now be collected here. Called for
-        every response, so a known key costs a few dictionary lookups; a new one is
-        fingerprinted on a task (its secret may still be loading)."""
-        sent = (headers.get("Authorization"), headers.get("api-key"))
-        fp = self._fp_by_headers.get(sent)
-        if fp is None:
-            key = extract_key(headers)
-            if key is not None:
-                task = asyncio.ensure_future(self._remember_new(sent, key, headers))
-                self._remembering.add(task)
-                task.add_done_callback(self._remembering.discard)
-        else:
-            self._keep(fp, headers)
-
-    async def _remember_new(
-        self, sent: tuple[str | None, str | None], key: str, headers: Mapping[str, str]
-    ) -> None:
-        fp = await self._fingerprint(key)
-        if len(self._fp_by_headers) >= _FP_CACHE:
-            self._fp_by_headers.clear()
-        self._fp_by_headers[sent] = fp
-        self._keep(fp, headers)
-
-    def _keep(self, fp: str, headers: Mapping[str, str]) -> None:
-        if self.credentials.remember(fp, headers) and self.collector is not None:
-            self.collector.wake()  # jobs waiting for this key can be collected now
-
-    async def attribute(self, headers: Mapping[str, str]) -> Attribution:
-        """Who pays for a request: the key's fingerprint, team, tag, project and organization.
-        Also keeps the credential in memory for collection.
-
-        Remembered per combination of the headers it depends on, for as long as a team lookup
-        is: most traffic comes from a few keys, and working it out again cost more than the
-        rest of a request's accounting (bench/README.md)."""
-        now = time.monotonic()
-        seen = tuple(map(headers.get, _ATTRIBUTED_BY))
-        hit = self._attributions.get(seen)
-        if hit is not None and hit[1] > now:
-            # The credential itself is refreshed by remember_key, which sees every response.
-            return hit[0]
-        who = await self._attribute(headers)
-        if who.team is not None:  # None: the database is down; the write resolves it later
-            if len(self._attributions) >= _FP_CACHE:
-                self._attributions.clear()
-            self._attributions[seen] = (who, now + _TEAM_TTL)
-        return who
-
-    async def _attribute(self, headers: Mapping[str, str]) -> Attribution:
-        key = extract_key(headers)
-        fp = await self._fingerprint(key) if key else None
-        if key and fp:
-            self.credentials.remember(fp, headers)
-        project = Attribution.header(headers, "OpenAI-Project")
-        team = None
-        if self.settings.allow_client_team:
-            team = Attribution.header(headers, "X-Usage-Team")
-        if team is None:
-            team = await self._team(fp, project)
-        return Attribution(
-            key_fingerprint=fp,
-            key_hint=hint(key) if key else None,
-            team=team,
-            tag=Attribution.header(headers, "X-Usage-Tag"),
-            project=project,
-            organization=Attribution.header(headers, "OpenAI-Organization"),
-        )
-
-    async def _team(self, fp: str | None, project: str | None) -> str | None:
-        cached = self._teams.get((fp, project))
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        try:
-            team = await records.team_for(self.sessionmaker(), fingerprint=fp, project=project)
-        except DB_ERRORS:
-            # Database down: the last known team, else None, which the write resolves later
-            # (billing to "unassigned" for good would move money between teams).
-            return cached[0] if cached else None
-        if len(self._teams) > _FP_CACHE:
-            self._teams.clear()
-        self._teams[(fp, project)] = (team, now + _TEAM_TTL)
-        return team
+    async def pending_jobs(self) -> int | None:
+        """Collection jobs still to do; None before the database is open."""
+        if self.engine is None:
+            return None
+        return await jobs.pending_count(self.sessionmaker())
 
     # --- writes --------------------------------------------------------------------------
     async def open_job(self, sighting: RunSighting) -> None:
@@ -302,18 +217,21 @@ class Accounting:
 
     def _jobs_written(self) -> None:
         # Only now can the collector claim them.
+        self._wake_collector()
+
+    def _wake_collector(self) -> None:
         if self.collector is not None:
             self.collector.wake()
 
-    async def resolve_team(self, row: records.UsageRow) -> records.UsageRow:
+    async def resolve_team(self, row: UsageRow) -> UsageRow:
         """The row with its team looked up now, if it could not be when the request was seen."""
         [resolved] = await self.resolve_teams([row])
         return resolved
 
-    async def resolve_teams(self, rows: Sequence[records.UsageRow]) -> list[records.UsageRow]:
+    async def resolve_teams(self, rows: Sequence[UsageRow]) -> list[UsageRow]:
         """`resolve_team` for many rows: one lookup per distinct (fingerprint, project)."""
         teams: dict[tuple[str | None, str | None], str] = {}
-        out: list[records.UsageRow] = []
+        out: list[UsageRow] = []
         for row in rows:
             if row.team is not None:
                 out.append(row)
@@ -321,7 +239,7 @@ class Accounting:
             who = (row.key_fingerprint, row.project)
             team = teams.get(who)
             if team is None:
-                team = teams[who] = await records.team_for(
+                team = teams[who] = await mappings.team_for(
                     self.sessionmaker(), fingerprint=who[0], project=who[1]
                 )
             out.append(dataclasses.replace(row, team=team))

@@ -219,7 +219,7 @@ async def complete_many(
 
 async def complete_held(session: AsyncSession, job_ids: Collection[int], worker: str) -> set[int]:
     """`complete_many` inside the caller's transaction, so that a job is deleted together with
-    what recording it wrote (records.record_usage_many's `also`)."""
+    what recording it wrote (run_usage.record_usage_many's `also`)."""
     if not job_ids:
         return set()
     result = await session.execute(_COMPLETE, {"ids": list(job_ids), "worker": worker})

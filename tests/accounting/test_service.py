@@ -12,14 +12,14 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.runs import RunSighting
 from proxy.accounting.service import Accounting
+from proxy.accounting.sources.assistants.sightings import RunSighting
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.db.models import CollectionJob
-from proxy.exchange import Dispatcher
-from proxy.forward import Forwarder
+from proxy.forwarding.exchange import Dispatcher
+from proxy.forwarding.forward import Forwarder
 from proxy.settings import Settings
-from tests.accounting.test_row_writer import Flaky
+from tests.accounting.writing.test_row_writer import Flaky
 from tests.waiting import wait_until
 
 SM = async_sessionmaker[AsyncSession]

@@ -10,8 +10,9 @@ import pytest
 from proxy import cli
 from proxy.accounting.estimate.runs import default_table, estimate_run
 from proxy.accounting.estimate.tokenizer import counter_for_model
+from proxy.accounting.usage import UsageRow
 from proxy.db.engine import make_engine, make_sessionmaker
-from proxy.db.records import UsageRow, record_rows
+from proxy.db.usage import record_rows
 
 T0 = 1_760_000_000
 

@@ -5,8 +5,9 @@ from decimal import Decimal
 
 import pytest
 
+from proxy.accounting.usage import UsageRow
 from proxy.db import queries
-from proxy.db.records import UsageRow, record_usage
+from proxy.db.run_usage import record_usage
 
 UTC = dt.UTC
 PLUS2 = dt.timezone(dt.timedelta(hours=2))

@@ -19,9 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from proxy import cli
+from proxy.accounting.usage import UsageRow
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.db.readonly import QueryError, run_readonly
-from proxy.db.records import UsageRow, record_rows
+from proxy.db.usage import record_rows
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CENT = Decimal("0.01")

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from proxy.app import make_app, start_site
-from proxy.exchange import Exchange
+from proxy.forwarding.exchange import Exchange
 from proxy.settings import Settings
 from tests.e2e.fake_upstream import FakeUpstream
 from tests.fake_keys import fake_key

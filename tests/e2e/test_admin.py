@@ -13,10 +13,11 @@ import aiohttp
 import pytest
 
 from proxy import cli
+from proxy.accounting.usage import UsageRow
 from proxy.app import METRICS
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.db.jobs import NewJob, enqueue
-from proxy.db.records import UsageRow, record_usage
+from proxy.db.run_usage import record_usage
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 from tests.e2e.conftest import RunningProxy, client_for, wait_for

@@ -30,7 +30,7 @@ from proxy.accounting.estimate.basis import Basis
 from proxy.accounting.estimate.runs import RunEstimate, default_table, estimate_run
 from proxy.accounting.estimate.tokenizer import counter_for_model, get_encoding
 from proxy.accounting.pricing import Usage, cost_of, load_price_table
-from proxy.db import records
+from proxy.db import mappings
 from proxy.db.engine import reading
 from proxy.db.models import Base, CollectionJob, UsageRecord
 from proxy.keys import fingerprint, hint
@@ -820,7 +820,7 @@ async def proxy_http(proxy: RunningProxy) -> AsyncIterator[Callable[[str], Await
 async def test_team_from_the_key_mapped_with_the_cli(upstream, client, sm, db_url) -> None:
     out = await _cli(["keys", "add", "--team", "research", "--label", "ci"], db_url, stdin=KEY)
     assert out.returncode == 0, out.stderr
-    await records.add_project_team(sm, "proj_research", "not-this-one")
+    await mappings.add_project_team(sm, "proj_research", "not-this-one")
     run = await finished_run(
         client.with_options(default_headers={"OpenAI-Project": "proj_research"}), usage="no"
     )
@@ -831,7 +831,7 @@ async def test_team_from_the_key_mapped_with_the_cli(upstream, client, sm, db_ur
 
 
 async def test_team_from_the_project(upstream, proxy, sm) -> None:
-    await records.add_project_team(sm, "proj_x", "platform")
+    await mappings.add_project_team(sm, "proj_x", "platform")
     async with client_for(proxy, OTHER_KEY, project="proj_x", organization="org_9") as client:
         run = await finished_run(client, usage="no")
         unmapped = await finished_run(client.with_options(project="proj_y"), usage="no")
@@ -848,7 +848,7 @@ async def test_team_from_the_project(upstream, proxy, sm) -> None:
 
 @pytest.mark.parametrize("allow", [False, True], ids=["team-ignored", "team-honoured"])
 async def test_client_tag_and_team_headers(upstream, start_proxy, db_url, sm, allow) -> None:
-    await records.add_key_team(sm, fingerprint(KEY, SECRET.encode()), hint(KEY), "mapped")
+    await mappings.add_key_team(sm, fingerprint(KEY, SECRET.encode()), hint(KEY), "mapped")
     proxy = await start_proxy(settings_for(upstream, db_url, allow_client_team=allow))
     headers = {"X-Usage-Tag": "nightly-eval", "X-Usage-Team": "claimed"}
     async with client_for(proxy, KEY, default_headers=headers) as client:
@@ -935,7 +935,7 @@ async def test_sessions_of_runs_recorded_out_of_order(upstream, client, sm) -> N
 
 async def test_no_key_in_tables_logs_or_report(upstream, start_proxy, db_url, sm, caplog) -> None:
     caplog.set_level(logging.DEBUG)
-    await records.add_key_team(sm, fingerprint(KEY, SECRET.encode()), hint(KEY), "mapped")
+    await mappings.add_key_team(sm, fingerprint(KEY, SECRET.encode()), hint(KEY), "mapped")
     upstream.faults.fetch_statuses = [429, 401]
     proxy = await start_proxy(settings_for(upstream, db_url))
     async with client_for(proxy, KEY, default_headers={"X-Usage-Tag": KEY[:12]}) as client:

@@ -18,10 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.accounting.collector_child import NICENESS
-from proxy.accounting.collector_process import CollectorProcess
-from proxy.accounting.events import EventObserver
-from proxy.app import DISPATCHER
+from proxy.accounting.process.child import NICENESS
+from proxy.accounting.process.supervisor import CollectorProcess
+from proxy.app import ACCOUNTING
 from proxy.keys import fingerprint
 from tests.e2e.conftest import RunningProxy, client_for, wait_for
 from tests.e2e.fake_upstream import FakeUpstream
@@ -49,8 +48,7 @@ def _setup(db_url: str, upstream: FakeUpstream) -> None:
 
 
 def collector_of(proxy: RunningProxy) -> CollectorProcess:
-    [events] = [o for o in proxy.app[DISPATCHER].observers if isinstance(o, EventObserver)]
-    collector = events.accounting.collector
+    collector = proxy.app[ACCOUNTING].collector
     assert isinstance(collector, CollectorProcess)
     return collector
 

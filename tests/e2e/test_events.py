@@ -22,9 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.estimate.chat import estimate_completion, estimate_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
-from proxy.accounting.events import EventObserver
-from proxy.app import DISPATCHER
-from proxy.db import records
+from proxy.app import ACCOUNTING, DISPATCHER
+from proxy.db import mappings
 from proxy.db.models import UsageRecord
 from proxy.keys import fingerprint
 from proxy.settings import Settings
@@ -67,13 +66,11 @@ async def settle(proxy: RunningProxy) -> None:
     """Everything observed so far has been handled and written, and no observer failed."""
     await proxy.app[DISPATCHER].drain()
     assert proxy.app[DISPATCHER].failures == 0
-    observer = next(o for o in proxy.app[DISPATCHER].observers if isinstance(o, EventObserver))
-    await observer.accounting.rows.drain()
+    await proxy.app[ACCOUNTING].rows.drain()
 
 
 def metric(proxy: RunningProxy, name: str, **labels: str) -> float:
-    observer = next(o for o in proxy.app[DISPATCHER].observers if isinstance(o, EventObserver))
-    value = observer.accounting.metrics.registry.get_sample_value(name, labels)
+    value = proxy.app[ACCOUNTING].metrics.registry.get_sample_value(name, labels)
     return value or 0.0
 
 
@@ -150,7 +147,7 @@ async def test_background_response_is_recorded_once_when_a_poll_shows_it_done(
 
 # --- chat completions ----------------------------------------------------------------------
 async def test_chat_json_with_key_team_and_tag(proxy_for: Start, sm: SM):
-    await records.add_key_team(sm, fingerprint(KEY, SECRET.encode()), None, "team-key")
+    await mappings.add_key_team(sm, fingerprint(KEY, SECRET.encode()), None, "team-key")
     proxy = await proxy_for()
     # A team sent by the client is ignored unless allow_client_team is set; a tag never is.
     headers = {"X-Usage-Team": "team-header", "X-Usage-Tag": "t1"}

@@ -24,8 +24,8 @@ from yarl import URL
 
 from proxy import __version__
 from proxy.app import DISPATCHER, FORWARDER
-from proxy.decode import SSEEvent
-from proxy.exchange import Exchange
+from proxy.forwarding.decode import SSEEvent
+from proxy.forwarding.exchange import Exchange
 from proxy.settings import Settings
 from tests.e2e.conftest import (
     RecordingObserver,

@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 
 from proxy.accounting.estimate.runs import RunEstimate, estimate_run
 from proxy.accounting.estimate.tokenizer import counter_for_model
-from proxy.db import records
+from proxy.db import mappings
 from proxy.db.engine import make_sessionmaker
 from proxy.db.migrate import upgrade
 from proxy.keys import fingerprint
@@ -90,7 +90,7 @@ class Scenario:
         sm = make_sessionmaker(self._engine)
         for key, team in self.teams.items():
             fp = fingerprint(key, KEY_SECRET.encode())
-            await records.add_key_team(sm, fp, None, team)
+            await mappings.add_key_team(sm, fp, None, team)
         env = {
             "USAGE_PROXY_KEY_SECRET": KEY_SECRET,
             "USAGE_PROXY_ADMIN_TOKEN": ADMIN_TOKEN,

@@ -13,7 +13,7 @@ import openai
 import pytest
 from sqlalchemy import text
 
-from proxy.db import records
+from proxy.db import mappings
 from proxy.db.engine import make_sessionmaker
 from proxy.keys import fingerprint
 from tests.conftest import PG_ENV
@@ -41,7 +41,7 @@ _ENV = {
 async def pg_url() -> AsyncIterator[str]:
     async with pg_schema(os.environ[PG_ENV]) as url:
         engine = read_engine(url)
-        await records.add_key_team(
+        await mappings.add_key_team(
             make_sessionmaker(engine), fingerprint(KEY, KEY_SECRET.encode()), None, TEAM
         )
         await engine.dispose()

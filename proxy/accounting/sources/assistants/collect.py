@@ -1,0 +1,169 @@
+"""One Assistants run's usage row from its collection job: its steps and messages fetched with
+the client's own key (fetch.py), its tokens estimated (proxy.accounting.estimate) or taken
+from what it reported, its team, priced (rows.py). What to do with the job otherwise is the
+collector's: give it back while its key is not in memory, or retry it later.
+
+- a fetch that fails with 429/5xx/timeout is retried with backoff (429 honours retry-after);
+- a fetch the upstream refuses for good (401/403/404) records what the run itself tells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from proxy.accounting.attribution import Attribution
+from proxy.accounting.estimate.constants import ConstantsTable
+from proxy.accounting.estimate.runs import RunEstimate, estimate_run
+from proxy.accounting.estimate.tokenizer import counter_for_model
+from proxy.accounting.pricing import PriceTable
+from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.rows import RunRow, run_row
+from proxy.db import jobs, mappings
+from proxy.db.models import utcnow
+from proxy.errors import FetchError
+from proxy.forwarding.decode import parse_json
+from proxy.keys import CredentialStore
+
+__all__ = ["WAIT", "Failures", "Retry", "RunCollect", "Shield", "Wait"]
+
+_log = logging.getLogger("proxy.accounting.collector")
+
+_SCOPE_HEADERS = ("openai-project", "openai-organization", "openai-beta")
+_ASSISTANTS_BETA = "assistants=v2"
+# Bytes of run, steps and messages up to which a run is estimated on the event loop (~0.1-0.3 ms
+# of tokenizing at most); larger runs go to a thread.
+_INLINE_ESTIMATE = 8192
+
+_T = TypeVar("_T")
+# A collection failure: (reason, how many runs).
+Failures = Callable[[str, int], None]
+Shield = Callable[[Awaitable[_T]], Awaitable[_T]]
+
+
+class Wait:
+    """The job's key is not in memory here: give the job back until it is seen again."""
+
+
+WAIT: Final = Wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try the job again later: after backoff, or after `retry_after` seconds."""
+
+    error: str
+    retry_after: float | None
+
+
+class RunCollect:
+    def __init__(
+        self,
+        sm: Callable[[], async_sessionmaker[AsyncSession]],
+        fetcher: RunFetcher,
+        credentials: CredentialStore,
+        prices: PriceTable,
+        constants: ConstantsTable,
+        failed: Failures,
+    ) -> None:
+        self._sm = sm
+        self._fetcher = fetcher
+        self._credentials = credentials
+        self._prices = prices
+        self._constants = constants
+        self._failed = failed
+
+    async def __call__(self, job: jobs.ClaimedJob, db: Shield) -> RunRow | Retry | Wait:
+        """The run's row; or WAIT when the job's key is not in memory (the collector gives the
+        job back until it is), or a Retry. `db` runs a database operation shielded from
+        cancellation (see the collector)."""
+        run = parse_json(job.run_json)
+        headers = self._credentials.get(job.key_fingerprint) if job.key_fingerprint else None
+        estimate: RunEstimate | None = None
+        if headers is None:
+            if not job.has_reported_usage:
+                # The key expired since the claim (or lives in another replica): wait for it.
+                return WAIT
+            _log.info("recording run %s from its reported usage alone (key not seen)", job.run_id)
+        else:
+            try:
+                estimate = await self._estimate(job, run, _scoped(headers, job))
+            except FetchError as exc:
+                self._failed(_reason(exc), 1)
+                if exc.retryable:
+                    _log.warning("fetching run %s: %s; will retry", job.run_id, exc)
+                    return Retry(str(exc), exc.retry_after)
+                _log.warning("fetching run %s: %s; recording the run alone", job.run_id, exc)
+                estimate = await self._estimate_from(run, [], [], len(job.run_json))
+        team = job.team
+        if team is None:
+            # Not known when the run was seen (database down then): the mapping decides now.
+            team = await db(
+                mappings.team_for(self._sm(), fingerprint=job.key_fingerprint, project=job.project)
+            )
+        who = Attribution(
+            job.key_fingerprint, job.key_hint, team, job.tag, job.project, job.organization
+        )
+        return run_row(run, who, estimate, self._prices, utcnow())
+
+    async def _estimate(
+        self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]
+    ) -> RunEstimate:
+        tools = run.get("tools") if isinstance(run.get("tools"), list) else []
+        got = await self._fetcher.run(
+            job.api_prefix,
+            job.api_query,
+            job.thread_id,
+            job.run_id,
+            headers,
+            file_search_results=any(
+                isinstance(t, dict) and t.get("type") == "file_search" for t in tools
+            ),
+        )
+        size = got.nbytes + len(job.run_json)
+        return await self._estimate_from(run, got.steps, got.messages, size)
+
+    async def _estimate_from(
+        self,
+        run: dict[str, Any],
+        steps: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+        nbytes: int,
+    ) -> RunEstimate:
+        count = counter_for_model(run.get("model"))
+        if nbytes <= _INLINE_ESTIMATE:
+            # A typical run's estimate takes well under a millisecond: cheaper on the loop
+            # than handing it to a thread, whose GIL hand-over can hold the loop up to the
+            # switch interval (5 ms) when the loop is busy.
+            return estimate_run(run, steps, messages, count, self._constants)
+        # Much text: tokenizing is CPU work (tiktoken releases the GIL), off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(
+            None, estimate_run, run, steps, messages, count, self._constants
+        )
+
+
+def _scoped(headers: Mapping[str, str], job: jobs.ClaimedJob) -> dict[str, str]:
+    """The key's headers (from its latest request) fitted to this run: the project and
+    organization of the request the run was seen in, since the latest one may have named
+    another project, where the thread is unknown; and the Assistants beta header, which the
+    latest request (say, a chat completion) may not have carried, and without which the API
+    refuses the fetch."""
+    scoped = {k: v for k, v in headers.items() if k.lower() not in _SCOPE_HEADERS}
+    if job.project:
+        scoped["OpenAI-Project"] = job.project
+    if job.organization:
+        scoped["OpenAI-Organization"] = job.organization
+    beta = next((v for k, v in headers.items() if k.lower() == "openai-beta"), "")
+    scoped["OpenAI-Beta"] = beta if "assistants=" in beta else _ASSISTANTS_BETA
+    return scoped
+
+
+def _reason(exc: FetchError) -> str:
+    if exc.status is None:
+        return "network"
+    return "rate_limited" if exc.status == 429 else f"http_{exc.status // 100}xx"

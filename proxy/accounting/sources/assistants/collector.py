@@ -1,0 +1,388 @@
+"""The collector: claims finished runs from the jobs table, has each one's row built
+(collect.py: fetched with the client's own credentials, estimated, priced) and records them
+exactly once, in batches with the deletion of their jobs.
+
+Failure handling (fail open for traffic, lose nothing for accounting): a database that is down
+leaves the job claimed, and its lease runs out and it is claimed again; an unexpected error is
+logged and retried like a fetch failure (see collect.py for those). None of this is ever
+visible to a client: the collector runs on its own tasks.
+
+Shutdown: database operations run to their end (proxy.accounting.shielded). Jobs still held
+are then given back, so another replica (or the next start) takes them at
+once instead of after their lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import functools
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from proxy.accounting.estimate.constants import ConstantsTable
+from proxy.accounting.pricing import PriceTable
+from proxy.accounting.shielded import Shielded
+from proxy.accounting.sources.assistants.collect import WAIT, Failures, Retry, RunCollect
+from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.rows import RunRow
+from proxy.accounting.usage import ASSISTANTS_RUN, UsageRecorded, UsageSink
+from proxy.db import jobs, run_usage
+from proxy.db import usage as db_usage
+from proxy.db.errors import DB_ERRORS, is_unavailable
+from proxy.db.models import utcnow
+from proxy.keys import CredentialStore
+from proxy.settings import Settings
+
+__all__ = ["DB_ERRORS", "RunCollector"]
+
+_log = logging.getLogger("proxy.accounting.collector")
+
+_KIND = ASSISTANTS_RUN
+_STOP_TIMEOUT = 10.0
+# Runs per recording transaction; more finished meanwhile wait for the next one. A batch's
+# parameters are processed on the event loop in one go, so a cap bounds that stretch (at 100
+# rows a transaction costs a row's worth, bench/db_ops.py).
+_RECORD_BATCH = 100
+
+_T = TypeVar("_T")
+
+
+class RunCollector:
+    """Background worker(s) of one process. Several processes may share one database: the
+    claim (FOR UPDATE SKIP LOCKED, or SQLite's single writer) keeps them off each other's jobs,
+    and the usage row's unique key keeps a run from being counted twice.
+
+    A pipeline, each stage batched where the database is involved: the loop claims up to
+    `claim_size` due jobs in one transaction; at most `workers` of them are fetched and
+    estimated at a time; finished runs are recorded together, in one transaction with the
+    deletion of their jobs (whatever finished while the previous transaction ran).
+    """
+
+    def __init__(
+        self,
+        sm: Callable[[], async_sessionmaker[AsyncSession]],
+        fetcher: RunFetcher,
+        credentials: CredentialStore,
+        prices: PriceTable,
+        constants: ConstantsTable,
+        recorded: UsageSink,
+        failed: Failures,
+        *,
+        workers: int = 2,
+        claim_size: int = 100,
+        poll_interval: float = 1.0,
+        lease: float = 120.0,
+        reported_wait: float = 600.0,
+        max_backoff: float = 300.0,
+        retry_base: float = 1.0,
+    ) -> None:
+        self._sm = sm
+        self._credentials = credentials
+        self._collect = RunCollect(sm, fetcher, credentials, prices, constants, failed)
+        self._recorded = recorded
+        self._failed = failed
+        self._workers = workers
+        self._claim_size = claim_size
+        self._poll = poll_interval
+        self._lease = lease
+        self._reported_wait = reported_wait
+        self._max_backoff = max_backoff
+        self._retry_base = retry_base
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._wake = asyncio.Event()
+        # Every job this worker holds, until it is recorded, retried or given back.
+        self._held: dict[int, jobs.ClaimedJob] = {}
+        self._queue: collections.deque[int] = collections.deque()  # held, not fetched yet
+        self._busy: set[asyncio.Task[None]] = set()  # fetches, at most `workers`
+        self._finished: list[tuple[jobs.ClaimedJob, RunRow]] = []  # to record
+        self._finish = asyncio.Event()
+        self._db = Shielded()  # see proxy.accounting.shielded; stop() waits for them
+        self._task: asyncio.Task[None] | None = None
+        self._recorder: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        sm: Callable[[], async_sessionmaker[AsyncSession]],
+        fetcher: RunFetcher,
+        credentials: CredentialStore,
+        prices: PriceTable,
+        constants: ConstantsTable,
+        recorded: UsageSink,
+        failed: Failures,
+    ) -> RunCollector:
+        s = settings
+        return cls(
+            sm,
+            fetcher,
+            credentials,
+            prices,
+            constants,
+            recorded,
+            failed,
+            workers=s.collector_workers,
+            poll_interval=s.collector_poll_interval,
+            lease=s.collector_lease,
+            reported_wait=s.reported_usage_wait,
+            max_backoff=s.collector_max_backoff,
+            retry_base=s.collector_retry_base,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def wake(self) -> None:
+        """A job may be due now (a run just finished here): look without waiting for the poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._loop(), name="run-collector")
+        self._recorder = asyncio.create_task(self._record_loop(), name="run-recorder")
+
+    async def stop(self) -> None:
+        """Stop claiming, abandon fetches in flight, let database operations finish, record
+        the runs already fetched, and give back the jobs still held. Returns before the engine
+        may be disposed of."""
+        self._stopping = True
+        for task in (self._task, self._recorder):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._recorder = None
+        for task in list(self._busy):
+            task.cancel()
+        await asyncio.gather(*self._busy, return_exceptions=True)
+        await self._db.wait(_STOP_TIMEOUT)
+        finished, self._finished = self._finished, []
+        recording = {job.id for job, _ in finished}
+        held = [job_id for job_id in self._held if job_id not in recording]
+        self._held = {}
+        self._queue.clear()
+        try:
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                if finished:
+                    # Fetched already: recording them now spares the upstream a second fetch.
+                    await self._record(finished)
+                await jobs.release_many(self._sm(), held, self.worker_id)
+        except (*DB_ERRORS, TimeoutError) as exc:
+            # Their leases run out instead: nothing is lost, it is only later.
+            _log.warning("could not give back %d job(s): %s", len(held), type(exc).__name__)
+
+    # --- claiming ------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            delay = self._poll
+            try:
+                limit = self._room()
+                # The jobs are in hand within the same shielded operation: stop() cancelling
+                # this loop mid-claim must still find them, to give them back.
+                if limit > 0 and await self._db(self._claim(limit)) == limit:
+                    delay = 0.0  # more may be due
+            except asyncio.CancelledError:
+                raise
+            except DB_ERRORS as exc:
+                # Database down: keep proxying, look again later; nothing is lost meanwhile.
+                _log.warning("collector cannot reach the database: %s", type(exc).__name__)
+                delay = max(self._poll, 1.0)
+            except Exception:
+                _log.exception("collector loop failed; retrying")
+            if delay > 0:
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives
+                # as the wake-up does, and stop() would then wait for this loop forever.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+            self._wake.clear()
+
+    def _room(self) -> int:
+        """How many jobs to claim now: none while the fetch slots have work and only a few
+        would fit, since a claim costs a transaction however many jobs it takes."""
+        room = self._claim_size - len(self._held)
+        if room < max(self._claim_size // 4, 1) and self._queue:
+            return 0
+        return max(room, 0)
+
+    async def _claim(self, limit: int) -> int:
+        """Claim up to `limit` due jobs and take them in hand; how many were claimed."""
+        claimed = await jobs.claim(
+            self._sm(),
+            worker=self.worker_id,
+            fingerprints=self._credentials.fingerprints(),
+            reported_wait=self._reported_wait,
+            lease=self._lease,
+            limit=limit,
+        )
+        fresh: list[jobs.ClaimedJob] = []
+        for job in claimed:
+            # Held already: its lease ran out and this worker claimed it again, so the copy
+            # in hand goes on, with the new lease.
+            if job.id not in self._held:
+                fresh.append(job)
+            self._held[job.id] = job
+        if fresh:
+            await self._take(fresh)
+        return len(claimed)
+
+    async def _take(self, fresh: list[jobs.ClaimedJob]) -> None:
+        try:
+            done = await self._db(db_usage.recorded(self._sm(), _KIND, [j.run_id for j in fresh]))
+        except DB_ERRORS:
+            # Cannot tell: fetch them; recording one twice is refused by its unique row.
+            done = set()
+        if done:
+            # Seen again after it was recorded (after a restart, or by another replica): the
+            # unique row would refuse it anyway, so spare the upstream the fetches.
+            ids = [j.id for j in fresh if j.run_id in done]
+            try:
+                await self._db(jobs.complete_many(self._sm(), ids, self.worker_id))
+            finally:
+                for job_id in ids:
+                    self._held.pop(job_id, None)
+        self._queue.extend(j.id for j in fresh if j.run_id not in done)
+        self._start_fetches()
+
+    # --- fetching ------------------------------------------------------------------------
+    def _start_fetches(self) -> None:
+        if self._stopping:
+            return  # also called back by the fetches that stop() cancels
+        stale: list[int] = []
+        # Half a lease left: another worker may take the job before this one is done with
+        # it, so give it back now and claim it again with a new lease.
+        soon = utcnow() + dt.timedelta(seconds=self._lease / 2)
+        while self._queue and len(self._busy) < self._workers:
+            job = self._held.get(self._queue.popleft())
+            if job is None:
+                continue
+            if job.claimed_until < soon:
+                stale.append(job.id)
+                del self._held[job.id]
+                continue
+            task = asyncio.create_task(self._process(job))
+            self._busy.add(task)
+            task.add_done_callback(self._fetched)
+        if stale:
+            self._db.background(self._give_back(stale))
+        if len(self._queue) < self._workers:
+            self._wake.set()
+
+    def _fetched(self, task: asyncio.Task[None]) -> None:
+        self._busy.discard(task)
+        self._start_fetches()
+
+    async def _give_back(self, job_ids: list[int]) -> None:
+        with contextlib.suppress(*DB_ERRORS):
+            await jobs.release_many(self._sm(), job_ids, self.worker_id)
+
+    async def _process(self, job: jobs.ClaimedJob) -> None:
+        try:
+            built = await self._collect(job, self._db)
+            if isinstance(built, Retry):
+                await self._retry(job, built.error, built.retry_after)
+                built = None
+            elif built is WAIT:
+                await self._db(jobs.release(self._sm(), job.id, self.worker_id))
+                built = None
+        except asyncio.CancelledError:
+            raise  # stop() gives the job back
+        except DB_ERRORS as exc:
+            built = None
+            await self._db_failed([job], exc)
+        except Exception as exc:
+            built = None
+            self._failed("internal", 1)
+            _log.exception("collecting run %s failed", job.run_id)
+            await self._retry(job, f"internal error: {type(exc).__name__}", None)
+        if not isinstance(built, RunRow):
+            self._held.pop(job.id, None)
+            return
+        self._finished.append((job, built))
+        self._finish.set()
+
+    # --- recording -----------------------------------------------------------------------
+    async def _record_loop(self) -> None:
+        while True:
+            if not self._finished:
+                self._finish.clear()
+                await self._finish.wait()
+                continue
+            batch, self._finished = self._finished[:_RECORD_BATCH], self._finished[_RECORD_BATCH:]
+            # Shielded, and its bookkeeping inside: stop() cancelling this task cannot leave
+            # a batch written but still counted as held.
+            await self._db(self._record(batch))
+
+    async def _record(self, batch: list[tuple[jobs.ClaimedJob, RunRow]]) -> None:
+        """Record the runs and delete their jobs, in one transaction; should the database
+        refuse the batch, run by run, so that a row it refuses costs only its own job."""
+        try:
+            await self._write(batch)
+        except DB_ERRORS as exc:
+            if is_unavailable(exc):
+                await self._db_failed([job for job, _ in batch], exc)
+            else:
+                await self._record_each(batch)
+        except Exception:
+            _log.exception("recording %d runs failed; recording them one by one", len(batch))
+            await self._record_each(batch)
+        finally:
+            for job, _ in batch:
+                self._held.pop(job.id, None)
+            self._wake.set()
+
+    async def _record_each(self, batch: list[tuple[jobs.ClaimedJob, RunRow]]) -> None:
+        for i, (job, built) in enumerate(batch):
+            try:
+                await self._write([(job, built)])
+            except DB_ERRORS as exc:
+                if is_unavailable(exc):
+                    await self._db_failed([j for j, _ in batch[i:]], exc)
+                    return
+                await self._db_failed([job], exc)
+            except Exception as exc:
+                self._failed("internal", 1)
+                _log.exception("recording run %s failed", job.run_id)
+                await self._retry(job, f"internal error: {type(exc).__name__}", None)
+
+    async def _write(self, batch: list[tuple[jobs.ClaimedJob, RunRow]]) -> None:
+        done = functools.partial(
+            jobs.complete_held, job_ids=[job.id for job, _ in batch], worker=self.worker_id
+        )
+        inserted = await run_usage.record_usage_many(
+            self._sm(), [built for _, built in batch], also=done
+        )
+        rows = [built.row for (_, built), new in zip(batch, inserted, strict=True) if new]
+        # Per batch, not per run: in a collector process each signal is a line to the serving
+        # process, which reads them on the loop that forwards requests.
+        if rows:
+            self._recorded(UsageRecorded.of(rows))
+
+    async def _db_failed(self, held: list[jobs.ClaimedJob], exc: BaseException) -> None:
+        if is_unavailable(exc):
+            # The jobs stay claimed until their lease ends, then any replica takes them again.
+            self._failed("database", len(held))
+            _log.warning("recording %d run(s) failed: %s", len(held), type(exc).__name__)
+            return
+        # Refused, not unreachable: retrying at once cannot help, so back off and log.
+        for job in held:
+            self._failed("database_refused", 1)
+            _log.error("the database refused run %s: %s", job.run_id, type(exc).__name__)
+            await self._retry(job, f"database refused the row: {type(exc).__name__}", None)
+
+    async def _retry(self, job: jobs.ClaimedJob, error: str, retry_after: float | None) -> None:
+        delay = jobs.backoff(
+            job.attempts + 1, base=self._retry_base, cap=self._max_backoff, retry_after=retry_after
+        )
+        with contextlib.suppress(*DB_ERRORS):
+            await self._db(jobs.retry(self._sm(), job.id, self.worker_id, error=error, delay=delay))

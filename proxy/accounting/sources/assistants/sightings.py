@@ -1,0 +1,154 @@
+"""Seeing Assistants runs finish, on any endpoint and any upstream.
+
+Runs are recognised by content (`"object": "thread.run"`), in JSON bodies (a run, or a list of
+runs) and in server-sent events (`thread.run.*` whose data is a run). The first time a run is
+seen in a terminal status, a collection job is written to the database (the outbox) carrying
+the context needed to fetch its steps and messages later: the path prefix and query of the
+request it was seen in, and the key's fingerprint. The key itself stays in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+
+from proxy.forwarding.decode import DecodeError, SSEEvent
+from proxy.forwarding.exchange import Exchange
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "RunObserver",
+    "RunSighting",
+    "api_context",
+    "runs_in_body",
+    "terminal_run_in_event",
+]
+
+_log = logging.getLogger("proxy.accounting.runs")
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
+# Paging parameters of the request the run was seen in must not leak into the follow-up fetches.
+_PAGING = frozenset({"limit", "after", "before", "order", "include", "include[]", "run_id"})
+
+
+def _is_terminal_run(obj: object) -> bool:
+    return (
+        isinstance(obj, dict)
+        and obj.get("object") == "thread.run"
+        and obj.get("status") in TERMINAL_STATUSES
+        and isinstance(obj.get("id"), str)
+        and isinstance(obj.get("thread_id"), str)
+    )
+
+
+def runs_in_body(body: object) -> Iterator[dict[str, Any]]:
+    """Terminal runs in a JSON body: the body itself, or the items of a list of runs."""
+    if _is_terminal_run(body):
+        yield body  # type: ignore[misc]
+    elif isinstance(body, dict) and body.get("object") == "list":
+        for item in body.get("data") or ():
+            if _is_terminal_run(item):
+                yield item
+
+
+def terminal_run_in_event(event: SSEEvent) -> dict[str, Any] | None:
+    """The run carried by a `thread.run.*` event, when it is terminal."""
+    if not event.event.startswith("thread.run.") or event.event.startswith("thread.run.step"):
+        return None
+    try:
+        data = event.json()
+    except DecodeError:
+        return None
+    return data if _is_terminal_run(data) else None
+
+
+def api_context(path: str, query_string: str) -> tuple[str, str]:
+    """(prefix, query) for follow-up URLs: the path before `/threads`, and the query string
+    without paging parameters (so Azure's `api-version` survives)."""
+    idx = path.find("/threads")
+    prefix = path[:idx] if idx >= 0 else ("/v1" if path.startswith("/v1/") else "")
+    if not query_string:
+        return prefix, ""
+    kept = [(k, v) for k, v in parse_qsl(query_string, keep_blank_values=True) if k not in _PAGING]
+    return prefix, urlencode(kept)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSighting:
+    """A terminal run and the request context it was seen in."""
+
+    run: dict[str, Any]
+    api_prefix: str
+    api_query: str
+    request_headers: Mapping[str, str]
+
+    @property
+    def run_json(self) -> str:
+        try:
+            return orjson.dumps(self.run).decode()
+        except orjson.JSONEncodeError:
+            # An integer beyond 64 bits: the standard library writes it.
+            return json.dumps(self.run, separators=(",", ":"))
+
+
+class RunObserver:
+    """Observer: turns terminal runs into sightings handed to `open_job`.
+
+    A bounded in-memory set of run ids already handed over is only a fast path, so a run polled
+    a thousand times costs one database write; the database's unique run_id decides.
+    """
+
+    def __init__(
+        self,
+        open_job: Callable[[RunSighting], Awaitable[None]],
+        *,
+        remember_key: Callable[[Mapping[str, str]], None] | None = None,
+        seen_capacity: int = 100_000,
+    ) -> None:
+        self._open_job = open_job
+        self._remember_key = remember_key
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._capacity = seen_capacity
+
+    async def on_event(self, exchange: Exchange, event: SSEEvent) -> None:
+        run = terminal_run_in_event(event)
+        if run is not None:
+            await self._sighted(exchange, run)
+
+    async def on_response(self, exchange: Exchange) -> None:
+        if self._remember_key is not None:
+            # Every request refreshes its key, so a waiting job can finish when the key returns.
+            self._remember_key(exchange.request_headers)
+        if exchange.status is None or not 200 <= exchange.status < 300 or exchange.is_sse:
+            return
+        if exchange.content_type != "application/json":
+            return
+        # find, not `in` on a slice: no copy of the body (a compressed one is decoded first).
+        if (
+            not _compressed(exchange)
+            and exchange.raw_response_body.find(b"thread.run", 0, 65536) < 0
+        ):
+            return
+        for run in runs_in_body(exchange.json()):
+            await self._sighted(exchange, run)
+
+    async def _sighted(self, exchange: Exchange, run: dict[str, Any]) -> None:
+        run_id = run["id"]
+        if run_id in self._seen:
+            return
+        prefix, query = api_context(exchange.path, exchange.query_string)
+        await self._open_job(RunSighting(run, prefix, query, exchange.request_headers))
+        self._seen[run_id] = None
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+
+
+def _compressed(exchange: Exchange) -> bool:
+    return bool(exchange.response_headers and exchange.response_headers.get("Content-Encoding"))

@@ -1,0 +1,59 @@
+"""`report`: the options of proxy.reports.query, run and rendered by proxy.reports."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from proxy.cli.common import UsageError, argument, settings_of, with_db
+from proxy.reports.query import (
+    FILTERS,
+    GROUP_FIELDS,
+    ReportError,
+    ReportQuery,
+    parse_group_by,
+    parse_month,
+    parse_when,
+)
+from proxy.reports.render import FORMATS
+
+__all__ = ["add_commands"]
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    report = sub.add_parser("report", parents=[common], help="usage per event or group")
+    report.add_argument(
+        "--since", type=argument(parse_when), help="from this ISO date/datetime (inclusive)"
+    )
+    report.add_argument(
+        "--until", type=argument(parse_when), help="to this ISO date/datetime (exclusive)"
+    )
+    report.add_argument("--month", type=argument(parse_month), help="one UTC month, YYYY-MM")
+    report.add_argument(
+        "--group-by",
+        type=argument(parse_group_by),
+        metavar="FIELDS",
+        help=f"of {','.join(GROUP_FIELDS)}",
+    )
+    for name in FILTERS:
+        report.add_argument(f"--{name}")
+    report.add_argument("--format", choices=FORMATS, default="table")
+    report.set_defaults(run=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from proxy.reports.run import run_report
+
+    try:
+        query = ReportQuery.from_args(
+            since=args.since,
+            until=args.until,
+            month=args.month,
+            group_by=args.group_by,
+            filters={name: getattr(args, name) for name in FILTERS},
+            fmt=args.format,
+        )
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    print(with_db(settings_of(args), lambda sm: run_report(sm, query)), end="")
+    return 0

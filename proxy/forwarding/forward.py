@@ -1,0 +1,344 @@
+"""The Forwarder: streams each request to the upstream (through a transport of
+proxy.forwarding.upstream) and its response back.
+
+The client gets exactly what the upstream sent (status, reason, headers, body bytes, pacing),
+minus hop-by-hop headers (targets.py). Observers get copies (taps.py) through the Dispatcher,
+after the fact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import hdrs, web
+from yarl import URL
+
+from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from proxy.forwarding.deadlines import HeaderDeadlines
+from proxy.forwarding.exchange import Dispatcher, Exchange
+from proxy.forwarding.rewrite import IncludeUsage
+from proxy.forwarding.taps import CopyTap, SSETap
+from proxy.forwarding.targets import filter_headers, unsafe_target
+from proxy.forwarding.upstream import Body, Response
+from proxy.forwarding.upstream.compat import Internals, checked, request_key, response_class
+from proxy.forwarding.upstream.lean import UpstreamClient
+from proxy.forwarding.upstream.session import SessionTransport
+
+__all__ = ["REQUEST_ID", "Forwarder", "error_response"]
+
+_log = logging.getLogger("proxy.forward")
+
+# Headers aiohttp's server fills in when a response lacks them.
+_DEFAULTED = (hdrs.CONTENT_TYPE, hdrs.SERVER)
+_NO_COPY_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
+_JSON_TYPES = ("application/json",)
+# Bodies up to this size (and within the observers' cap) are read whole before forwarding:
+# cheaper per request than streaming them through a generator, and a chat request is far
+# smaller. Anything larger, chunked, or of a type observers don't copy still streams.
+_READ_WHOLE = 64 * 1024
+_ids = itertools.count(1)
+REQUEST_ID = request_key("request_id", str)  # the exchange id, for the access log
+_ID_PREFIX = os.urandom(4).hex()
+
+
+def error_response(
+    status: int, message: str, code: str, type_: str = "proxy_error"
+) -> web.Response:
+    """An OpenAI-style error body, so SDKs surface it like any API error."""
+    return web.json_response(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}},
+        status=status,
+    )
+
+
+class Forwarder:
+    """Forwards every request to one upstream over one shared connection pool."""
+
+    def __init__(
+        self,
+        upstream: str,
+        dispatcher: Dispatcher,
+        *,
+        timeout: float = 600.0,
+        connect_timeout: float = 30.0,
+        limit: int = 0,
+        max_observed_body: int = 8 * 1024 * 1024,
+        max_observed_request: int = 4 * 1024 * 1024,
+        rewriter: IncludeUsage | None = None,
+    ) -> None:
+        base = URL(upstream)
+        self._origin = base.origin()
+        self._base_path = base.raw_path.rstrip("/")
+        self._connect_timeout = connect_timeout
+        self._dispatcher = dispatcher
+        self._deadlines = HeaderDeadlines(timeout)
+        self._limit = limit
+        self._max_body = max_observed_body
+        self._max_request = max_observed_request
+        self._read_whole = min(_READ_WHOLE, max_observed_request)
+        # The one change the proxy may make to traffic, opt-in: see proxy.forwarding.rewrite.
+        self._rewriter = rewriter
+        self._session = SessionTransport(
+            str(self._origin) + self._base_path, connect_timeout=connect_timeout, limit=limit
+        )
+        self._lean: UpstreamClient | None = None
+        self._response_class = response_class(Internals(False, False, False))
+
+    async def start(self) -> None:
+        internals = checked()
+        if self._limit == 0 and internals.lean_client:
+            # A limit is kept by aiohttp's pool, which the lean client does not share.
+            self._lean = UpstreamClient(
+                self._origin, connect_timeout=self._connect_timeout, base_path=self._base_path
+            )
+        self._session.start(internals)
+        self._response_class = response_class(internals)
+        self._deadlines.start()
+
+    async def close(self) -> None:
+        await self._deadlines.stop()
+        if self._lean is not None:
+            await self._lean.close()
+            self._lean = None
+        await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared upstream session (the collector reuses its pool)."""
+        return self._session.session
+
+    def upstream_url(self, path_qs: str) -> URL:
+        return self._session.url(path_qs)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Forward one request; the aiohttp handler for every path outside /_proxy/."""
+        raw_path = request.raw_path
+        why = unsafe_target(raw_path)
+        if why is not None or request.method == "CONNECT":
+            return error_response(400, why or "CONNECT is not supported", "bad_request_target")
+        exchange = Exchange(
+            request_id=f"{_ID_PREFIX}-{next(_ids)}",
+            method=request.method,
+            path=request.path,
+            query_string=request.query_string,
+            request_headers=request.headers,
+            max_body=self._max_body,
+        )
+        # The access log line carries the same id as the observers' log lines.
+        request[REQUEST_ID] = exchange.request_id
+        done = False
+        try:
+            response = await self._forward(request, raw_path, exchange)
+            done = True
+            return response
+        except asyncio.CancelledError:
+            exchange.client_disconnected = True
+            exchange.error = exchange.error or "client disconnected"
+            raise
+        except UpstreamError as exc:
+            exchange.error = str(exc)
+            done = True
+            return error_response(exc.status, str(exc), exc.code)
+        finally:
+            if not done and exchange.error is None:
+                # Whatever escaped (aiohttp answers it with a bare 500), observers hear of it.
+                exchange.error = "the proxy failed to forward the request"
+            exchange.ended_at = time.time()
+            self._dispatcher.submit("on_error" if exchange.error else "on_response", exchange)
+
+    async def _forward(
+        self, request: web.Request, raw_path: str, exchange: Exchange
+    ) -> web.StreamResponse:
+        headers = filter_headers(request.headers, request=True)
+        data: Body = None
+        rewritten, rw = False, self._rewriter
+        if (
+            rw is not None
+            and request.body_exists
+            and rw.wants(request.method, request.path, request.headers)
+        ):
+            data = await request.read()
+            exchange.request_body = data[: self._max_request]
+            exchange.request_body_truncated = len(data) > self._max_request
+            if (new := rw.rewrite(data)) is not None:
+                # Observers keep what the client sent; the upstream gets the rewritten body.
+                data, rewritten = new, True
+                headers[hdrs.CONTENT_LENGTH] = str(len(new))
+        elif request.body_exists:
+            length = request.content_length
+            if length is not None and length <= self._read_whole and self._copies(request):
+                data = exchange.request_body = await request.read()
+            else:
+                data = self._request_body(request, exchange)
+        deadlines = self._deadlines
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines.add(task)
+        lean = self._lean
+        # The lean client takes a body in hand, and no 100-continue (aiohttp's client does).
+        transport = (
+            lean
+            if lean is not None
+            and (data is None or type(data) is bytes)
+            and hdrs.EXPECT not in headers
+            else self._session
+        )
+        try:
+            upstream = await transport.send(request.method, raw_path, headers, data)
+        except aiohttp.ClientError as exc:
+            # Before TimeoutError: a connect timeout is both, and it means "unreachable".
+            raise UpstreamUnreachable(
+                f"the upstream could not be reached: {type(exc).__name__}"
+            ) from exc
+        except TimeoutError as exc:
+            raise self._timed_out() from exc
+        except asyncio.CancelledError:
+            if not deadlines.expired(task):
+                raise  # the client went away
+            task.uncancel()
+            raise self._timed_out() from None
+        finally:
+            deadlines.discard(task)
+        exchange.response_started_at = time.time()
+        try:
+            return await self._relay(request, upstream, exchange, rewritten)
+        finally:
+            # Closing (not releasing) an unfinished response drops its connection, so a client
+            # that went away also stops the upstream's generation.
+            if not upstream.content.at_eof():
+                upstream.close()
+            else:
+                upstream.release()
+
+    def _timed_out(self) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"the upstream sent no response within {self._deadlines.timeout:g} s"
+        )
+
+    def _copies(self, request: web.Request) -> bool:
+        """Whether observers get a copy of this request's body (none of file uploads)."""
+        ctype = request.headers.get("Content-Type", "").lower()
+        return self._max_request > 0 and not ctype.startswith(_NO_COPY_TYPES)
+
+    async def _request_body(self, request: web.Request, exchange: Exchange) -> AsyncIterator[bytes]:
+        # A generator, so the body streams through in the chunks it arrives in: an upload of
+        # any size is never held whole. Observers get a capped copy, and none of file uploads.
+        copy = self._copies(request)
+        buf = bytearray()
+        async for chunk in request.content.iter_any():
+            if copy:
+                room = self._max_request - len(buf)
+                if len(chunk) <= room:
+                    buf += chunk
+                else:
+                    buf += chunk[:room]
+                    exchange.request_body_truncated = True
+                    copy = False
+            elif chunk:
+                exchange.request_body_truncated = True
+            yield chunk
+        exchange.request_body = bytes(buf)
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: Response,
+        exchange: Exchange,
+        rewritten: bool = False,
+    ) -> web.StreamResponse:
+        exchange.status = upstream.status
+        exchange.response_headers = upstream.headers
+        response = self._response_class(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=filter_headers(upstream.headers, request=False),
+        )
+        response.unsent = tuple(h for h in _DEFAULTED if h not in upstream.headers)
+        body_filter = None
+        if rewritten and self._rewriter is not None:
+            body_filter = self._rewriter.response_filter(upstream.status, upstream.headers)
+            for name in body_filter.drop_headers if body_filter is not None else ():
+                response.headers.popall(name, None)
+        ctype = exchange.content_type
+        tap: CopyTap | SSETap | None = None
+        if self._max_body > 0:  # 0: observers asked for no copy of response bodies
+            if ctype == "text/event-stream":
+                tap = SSETap(exchange, self._dispatcher, self._max_body)
+            elif ctype in _JSON_TYPES or ctype.endswith("+json"):
+                tap = CopyTap(exchange, self._max_body)
+        content = upstream.content
+        whole = body_filter is None and _arrived_whole(request, upstream)
+        if whole:
+            # The body came in with the headers: both go out in one write instead of two,
+            # which is when the client would have had them anyway (bench/README.md).
+            response.send_headers_with_body()
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            return _client_gone(exchange, response)
+        if whole:
+            body = content.read_nowait()
+            if tap is not None:
+                tap.feed(body)
+                tap.close()
+            try:
+                await response.write_eof(body)
+            except ConnectionError:
+                return _client_gone(exchange, response)
+            return response
+        while True:
+            try:
+                chunk = await content.readany()
+            except aiohttp.ClientError as exc:
+                # Headers are already out: the honest signal is a cut connection, as the
+                # upstream gave.
+                exchange.error = f"the upstream broke off the body: {type(exc).__name__}"
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            if not chunk:
+                break
+            out = body_filter.feed(chunk) if body_filter is not None else chunk
+            try:
+                # Written as it comes: an SSE event reaches the client when the upstream sent it.
+                if out:
+                    await response.write(out)
+            except ConnectionError:
+                return _client_gone(exchange, response)
+            if tap is not None:
+                tap.feed(chunk)
+        if tap is not None:
+            tap.close()
+        try:
+            if body_filter is not None and (rest := body_filter.close()):
+                await response.write(rest)
+            await response.write_eof()
+        except ConnectionError:
+            return _client_gone(exchange, response)
+        return response
+
+
+def _arrived_whole(request: web.Request, upstream: Response) -> bool:
+    """Whether the upstream's whole body, as its Content-Length announced, is already in hand."""
+    length = upstream.headers.get(hdrs.CONTENT_LENGTH)
+    content = upstream.content
+    return (
+        length is not None
+        and content.is_eof()
+        and content.total_bytes > 0
+        and length == str(content.total_bytes)
+        and request.method != "HEAD"
+    )
+
+
+def _client_gone(exchange: Exchange, response: web.StreamResponse) -> web.StreamResponse:
+    # A write to a client that went away: nothing to answer, and nothing to log as a failure.
+    exchange.client_disconnected = True
+    exchange.error = "client disconnected"
+    return response

@@ -1,0 +1,69 @@
+"""aiohttp's ClientSession as a Transport: for requests whose body streams, that expect a
+100-continue, or that go through a pool with a connection limit; for every request when the
+lean client cannot be used (compat.py). The collector fetches through its session too."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.forwarding.upstream import Body, Response
+from proxy.forwarding.upstream.compat import SKIPPED_AUTO_HEADERS, Internals, QuietRequest
+
+__all__ = ["SessionTransport"]
+
+
+class SessionTransport:
+    def __init__(self, prefix: str, *, connect_timeout: float, limit: int) -> None:
+        self._prefix = prefix
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None
+        )
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def start(self, internals: Internals) -> None:
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ttl_dns_cache=300)
+        # The client's own headers go through as they are: nothing may be added.
+        quiet: dict[str, object] = (
+            {"request_class": QuietRequest}
+            if internals.quiet_request
+            else {"skip_auto_headers": SKIPPED_AUTO_HEADERS}
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=self._timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            requote_redirect_url=False,
+            **quiet,  # type: ignore[arg-type]
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "SessionTransport.start() was not called"
+        return self._session
+
+    def url(self, path_qs: str) -> URL:
+        return URL(self._prefix + path_qs, encoded=True)
+
+    def send(
+        self, method: str, raw_path: str, headers: CIMultiDict[str], data: Body
+    ) -> Awaitable[Response]:
+        # Not a coroutine of its own: the request's is awaited by the caller directly.
+        return self.session.request(  # type: ignore[return-value]
+            method,
+            self.url(raw_path),
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            compress=False,
+        )

@@ -1,0 +1,2 @@
+"""The reserved /_proxy/ endpoints (routes.py wires them): health, usage and metrics. Nothing
+under /_proxy/ is ever forwarded upstream."""

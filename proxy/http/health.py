@@ -1,0 +1,43 @@
+"""GET /_proxy/health: always, without a token (load balancers and compose probe it); it tells
+nothing secret."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+from proxy import __version__
+from proxy.settings import Settings
+
+__all__ = ["Health", "Watched"]
+
+
+class Watched(Protocol):
+    """What health reports of the accounting (proxy.accounting.service.Accounting)."""
+
+    async def database_ok(self) -> bool: ...
+
+    def collector_status(self) -> dict[str, object]: ...
+
+
+class Health:
+    def __init__(self, settings: Settings, accounting: Watched | None) -> None:
+        self._upstream = settings.upstream
+        self._accounting = accounting
+
+    async def handle(self, request: web.Request) -> web.Response:
+        accounting = self._accounting
+        database = await accounting.database_ok() if accounting is not None else None
+        body: dict[str, object] = {
+            "status": "ok",
+            "version": __version__,
+            "upstream": self._upstream,
+            "database": {"ok": database}
+            if database is not None
+            else {"ok": None, "enabled": False},
+        }
+        if accounting is not None:
+            # Collection stopping never stops forwarding, so it is reported, not a failure.
+            body["collector"] = accounting.collector_status()
+        return web.json_response(body)

@@ -1,0 +1,54 @@
+"""The reserved /_proxy/ endpoints. Nothing under /_proxy/ is ever forwarded upstream.
+
+- GET /_proxy/health: always, without a token (health.py).
+- GET /_proxy/usage: the report of `usage-proxy report` over HTTP, as JSON or CSV. Needs the
+  admin token and accounting (usage.py).
+- GET /_proxy/metrics: Prometheus text. Needs the admin token (metrics.py).
+
+Without a configured admin_token, usage and metrics are not routed at all and answer 404 like
+any unknown /_proxy/ path: a proxy nobody configured for it exposes no billing data. With one,
+`Authorization: Bearer <token>` is compared in constant time; anything else gets 401 before
+any parameter is looked at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proxy.forwarding.exchange import Dispatcher
+from proxy.http.auth import AdminToken, error
+from proxy.http.health import Health
+from proxy.http.metrics import MetricsEndpoint
+from proxy.http.usage import Usage
+from proxy.metrics import Metrics
+from proxy.settings import Settings
+
+__all__ = ["install"]
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return error(404, f"no such proxy endpoint: {request.path}", "not_found")
+
+
+def install(
+    app: web.Application,
+    settings: Settings,
+    *,
+    metrics: Metrics,
+    dispatcher: Dispatcher,
+    accounting: Any | None = None,
+) -> None:
+    """Route /_proxy/*: health always; metrics with an admin token; usage with an admin token
+    and accounting (`accounting` is the proxy.accounting.service.Accounting, or None)."""
+    app.router.add_get("/_proxy/health", Health(settings, accounting).handle)
+    if settings.admin_token:
+        token = AdminToken(settings.admin_token)
+        pending = accounting.pending_jobs if accounting is not None else None
+        app.router.add_get(
+            "/_proxy/metrics", MetricsEndpoint(token, metrics, dispatcher, pending).handle
+        )
+        if accounting is not None:
+            app.router.add_get("/_proxy/usage", Usage(token, accounting.sessionmaker).handle)
+    app.router.add_route("*", "/_proxy/{tail:.*}", _not_found)
