@@ -20,6 +20,7 @@ __all__ = [
     "extract_key",
     "fingerprint",
     "hint",
+    "sendable",
 ]
 
 # What the collector replays on its follow-up fetches: the key header plus the headers that
@@ -45,14 +46,32 @@ def extract_key(headers: Mapping[str, str]) -> str | None:
 
 
 def fingerprint(key: str, secret: bytes) -> str:
-    """HMAC-SHA256 of the key under the server secret, hex."""
-    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+    """HMAC-SHA256 of the key's bytes under the server secret, hex. A header that was not
+    valid UTF-8 reaches us with its bad bytes as surrogate escapes (aiohttp decodes that way):
+    those are fingerprinted as the bytes they stand for, so any key the upstream was sent has
+    a fingerprint, and one row."""
+    return hmac.new(secret, key.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
 
 
 def hint(key: str) -> str:
-    """`sk-...abcd` for OpenAI keys, `...abcd` for others; nothing of keys too short to hide."""
+    """`sk-...abcd` for OpenAI keys, `...abcd` for others; nothing of keys too short to hide,
+    and no tail that is not printable (a control character or a byte that was not UTF-8 has
+    no place in a report, and PostgreSQL would refuse the latter)."""
     prefix = "sk-" if key.startswith("sk-") else ""
-    return f"{prefix}...{key[-4:]}" if len(key) >= 12 else f"{prefix}..."
+    tail = key[-4:]
+    return f"{prefix}...{tail}" if len(key) >= 12 and tail.isprintable() else f"{prefix}..."
+
+
+def sendable(value: str) -> bool:
+    """Whether a header value can be sent again (by aiohttp, and over the collector's pipe,
+    which are UTF-8 only): not one that carried bytes that were not UTF-8."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Credential(NamedTuple):
@@ -98,6 +117,13 @@ class CredentialStore:
             return False
         get = request_headers.get
         headers = tuple([(n, v) for n in CREDENTIAL_HEADERS if (v := get(n)) is not None])
+        if not all(sendable(v) for _, v in headers):
+            kept = tuple([(n, v) for n, v in headers if sendable(v)])
+            if extract_key(dict(kept)) != extract_key(request_headers):
+                # The key itself cannot be sent again: fetches with what is left would use
+                # another key, or none. Its jobs wait as if the key were gone.
+                return False
+            headers = kept
         self._items[fp] = Credential(headers, now + self._ttl)
         if self.listener is not None and (
             old is None or old.headers != headers or now - self._told.get(fp, -_RETELL) >= _RETELL

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.accounting.collector_wire import key_line
 from proxy.keys import CredentialStore, extract_key, fingerprint, hint
 from tests.fake_keys import fake_key
 
@@ -88,3 +92,43 @@ def test_a_key_seen_again_within_a_second_is_not_refreshed() -> None:
     clock.now += 20
     store.put("fp", (("api-key", KEY),))
     assert store.get("fp") == {"api-key": KEY} and store.put("fp", ()) is False
+
+
+# Header values as aiohttp's server decodes bytes that are not UTF-8: surrogate escapes.
+def _escaped(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def test_a_key_that_is_not_utf8_is_fingerprinted_by_its_bytes_and_hinted_printably() -> None:
+    raw = KEY.encode()[:-4] + b"\xff\xfe\x80z"
+    fp = fingerprint(_escaped(raw), b"secret")
+    assert fp == hmac.new(b"secret", raw, hashlib.sha256).hexdigest()
+    assert hint(_escaped(raw)) == "sk-..."
+    assert hint(KEY[:-4] + "ab\tc") == "sk-..."
+
+
+@pytest.mark.parametrize(
+    ("headers", "kept"),
+    [
+        # A decoy beside the key the upstream takes: the key is kept, the decoy is not.
+        (
+            {"Authorization": f"Bearer {KEY}", "api-key": _escaped(b"\xffjunk")},
+            {"Authorization": f"Bearer {KEY}"},
+        ),
+        (
+            {"api-key": KEY, "OpenAI-Project": _escaped(b"proj_\xff")},
+            {"api-key": KEY},
+        ),
+        # The key itself cannot be sent again: nothing is kept (another key would be used).
+        ({"Authorization": _escaped(b"Bearer \xff" + KEY.encode()), "api-key": KEY}, None),
+        ({"Authorization": _escaped(b"Bearer \xff" + KEY.encode())}, None),
+    ],
+)
+def test_the_store_keeps_only_what_can_be_sent_again(
+    headers: dict[str, str], kept: dict[str, str] | None
+) -> None:
+    told: list[bytes] = []
+    store = CredentialStore(listener=lambda fp, h: told.append(key_line(fp, h)))
+    store.remember("fp", CIMultiDictProxy(CIMultiDict(headers)))
+    assert store.get("fp") == kept
+    assert len(told) == (kept is not None)  # and the line to the collector process encodes

@@ -224,8 +224,10 @@ def _request_id(exchange: Exchange) -> str:
     headers = exchange.response_headers
     for name in ("x-request-id", "apim-request-id"):
         value = headers.get(name) if headers is not None else None
-        if value and value.strip():
-            return value.strip()[:255]
+        # Printable only: an id with bytes that were not UTF-8 would be refused by PostgreSQL.
+        value = "".join(c for c in value if c.isprintable()).strip() if value else None
+        if value:
+            return value[:255]
     return f"proxy-{uuid.uuid4().hex}"
 
 
