@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 __all__ = [
     "CREDENTIAL_HEADERS",
+    "REFUSED",
     "Credential",
     "CredentialStore",
     "Headers",
@@ -22,6 +23,10 @@ __all__ = [
     "hint",
     "sendable",
 ]
+
+# Upstream answers that say the key is not good: such a request's key is not kept, so made-up
+# keys cost no memory.
+REFUSED = frozenset({401, 403})
 
 # What the collector replays on its follow-up fetches: the key header plus the headers that
 # select the organisation, project and API beta the run lives in.
@@ -91,7 +96,9 @@ _RETELL = 60.0
 
 class CredentialStore:
     """fingerprint -> the headers to replay, held in memory only, each for `ttl` seconds after
-    it was last seen. The expiry bounds how long a key outlives its last use in this process.
+    it was last seen, and at most `limit` of them: beyond it the least recently seen is
+    forgotten (its jobs wait until it is seen again), so made-up keys cannot fill memory. The
+    expiry bounds how long a key outlives its last use in this process.
 
     `listener(fp, headers)` hears of each key when it is new, when its headers change, and
     every minute while it stays in use: the collector process keeps its copy that way, over a
@@ -102,8 +109,10 @@ class CredentialStore:
         ttl: float = 24 * 3600.0,
         clock: Callable[[], float] = time.monotonic,
         listener: Callable[[str, Headers], None] | None = None,
+        limit: int = 10_000,
     ) -> None:
         self._ttl = ttl
+        self._limit = limit
         self._clock = clock
         self._items: dict[str, Credential] = {}
         self._told: dict[str, float] = {}
@@ -124,7 +133,7 @@ class CredentialStore:
                 # another key, or none. Its jobs wait as if the key were gone.
                 return False
             headers = kept
-        self._items[fp] = Credential(headers, now + self._ttl)
+        self._keep(fp, Credential(headers, now + self._ttl))
         if self.listener is not None and (
             old is None or old.headers != headers or now - self._told.get(fp, -_RETELL) >= _RETELL
         ):
@@ -135,7 +144,7 @@ class CredentialStore:
     def put(self, fp: str, headers: Headers) -> bool:
         """Keep `headers` as they are (a copy told by another process); whether `fp` is new."""
         new = fp not in self
-        self._items[fp] = Credential(tuple(headers), self._clock() + self._ttl)
+        self._keep(fp, Credential(tuple(headers), self._clock() + self._ttl))
         return new
 
     def get(self, fp: str) -> dict[str, str] | None:
@@ -161,6 +170,13 @@ class CredentialStore:
     def live(self) -> list[tuple[str, Headers]]:
         """Every live credential: what a new listener must be told first."""
         return [(fp, self._items[fp].headers) for fp in self.fingerprints()]
+
+    def _keep(self, fp: str, credential: Credential) -> None:
+        # Re-inserted, so the dict's order is the order of last use: the first is the LRU.
+        self._items.pop(fp, None)
+        self._items[fp] = credential
+        while len(self._items) > self._limit:
+            self._forget(next(iter(self._items)))
 
     def _forget(self, fp: str) -> None:
         del self._items[fp]

@@ -87,6 +87,12 @@ class Settings:
     credential_ttl: float = _opt(
         86400.0, "seconds a key stays in memory after it was last seen", flag=False
     )
+    # Hardening of credentials and collection (issue 20).
+    credential_limit: int = _opt(
+        10_000,
+        "most keys held in memory; beyond it the least recently used is forgotten",
+        flag=False,
+    )
     estimate_base_prompt: int = _opt(105, "seed: base prompt tokens of a run", flag=False)
     estimate_per_user_message: int = _opt(4, "seed: overhead of a user message", flag=False)
     estimate_per_assistant_message: int = _opt(
@@ -209,6 +215,9 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 0")
     if s.collector_workers < 1:
         raise ConfigError(f"collector_workers: {s.collector_workers!r} must be >= 1")
+    for name in ("credential_limit",):  # issue 20
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 1")
     for name, value in s.estimate_constants().items():
         if value < 0:
             raise ConfigError(f"estimate_{name}: {value!r} must be >= 0")

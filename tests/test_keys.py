@@ -132,3 +132,15 @@ def test_the_store_keeps_only_what_can_be_sent_again(
     store.remember("fp", CIMultiDictProxy(CIMultiDict(headers)))
     assert store.get("fp") == kept
     assert len(told) == (kept is not None)  # and the line to the collector process encodes
+
+
+def test_the_store_forgets_the_least_recently_seen_key_beyond_its_limit() -> None:
+    clock = Clock()
+    store = CredentialStore(clock=clock, limit=3)
+    for fp in ("a", "b", "c"):
+        store.remember(fp, {"api-key": fp * 12})
+        clock.now += 2  # beyond the refresh interval: each sighting counts
+    store.remember("a", {"api-key": "a" * 12})  # seen again: now the most recent
+    store.put("d", (("api-key", "d" * 12),))
+    assert sorted(store.fingerprints()) == ["a", "c", "d"]
+    assert [fp for fp, _ in store.live()] == ["c", "a", "d"]

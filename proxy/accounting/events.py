@@ -52,6 +52,7 @@ from proxy.db import records
 from proxy.decode import DecodeError, SSEEvent
 from proxy.errors import AccountingError
 from proxy.exchange import Exchange
+from proxy.keys import REFUSED
 
 if TYPE_CHECKING:
     from proxy.accounting.service import Accounting
@@ -188,7 +189,8 @@ class EventObserver:
         self.accounting.rows.submit(row)
 
     async def _api_error(self, exchange: Exchange, status: int) -> None:
-        who = await self.accounting.attribute(exchange.request_headers)
+        keep = status not in REFUSED  # a key the upstream refused is not kept
+        who = await self.accounting.attribute(exchange.request_headers, keep=keep)
         self.accounting.metrics.api_error(who.team, status)
 
     def _remember(self, seen: OrderedDict[str, None], key: str) -> None:

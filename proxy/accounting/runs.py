@@ -21,6 +21,7 @@ import orjson
 
 from proxy.decode import DecodeError, SSEEvent
 from proxy.exchange import Exchange
+from proxy.keys import REFUSED
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -123,8 +124,9 @@ class RunObserver:
             await self._sighted(exchange, run)
 
     async def on_response(self, exchange: Exchange) -> None:
-        if self._remember_key is not None:
-            # Every request refreshes its key, so a waiting job can finish when the key returns.
+        if self._remember_key is not None and exchange.status not in REFUSED:
+            # Every request refreshes its key, so a waiting job can finish when the key returns
+            # (not one the upstream refused: made-up keys must cost no memory).
             self._remember_key(exchange.request_headers)
         if exchange.status is None or not 200 <= exchange.status < 300 or exchange.is_sse:
             return

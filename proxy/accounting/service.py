@@ -70,7 +70,8 @@ class Accounting:
             self.constants = EstimateConstants.from_mapping(settings.estimate_constants())
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        self.credentials = CredentialStore(settings.credential_ttl)
+        self.credentials = CredentialStore(settings.credential_ttl, limit=settings.credential_limit)
+        self.metrics.credentials_held.set_function(lambda: len(self.credentials.fingerprints()))
         self.engine: AsyncEngine | None = None
         self._sm: async_sessionmaker[AsyncSession] | None = None
         self._secret: bytes | None = settings.key_secret.encode() or None
@@ -227,9 +228,10 @@ class Accounting:
         if self.credentials.remember(fp, headers) and self.collector is not None:
             self.collector.wake()  # jobs waiting for this key can be collected now
 
-    async def attribute(self, headers: Mapping[str, str]) -> Attribution:
+    async def attribute(self, headers: Mapping[str, str], *, keep: bool = True) -> Attribution:
         """Who pays for a request: the key's fingerprint, team, tag, project and organization.
-        Also keeps the credential in memory for collection.
+        Also keeps the credential in memory for collection, unless not `keep` (the upstream
+        refused the key).
 
         Remembered per combination of the headers it depends on, for as long as a team lookup
         is: most traffic comes from a few keys, and working it out again cost more than the
@@ -240,17 +242,17 @@ class Accounting:
         if hit is not None and hit[1] > now:
             # The credential itself is refreshed by remember_key, which sees every response.
             return hit[0]
-        who = await self._attribute(headers)
+        who = await self._attribute(headers, keep)
         if who.team is not None:  # None: the database is down; the write resolves it later
             if len(self._attributions) >= _FP_CACHE:
                 self._attributions.clear()
             self._attributions[seen] = (who, now + _TEAM_TTL)
         return who
 
-    async def _attribute(self, headers: Mapping[str, str]) -> Attribution:
+    async def _attribute(self, headers: Mapping[str, str], keep: bool) -> Attribution:
         key = extract_key(headers)
         fp = await self._fingerprint(key) if key else None
-        if key and fp:
+        if key and fp and keep:
             self.credentials.remember(fp, headers)
         project = Attribution.header(headers, "OpenAI-Project")
         team = None
