@@ -299,7 +299,7 @@ class Forwarder:
     async def _forward(
         self, request: web.Request, raw_path: str, exchange: Exchange
     ) -> web.StreamResponse:
-        headers = _filter_headers(request.headers, request=True)
+        headers = exchange.upstream_headers = _filter_headers(request.headers, request=True)
         data: AsyncIterator[bytes] | bytes | None = None
         rewritten, rw = False, self._rewriter
         if (

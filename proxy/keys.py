@@ -18,10 +18,12 @@ __all__ = [
     "Credential",
     "CredentialStore",
     "Headers",
+    "UsedCredential",
     "extract_key",
     "fingerprint",
     "hint",
     "sendable",
+    "used_credential",
 ]
 
 # Upstream answers that say the key is not good: such a request's key is not kept, so made-up
@@ -48,6 +50,32 @@ def extract_key(headers: Mapping[str, str]) -> str | None:
             return token.strip()
     key = headers.get("api-key")
     return key.strip() if key and key.strip() else None
+
+
+class UsedCredential(NamedTuple):
+    """The credential a request used: its key, and the headers the collector replays for it
+    (None when the key cannot be sent again: it carried bytes that were not UTF-8)."""
+
+    key: str
+    replay: tuple[tuple[str, str], ...] | None
+
+
+def used_credential(sent: Mapping[str, str] | None) -> UsedCredential | None:
+    """The credential a request used, or None: decided once, from the headers as they were
+    sent upstream (after hop-by-hop removal, so a decoy named in `Connection` is not it), for
+    attribution (the fingerprint) and for forwarding (the collector's fetches replay it)."""
+    key = extract_key(sent) if sent else None
+    if key is None:
+        return None
+    get = sent.get  # type: ignore[union-attr]
+    replay = tuple([(n, v) for n in CREDENTIAL_HEADERS if (v := get(n)) is not None])
+    if not all(sendable(v) for _, v in replay):
+        replay = tuple([(n, v) for n, v in replay if sendable(v)])
+        if extract_key(dict(replay)) != key:
+            # The key itself cannot be sent again: what is left would fetch with another
+            # key, or none.
+            return UsedCredential(key, None)
+    return UsedCredential(key, replay)
 
 
 def fingerprint(key: str, secret: bytes) -> str:
@@ -118,21 +146,18 @@ class CredentialStore:
         self._told: dict[str, float] = {}
         self.listener = listener
 
-    def remember(self, fp: str, request_headers: Mapping[str, str]) -> bool:
-        """Keep (or refresh) the credential of `fp`; whether it was not held before."""
+    def remember(self, fp: str, sent: Mapping[str, str]) -> bool:
+        """Keep (or refresh) the credential of `fp`, the one `sent` (the headers as sent
+        upstream) used; whether it was not held before. A key that cannot be sent again is
+        not kept: its jobs wait as if it were gone."""
         now = self._clock()
         old = self._items.get(fp)
         if old is not None and old.expires_at - now > self._ttl - _REFRESH:
             return False
-        get = request_headers.get
-        headers = tuple([(n, v) for n in CREDENTIAL_HEADERS if (v := get(n)) is not None])
-        if not all(sendable(v) for _, v in headers):
-            kept = tuple([(n, v) for n, v in headers if sendable(v)])
-            if extract_key(dict(kept)) != extract_key(request_headers):
-                # The key itself cannot be sent again: fetches with what is left would use
-                # another key, or none. Its jobs wait as if the key were gone.
-                return False
-            headers = kept
+        used = used_credential(sent)
+        if used is None or used.replay is None:
+            return False
+        headers = used.replay
         self._keep(fp, Credential(headers, now + self._ttl))
         if self.listener is not None and (
             old is None or old.headers != headers or now - self._told.get(fp, -_RETELL) >= _RETELL

@@ -9,7 +9,14 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.accounting.collector_wire import key_line
-from proxy.keys import CredentialStore, extract_key, fingerprint, hint
+from proxy.keys import (
+    CredentialStore,
+    UsedCredential,
+    extract_key,
+    fingerprint,
+    hint,
+    used_credential,
+)
 from tests.fake_keys import fake_key
 
 KEY = fake_key("keys", "WXYZ")
@@ -144,3 +151,24 @@ def test_the_store_forgets_the_least_recently_seen_key_beyond_its_limit() -> Non
     store.put("d", (("api-key", "d" * 12),))
     assert sorted(store.fingerprints()) == ["a", "c", "d"]
     assert [fp for fp, _ in store.live()] == ["c", "a", "d"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "used"),
+    [
+        (None, None),
+        ({"OpenAI-Project": "proj_a"}, None),
+        (
+            {"api-key": KEY, "OpenAI-Project": "proj_a", "X-Other": "x"},
+            UsedCredential(KEY, (("api-key", KEY), ("OpenAI-Project", "proj_a"))),
+        ),
+        (
+            {"Authorization": _escaped(b"Bearer \xff" + KEY.encode())},
+            UsedCredential(_escaped(b"\xff" + KEY.encode()), None),
+        ),
+    ],
+)
+def test_the_credential_a_request_used_is_read_from_the_headers_sent(
+    sent: dict[str, str] | None, used: UsedCredential | None
+) -> None:
+    assert used_credential(CIMultiDict(sent) if sent is not None else None) == used

@@ -34,6 +34,7 @@ import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import ChatStream, estimate_chat_stream
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.event_rows import (
@@ -120,12 +121,12 @@ class EventObserver:
         elif exchange.method != "POST" or not isinstance(body, dict):
             return  # a GET of a stored chat completion was billed when it was created
         elif is_chat_completion(body):
-            who = await self.accounting.attribute(exchange.request_headers)
+            who = await self._who(exchange)
             oid = body.get("id")
             oid = oid if isinstance(oid, str) else _request_id(exchange)
             self._record(chat_row(body, who, self.accounting.prices, _now(), object_id=oid))
         elif is_embedding_list(body):
-            who = await self.accounting.attribute(exchange.request_headers)
+            who = await self._who(exchange)
             oid = _request_id(exchange)
             self._record(embedding_row(body, who, self.accounting.prices, _now(), object_id=oid))
 
@@ -141,7 +142,7 @@ class EventObserver:
         rid = response["id"]
         if rid in self._seen:
             return
-        who = await self.accounting.attribute(exchange.request_headers)
+        who = await self._who(exchange)
         request = exchange.request_json() if exchange.method == "POST" else None
         row = response_row(
             response,
@@ -170,7 +171,7 @@ class EventObserver:
             except AccountingError:
                 # The row is still written, with usage_source "none", so the event is counted.
                 _log.exception("cannot estimate chat completion %s", stream.id)
-        who = await self.accounting.attribute(exchange.request_headers)
+        who = await self._who(exchange)
         oid = stream.id or _request_id(exchange)
         row = chat_stream_row(
             stream,
@@ -190,8 +191,13 @@ class EventObserver:
 
     async def _api_error(self, exchange: Exchange, status: int) -> None:
         keep = status not in REFUSED  # a key the upstream refused is not kept
-        who = await self.accounting.attribute(exchange.request_headers, keep=keep)
+        who = await self._who(exchange, keep=keep)
         self.accounting.metrics.api_error(who.team, status)
+
+    async def _who(self, exchange: Exchange, *, keep: bool = True) -> Attribution:
+        return await self.accounting.attribute(
+            exchange.upstream_headers, exchange.request_headers, keep=keep
+        )
 
     def _remember(self, seen: OrderedDict[str, None], key: str) -> None:
         seen[key] = None

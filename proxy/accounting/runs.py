@@ -89,6 +89,7 @@ class RunSighting:
     api_prefix: str
     api_query: str
     request_headers: Mapping[str, str]
+    upstream_headers: Mapping[str, str] | None  # as sent: the credential comes from these
 
     @property
     def run_json(self) -> str:
@@ -124,10 +125,11 @@ class RunObserver:
             await self._sighted(exchange, run)
 
     async def on_response(self, exchange: Exchange) -> None:
-        if self._remember_key is not None and exchange.status not in REFUSED:
+        sent = exchange.upstream_headers
+        if self._remember_key is not None and sent is not None and exchange.status not in REFUSED:
             # Every request refreshes its key, so a waiting job can finish when the key returns
             # (not one the upstream refused: made-up keys must cost no memory).
-            self._remember_key(exchange.request_headers)
+            self._remember_key(sent)
         if exchange.status is None or not 200 <= exchange.status < 300 or exchange.is_sse:
             return
         if exchange.content_type != "application/json":
@@ -146,7 +148,9 @@ class RunObserver:
         if run_id in self._seen:
             return
         prefix, query = api_context(exchange.path, exchange.query_string)
-        await self._open_job(RunSighting(run, prefix, query, exchange.request_headers))
+        await self._open_job(
+            RunSighting(run, prefix, query, exchange.request_headers, exchange.upstream_headers)
+        )
         self._seen[run_id] = None
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)

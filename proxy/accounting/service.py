@@ -37,7 +37,7 @@ from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.db.errors import DB_ERRORS
 from proxy.errors import ConfigError
 from proxy.forward import Forwarder
-from proxy.keys import CredentialStore, extract_key, fingerprint, hint
+from proxy.keys import CredentialStore, fingerprint, hint, used_credential
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 
@@ -47,15 +47,11 @@ _log = logging.getLogger("proxy.accounting")
 
 _BACKLOG_LIMIT = 100_000
 _TEAM_TTL = 60.0
-# The request headers attribution depends on (see Accounting.attribute).
-_ATTRIBUTED_BY = (
-    "Authorization",
-    "api-key",
-    "OpenAI-Project",
-    "OpenAI-Organization",
-    "X-Usage-Team",
-    "X-Usage-Tag",
-)
+# The headers attribution depends on (see Accounting.attribute): those sent upstream, and the
+# proxy's own, which never are.
+_ATTRIBUTED_BY = ("Authorization", "api-key", "OpenAI-Project", "OpenAI-Organization")
+_OWN = ("X-Usage-Team", "X-Usage-Tag")
+_NOTHING_SENT: Mapping[str, str] = {}
 _FP_CACHE = 10_000
 
 
@@ -201,15 +197,16 @@ class Accounting:
 
     def remember_key(self, headers: Mapping[str, str]) -> None:
         """Keep this request's credential in memory: a job waiting for this key (after a
-        restart, or from another replica's sighting) can now be collected here. Called for
-        every response, so a known key costs a few dictionary lookups; a new one is
-        fingerprinted on a task (its secret may still be loading)."""
+        restart, or from another replica's sighting) can now be collected here. `headers` are
+        the request's as sent upstream. Called for every response, so a known key costs a few
+        dictionary lookups; a new one is fingerprinted on a task (its secret may still be
+        loading)."""
         sent = (headers.get("Authorization"), headers.get("api-key"))
         fp = self._fp_by_headers.get(sent)
         if fp is None:
-            key = extract_key(headers)
-            if key is not None:
-                task = asyncio.ensure_future(self._remember_new(sent, key, headers))
+            used = used_credential(headers)
+            if used is not None:
+                task = asyncio.ensure_future(self._remember_new(sent, used.key, headers))
                 self._remembering.add(task)
                 task.add_done_callback(self._remembering.discard)
         else:
@@ -228,45 +225,55 @@ class Accounting:
         if self.credentials.remember(fp, headers) and self.collector is not None:
             self.collector.wake()  # jobs waiting for this key can be collected now
 
-    async def attribute(self, headers: Mapping[str, str], *, keep: bool = True) -> Attribution:
+    async def attribute(
+        self, sent: Mapping[str, str] | None, own: Mapping[str, str], *, keep: bool = True
+    ) -> Attribution:
         """Who pays for a request: the key's fingerprint, team, tag, project and organization.
         Also keeps the credential in memory for collection, unless not `keep` (the upstream
         refused the key).
+
+        `sent` are the request's headers as sent upstream (None: nothing was sent), which
+        alone say which key and project the request used; `own` are the headers as received,
+        for the proxy's own X-Usage-* headers, which are never forwarded.
 
         Remembered per combination of the headers it depends on, for as long as a team lookup
         is: most traffic comes from a few keys, and working it out again cost more than the
         rest of a request's accounting (bench/README.md)."""
         now = time.monotonic()
-        seen = tuple(map(headers.get, _ATTRIBUTED_BY))
+        sent = _NOTHING_SENT if sent is None else sent
+        seen = (*map(sent.get, _ATTRIBUTED_BY), *map(own.get, _OWN))
         hit = self._attributions.get(seen)
         if hit is not None and hit[1] > now:
             # The credential itself is refreshed by remember_key, which sees every response.
             return hit[0]
-        who = await self._attribute(headers, keep)
+        who = await self._attribute(sent, own, keep)
         if who.team is not None:  # None: the database is down; the write resolves it later
             if len(self._attributions) >= _FP_CACHE:
                 self._attributions.clear()
             self._attributions[seen] = (who, now + _TEAM_TTL)
         return who
 
-    async def _attribute(self, headers: Mapping[str, str], keep: bool) -> Attribution:
-        key = extract_key(headers)
+    async def _attribute(
+        self, sent: Mapping[str, str], own: Mapping[str, str], keep: bool
+    ) -> Attribution:
+        used = used_credential(sent)
+        key = used.key if used is not None else None
         fp = await self._fingerprint(key) if key else None
         if key and fp and keep:
-            self.credentials.remember(fp, headers)
-        project = Attribution.header(headers, "OpenAI-Project")
+            self.credentials.remember(fp, sent)
+        project = Attribution.header(sent, "OpenAI-Project")
         team = None
         if self.settings.allow_client_team:
-            team = Attribution.header(headers, "X-Usage-Team")
+            team = Attribution.header(own, "X-Usage-Team")
         if team is None:
             team = await self._team(fp, project)
         return Attribution(
             key_fingerprint=fp,
             key_hint=hint(key) if key else None,
             team=team,
-            tag=Attribution.header(headers, "X-Usage-Tag"),
+            tag=Attribution.header(own, "X-Usage-Tag"),
             project=project,
-            organization=Attribution.header(headers, "OpenAI-Organization"),
+            organization=Attribution.header(sent, "OpenAI-Organization"),
         )
 
     async def _team(self, fp: str | None, project: str | None) -> str | None:
@@ -289,7 +296,7 @@ class Accounting:
     async def open_job(self, sighting: RunSighting) -> None:
         """A run was seen finished: queue its collection job for the outbox writer, which
         inserts it with the jobs that came meanwhile (or keeps it until the DB is back)."""
-        who = await self.attribute(sighting.request_headers)
+        who = await self.attribute(sighting.upstream_headers, sighting.request_headers)
         run = sighting.run
         job = jobs.NewJob(
             run_id=run["id"],

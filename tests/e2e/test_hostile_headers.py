@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from proxy.accounting.events import EventObserver
 from proxy.app import DISPATCHER
-from proxy.keys import fingerprint
+from proxy.db import records
+from proxy.keys import fingerprint, hint
 from tests.e2e.conftest import RawResponse, RunningProxy, _parse_responses, client_for, wait_for
 from tests.e2e.fake_upstream import FakeUpstream
 from tests.e2e.test_assistants import KEY, SECRET, finished_run, one_row, settings_for
@@ -49,7 +50,9 @@ def _setup(db_url: str, upstream: FakeUpstream) -> None:
     """The database before the proxy, so torn down after it."""
 
 
-async def chat(proxy: RunningProxy, *headers: bytes) -> RawResponse:
+async def chat(
+    proxy: RunningProxy, *headers: bytes, connection: bytes = b"Connection: close"
+) -> RawResponse:
     """A chat completion sent as raw bytes, with `headers` (whole lines, no CRLF) added."""
     port = int(proxy.url.rsplit(":", 1)[1])
     head = [
@@ -57,7 +60,7 @@ async def chat(proxy: RunningProxy, *headers: bytes) -> RawResponse:
         b"Host: 127.0.0.1",
         b"Content-Type: application/json",
         b"Content-Length: %d" % len(CHAT),
-        b"Connection: close",
+        connection,
         *headers,
     ]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -161,3 +164,35 @@ async def test_a_key_that_is_not_utf8_is_fingerprinted_by_its_bytes(
     # The bytes as sent, under the secret: what the upstream was given is what is attributed.
     assert row["key_fingerprint"] == hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
     assert row["key_hint"] == "sk-...wxyz"
+
+
+# --- a decoy credential named in Connection --------------------------------------------------
+
+DECOY = fake_key("decoy", "dddd")
+
+
+@pytest.mark.parametrize(
+    ("decoy", "connection"),
+    [
+        (b"Authorization: Bearer " + DECOY.encode(), b"Connection: close, Authorization"),
+        (b"Authorization: Bearer " + DECOY.encode(), b"Connection: Authorization, close"),
+        (b"OpenAI-Project: proj_decoy", b"Connection: close, openai-project"),
+    ],
+)
+async def test_a_header_named_in_connection_is_neither_forwarded_nor_billed(
+    proxy: RunningProxy, upstream: FakeUpstream, sm, decoy: bytes, connection: bytes
+) -> None:
+    """The issue's case: the real key in `api-key` (mapped to team red) and a decoy named in
+    `Connection`, which the proxy removes as hop-by-hop. The upstream saw the real key only,
+    and the row is red's, with the real key's fingerprint."""
+    await records.add_key_team(sm, fingerprint(KEY, SECRET.encode()), hint(KEY), "red")
+    await records.add_project_team(sm, "proj_decoy", "blue")
+    got = await chat(proxy, b"api-key: " + KEY.encode(), decoy, connection=connection)
+    assert got.status == 200, got
+    sent = {k.lower(): v for k, v in upstream.requests[-1]["headers"].items()}
+    assert "authorization" not in sent and "openai-project" not in sent
+    assert sent["api-key"] == KEY
+    await drained(proxy)
+    [row] = await rows(sm, "chat.completion")
+    assert row["key_fingerprint"] == fingerprint(KEY, SECRET.encode())
+    assert (row["key_hint"], row["team"], row["project"]) == (hint(KEY), "red", None)
