@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
+from urllib.parse import parse_qsl, urlencode
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -22,13 +24,25 @@ __all__ = [
     "extract_key",
     "fingerprint",
     "hint",
+    "replay_request",
     "sendable",
+    "split_query",
     "used_credential",
 ]
 
 # Upstream answers that say the key is not good: such a request's key is not kept, so made-up
 # keys cost no memory.
 REFUSED = frozenset({401, 403})
+
+# Query parameters that carry the key, and those that look like a credential of any kind: the
+# latter are never stored or logged (split_query). A replayed credential holds them beside its
+# headers, marked with "?", which no header name can contain.
+_QUERY_KEYS = frozenset({"api-key", "api_key", "key"})
+_SECRET_NAME = re.compile(
+    r"(?:^|[-_.])(?:api[-_]?key|key|token|secret|password|passwd|sig|signature|auth\w*)$", re.I
+)
+_SECRET_VALUE = re.compile(r"sk-[A-Za-z0-9_-]{6,}|^(?:Bearer|Basic)\s", re.I)
+_QUERY = "?"
 
 # What the collector replays on its follow-up fetches: the key header plus the headers that
 # select the organisation, project and API beta the run lives in.
@@ -60,22 +74,56 @@ class UsedCredential(NamedTuple):
     replay: tuple[tuple[str, str], ...] | None
 
 
-def used_credential(sent: Mapping[str, str] | None) -> UsedCredential | None:
+def used_credential(sent: Mapping[str, str] | None, query: str = "") -> UsedCredential | None:
     """The credential a request used, or None: decided once, from the headers as they were
-    sent upstream (after hop-by-hop removal, so a decoy named in `Connection` is not it), for
-    attribution (the fingerprint) and for forwarding (the collector's fetches replay it)."""
+    sent upstream (after hop-by-hop removal, so a decoy named in `Connection` is not it) and
+    the credential parameters of its query string (`?api-key=...`, when no header has a
+    key), for attribution (the fingerprint) and for forwarding (the collector's fetches
+    replay it, query parameters included, from memory: see `replay_request`)."""
     key = extract_key(sent) if sent else None
-    if key is None:
-        return None
-    get = sent.get  # type: ignore[union-attr]
-    replay = tuple([(n, v) for n in CREDENTIAL_HEADERS if (v := get(n)) is not None])
-    if not all(sendable(v) for _, v in replay):
-        replay = tuple([(n, v) for n, v in replay if sendable(v)])
-        if extract_key(dict(replay)) != key:
+    secret = split_query(query)[1] if query else ()
+    from_query = key is None
+    if from_query:
+        key = next((v.strip() for n, v in secret if n.lower() in _QUERY_KEYS and v.strip()), None)
+        if key is None:
+            return None
+    get = sent.get if sent else {}.get
+    headers = tuple([(n, v) for n in CREDENTIAL_HEADERS if (v := get(n)) is not None])
+    if not all(sendable(v) for _, v in headers):
+        headers = tuple([(n, v) for n, v in headers if sendable(v)])
+        if not from_query and extract_key(dict(headers)) != key:
             # The key itself cannot be sent again: what is left would fetch with another
             # key, or none.
             return UsedCredential(key, None)
-    return UsedCredential(key, replay)
+    return UsedCredential(key, headers + tuple([(_QUERY + n, v) for n, v in secret]))
+
+
+def split_query(query: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """(the query string without its credential-looking parameters, those parameters):
+    named like a key (`api-key`, `key`, `api_key`, `token`, ...) or valued like one (`sk-...`).
+    What is stored or logged gets the first part only."""
+    if not query:
+        return "", ()
+    kept: list[tuple[str, str]] = []
+    secret: list[tuple[str, str]] = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        looks = _SECRET_NAME.search(name) or _SECRET_VALUE.search(value)
+        (secret if looks else kept).append((name, value))
+    return (urlencode(kept) if secret else query), tuple(secret)
+
+
+def replay_request(headers: Mapping[str, str], query: str) -> tuple[dict[str, str], str]:
+    """The headers and query string to fetch with, from a credential's replay (whose query
+    parameters are held beside its headers, marked) and the stored query string."""
+    out: dict[str, str] = {}
+    params: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        if name.startswith(_QUERY):
+            params.append((name[len(_QUERY) :], value))
+        else:
+            out[name] = value
+    extra = urlencode(params)
+    return out, "&".join(q for q in (query, extra) if q)
 
 
 def fingerprint(key: str, secret: bytes) -> str:
@@ -146,7 +194,7 @@ class CredentialStore:
         self._told: dict[str, float] = {}
         self.listener = listener
 
-    def remember(self, fp: str, sent: Mapping[str, str]) -> bool:
+    def remember(self, fp: str, sent: Mapping[str, str], query: str = "") -> bool:
         """Keep (or refresh) the credential of `fp`, the one `sent` (the headers as sent
         upstream) used; whether it was not held before. A key that cannot be sent again is
         not kept: its jobs wait as if it were gone."""
@@ -154,7 +202,7 @@ class CredentialStore:
         old = self._items.get(fp)
         if old is not None and old.expires_at - now > self._ttl - _REFRESH:
             return False
-        used = used_credential(sent)
+        used = used_credential(sent, query)
         if used is None or used.replay is None:
             return False
         headers = used.replay

@@ -15,6 +15,8 @@ from proxy.keys import (
     extract_key,
     fingerprint,
     hint,
+    replay_request,
+    split_query,
     used_credential,
 )
 from tests.fake_keys import fake_key
@@ -172,3 +174,35 @@ def test_the_credential_a_request_used_is_read_from_the_headers_sent(
     sent: dict[str, str] | None, used: UsedCredential | None
 ) -> None:
     assert used_credential(CIMultiDict(sent) if sent is not None else None) == used
+
+
+@pytest.mark.parametrize(
+    ("query", "safe", "secret"),
+    [
+        ("", "", ()),
+        ("api-version=2024-05-01", "api-version=2024-05-01", ()),
+        (f"api-version=1&api-key={KEY}", "api-version=1", (("api-key", KEY),)),
+        (f"key={KEY}&limit=5", "limit=5", (("key", KEY),)),
+        (
+            "api_key=abc&x-api-key=def&token=t",
+            "",
+            (("api_key", "abc"), ("x-api-key", "def"), ("token", "t")),
+        ),
+        (f"note={KEY}&monkey=1&keyboard=2", "monkey=1&keyboard=2", (("note", KEY),)),  # by value
+        (f"note=x{KEY}&a=1", "a=1", (("note", f"x{KEY}"),)),  # with no word boundary before it
+    ],
+)
+def test_credential_looking_query_parameters_are_split_off(
+    query: str, safe: str, secret: tuple[tuple[str, str], ...]
+) -> None:
+    assert split_query(query) == (safe, secret)
+
+
+def test_a_key_in_the_query_is_used_and_replayed_from_memory() -> None:
+    used = used_credential(CIMultiDict({"OpenAI-Project": "p"}), f"api-version=1&api-key={KEY}")
+    assert used is not None and used.key == KEY and used.replay is not None
+    headers, query = replay_request(dict(used.replay), "api-version=1")
+    assert headers == {"OpenAI-Project": "p"}
+    assert query == f"api-version=1&api-key={KEY}"
+    # A header key wins over one in the query, as the upstream's does.
+    assert used_credential({"api-key": "header-key"}, f"key={KEY}").key == "header-key"  # type: ignore[union-attr]

@@ -41,7 +41,7 @@ from proxy.db.errors import DB_ERRORS, is_unavailable
 from proxy.db.models import utcnow
 from proxy.decode import parse_json
 from proxy.errors import FetchError
-from proxy.keys import CredentialStore
+from proxy.keys import CredentialStore, replay_request
 from proxy.metrics import usage_sums
 from proxy.settings import Settings
 
@@ -381,9 +381,10 @@ class RunCollector:
     async def _estimate(
         self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]
     ) -> RunEstimate:
-        got = await self._fetcher.run(
-            job.api_prefix, job.api_query, job.thread_id, job.run_id, headers
-        )
+        # The stored query has no credential: one that came in the query is replayed from
+        # memory, as the headers are.
+        headers, query = replay_request(headers, job.api_query)
+        got = await self._fetcher.run(job.api_prefix, query, job.thread_id, job.run_id, headers)
         size = got.nbytes + len(job.run_json)
         return await self._estimate_from(run, got.steps, got.messages, size)
 

@@ -196,7 +196,10 @@ class EventObserver:
 
     async def _who(self, exchange: Exchange, *, keep: bool = True) -> Attribution:
         return await self.accounting.attribute(
-            exchange.upstream_headers, exchange.request_headers, keep=keep
+            exchange.upstream_headers,
+            exchange.request_headers,
+            keep=keep,
+            query=exchange.query_string,
         )
 
     def _remember(self, seen: OrderedDict[str, None], key: str) -> None:

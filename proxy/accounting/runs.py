@@ -21,7 +21,7 @@ import orjson
 
 from proxy.decode import DecodeError, SSEEvent
 from proxy.exchange import Exchange
-from proxy.keys import REFUSED
+from proxy.keys import REFUSED, split_query
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -72,12 +72,14 @@ def terminal_run_in_event(event: SSEEvent) -> dict[str, Any] | None:
 
 def api_context(path: str, query_string: str) -> tuple[str, str]:
     """(prefix, query) for follow-up URLs: the path before `/threads`, and the query string
-    without paging parameters (so Azure's `api-version` survives)."""
+    without paging parameters (so Azure's `api-version` survives) and without credentials
+    (`?api-key=...`), which is stored: those the collector has from memory, with the key."""
     idx = path.find("/threads")
     prefix = path[:idx] if idx >= 0 else ("/v1" if path.startswith("/v1/") else "")
     if not query_string:
         return prefix, ""
-    kept = [(k, v) for k, v in parse_qsl(query_string, keep_blank_values=True) if k not in _PAGING]
+    safe = split_query(query_string)[0]
+    kept = [(k, v) for k, v in parse_qsl(safe, keep_blank_values=True) if k not in _PAGING]
     return prefix, urlencode(kept)
 
 
@@ -90,6 +92,7 @@ class RunSighting:
     api_query: str
     request_headers: Mapping[str, str]
     upstream_headers: Mapping[str, str] | None  # as sent: the credential comes from these
+    query_string: str = ""  # as sent: it may carry the credential too (never stored)
 
     @property
     def run_json(self) -> str:
@@ -111,7 +114,7 @@ class RunObserver:
         self,
         open_job: Callable[[RunSighting], Awaitable[None]],
         *,
-        remember_key: Callable[[Mapping[str, str]], None] | None = None,
+        remember_key: Callable[[Mapping[str, str], str], None] | None = None,
         seen_capacity: int = 100_000,
     ) -> None:
         self._open_job = open_job
@@ -129,7 +132,7 @@ class RunObserver:
         if self._remember_key is not None and sent is not None and exchange.status not in REFUSED:
             # Every request refreshes its key, so a waiting job can finish when the key returns
             # (not one the upstream refused: made-up keys must cost no memory).
-            self._remember_key(sent)
+            self._remember_key(sent, exchange.query_string)
         if exchange.status is None or not 200 <= exchange.status < 300 or exchange.is_sse:
             return
         if exchange.content_type != "application/json":
@@ -149,7 +152,14 @@ class RunObserver:
             return
         prefix, query = api_context(exchange.path, exchange.query_string)
         await self._open_job(
-            RunSighting(run, prefix, query, exchange.request_headers, exchange.upstream_headers)
+            RunSighting(
+                run,
+                prefix,
+                query,
+                exchange.request_headers,
+                exchange.upstream_headers,
+                exchange.query_string,
+            )
         )
         self._seen[run_id] = None
         if len(self._seen) > self._capacity:

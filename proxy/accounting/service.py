@@ -37,7 +37,7 @@ from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.db.errors import DB_ERRORS
 from proxy.errors import ConfigError
 from proxy.forward import Forwarder
-from proxy.keys import CredentialStore, fingerprint, hint, used_credential
+from proxy.keys import CredentialStore, fingerprint, hint, split_query, used_credential
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 
@@ -53,6 +53,11 @@ _ATTRIBUTED_BY = ("Authorization", "api-key", "OpenAI-Project", "OpenAI-Organiza
 _OWN = ("X-Usage-Team", "X-Usage-Tag")
 _NOTHING_SENT: Mapping[str, str] = {}
 _FP_CACHE = 10_000
+
+
+def _secret_params(query: str) -> tuple[tuple[str, str], ...]:
+    # Only the query's credential parameters tell requests apart for attribution.
+    return split_query(query)[1] if query else ()
 
 
 class Accounting:
@@ -195,38 +200,43 @@ class Accounting:
             self._fps.popitem(last=False)
         return fp
 
-    def remember_key(self, headers: Mapping[str, str]) -> None:
+    def remember_key(self, headers: Mapping[str, str], query: str = "") -> None:
         """Keep this request's credential in memory: a job waiting for this key (after a
         restart, or from another replica's sighting) can now be collected here. `headers` are
         the request's as sent upstream. Called for every response, so a known key costs a few
         dictionary lookups; a new one is fingerprinted on a task (its secret may still be
         loading)."""
-        sent = (headers.get("Authorization"), headers.get("api-key"))
+        sent = (headers.get("Authorization"), headers.get("api-key"), _secret_params(query))
         fp = self._fp_by_headers.get(sent)
         if fp is None:
-            used = used_credential(headers)
+            used = used_credential(headers, query)
             if used is not None:
-                task = asyncio.ensure_future(self._remember_new(sent, used.key, headers))
+                task = asyncio.ensure_future(self._remember_new(sent, used.key, headers, query))
                 self._remembering.add(task)
                 task.add_done_callback(self._remembering.discard)
         else:
-            self._keep(fp, headers)
+            self._keep(fp, headers, query)
 
     async def _remember_new(
-        self, sent: tuple[str | None, str | None], key: str, headers: Mapping[str, str]
+        self, sent: tuple[object, ...], key: str, headers: Mapping[str, str], query: str
     ) -> None:
         fp = await self._fingerprint(key)
         if len(self._fp_by_headers) >= _FP_CACHE:
             self._fp_by_headers.clear()
         self._fp_by_headers[sent] = fp
-        self._keep(fp, headers)
+        self._keep(fp, headers, query)
 
-    def _keep(self, fp: str, headers: Mapping[str, str]) -> None:
-        if self.credentials.remember(fp, headers) and self.collector is not None:
+    def _keep(self, fp: str, headers: Mapping[str, str], query: str) -> None:
+        if self.credentials.remember(fp, headers, query) and self.collector is not None:
             self.collector.wake()  # jobs waiting for this key can be collected now
 
     async def attribute(
-        self, sent: Mapping[str, str] | None, own: Mapping[str, str], *, keep: bool = True
+        self,
+        sent: Mapping[str, str] | None,
+        own: Mapping[str, str],
+        *,
+        keep: bool = True,
+        query: str = "",
     ) -> Attribution:
         """Who pays for a request: the key's fingerprint, team, tag, project and organization.
         Also keeps the credential in memory for collection, unless not `keep` (the upstream
@@ -234,19 +244,20 @@ class Accounting:
 
         `sent` are the request's headers as sent upstream (None: nothing was sent), which
         alone say which key and project the request used; `own` are the headers as received,
-        for the proxy's own X-Usage-* headers, which are never forwarded.
+        for the proxy's own X-Usage-* headers, which are never forwarded; `query` is the query
+        string as sent, whose credential parameters count as the key when no header has one.
 
         Remembered per combination of the headers it depends on, for as long as a team lookup
         is: most traffic comes from a few keys, and working it out again cost more than the
         rest of a request's accounting (bench/README.md)."""
         now = time.monotonic()
         sent = _NOTHING_SENT if sent is None else sent
-        seen = (*map(sent.get, _ATTRIBUTED_BY), *map(own.get, _OWN))
+        seen = (*map(sent.get, _ATTRIBUTED_BY), *map(own.get, _OWN), _secret_params(query))
         hit = self._attributions.get(seen)
         if hit is not None and hit[1] > now:
             # The credential itself is refreshed by remember_key, which sees every response.
             return hit[0]
-        who = await self._attribute(sent, own, keep)
+        who = await self._attribute(sent, own, keep, query)
         if who.team is not None:  # None: the database is down; the write resolves it later
             if len(self._attributions) >= _FP_CACHE:
                 self._attributions.clear()
@@ -254,13 +265,13 @@ class Accounting:
         return who
 
     async def _attribute(
-        self, sent: Mapping[str, str], own: Mapping[str, str], keep: bool
+        self, sent: Mapping[str, str], own: Mapping[str, str], keep: bool, query: str
     ) -> Attribution:
-        used = used_credential(sent)
+        used = used_credential(sent, query)
         key = used.key if used is not None else None
         fp = await self._fingerprint(key) if key else None
         if key and fp and keep:
-            self.credentials.remember(fp, sent)
+            self.credentials.remember(fp, sent, query)
         project = Attribution.header(sent, "OpenAI-Project")
         team = None
         if self.settings.allow_client_team:
@@ -296,7 +307,9 @@ class Accounting:
     async def open_job(self, sighting: RunSighting) -> None:
         """A run was seen finished: queue its collection job for the outbox writer, which
         inserts it with the jobs that came meanwhile (or keeps it until the DB is back)."""
-        who = await self.attribute(sighting.upstream_headers, sighting.request_headers)
+        who = await self.attribute(
+            sighting.upstream_headers, sighting.request_headers, query=sighting.query_string
+        )
         run = sighting.run
         job = jobs.NewJob(
             run_id=run["id"],
