@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.engine import reading
 from proxy.db.models import CollectionJob, utcnow
+from proxy.redact import redact
 
 __all__ = [
     "ClaimedJob",
@@ -54,7 +54,6 @@ __all__ = [
 _jobs: Table = CollectionJob.__table__  # type: ignore[assignment]
 _MAX_ERROR = 2000
 # Defence in depth: callers pass safe text, but an upstream error body could echo a key.
-_SECRETS = re.compile(r"(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]+|(Bearer\s+)\S+", re.IGNORECASE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -314,5 +313,5 @@ def backoff(
 
 
 def _safe_error(error: str) -> str:
-    text = _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "***", error)
+    text = redact(error)
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
