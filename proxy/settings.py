@@ -76,7 +76,11 @@ class Settings:
     collector_retry_base: float = _opt(
         1.0, "first retry delay in seconds; doubles per attempt", flag=False
     )
-    collector_max_backoff: float = _opt(300.0, "cap on retry backoff, in seconds", flag=False)
+    collector_max_backoff: float = _opt(
+        14400.0,
+        "cap on retry backoff, in seconds (with the defaults, collector_max_attempts span a day)",
+        flag=False,
+    )
     collector_fetch_timeout: float = _opt(60.0, "seconds per steps/messages fetch", flag=False)
     reported_usage_wait: float = _opt(
         600.0,
@@ -91,6 +95,11 @@ class Settings:
     credential_limit: int = _opt(
         10_000,
         "most keys held in memory; beyond it the least recently used is forgotten",
+        flag=False,
+    )
+    collector_max_attempts: int = _opt(
+        20,
+        "failed attempts after which a run is recorded from itself alone (usage_source gave_up)",
         flag=False,
     )
     estimate_base_prompt: int = _opt(105, "seed: base prompt tokens of a run", flag=False)
@@ -215,7 +224,7 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 0")
     if s.collector_workers < 1:
         raise ConfigError(f"collector_workers: {s.collector_workers!r} must be >= 1")
-    for name in ("credential_limit",):  # issue 20
+    for name in ("credential_limit", "collector_max_attempts"):  # issue 20
         if getattr(s, name) < 1:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 1")
     for name, value in s.estimate_constants().items():

@@ -104,6 +104,7 @@ class RunCollector:
         reported_wait: float = 600.0,
         max_backoff: float = 300.0,
         retry_base: float = 1.0,
+        max_attempts: int = 20,
     ) -> None:
         self._sm = sm
         self._fetcher = fetcher
@@ -118,6 +119,7 @@ class RunCollector:
         self._reported_wait = reported_wait
         self._max_backoff = max_backoff
         self._retry_base = retry_base
+        self._max_attempts = max_attempts
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._wake = asyncio.Event()
         # Every job this worker holds, until it is recorded, retried or given back.
@@ -156,6 +158,7 @@ class RunCollector:
             reported_wait=s.reported_usage_wait,
             max_backoff=s.collector_max_backoff,
             retry_base=s.collector_retry_base,
+            max_attempts=s.collector_max_attempts,
         )
 
     @property
@@ -259,6 +262,7 @@ class RunCollector:
             reported_wait=self._reported_wait,
             lease=self._lease,
             limit=limit,
+            max_attempts=self._max_attempts,
         )
         fresh: list[jobs.ClaimedJob] = []
         for job in claimed:
@@ -348,9 +352,19 @@ class RunCollector:
     async def _collect(self, job: jobs.ClaimedJob) -> RunRow | None:
         """The run's row, or None when the job was retried or given back instead."""
         run = parse_json(job.run_json)
+        gave_up = job.attempts >= self._max_attempts
         headers = self._credentials.get(job.key_fingerprint) if job.key_fingerprint else None
         estimate: RunEstimate | None = None
-        if headers is None:
+        if gave_up:
+            # Retrying for ever would keep the job (and its cost) unrecorded for good.
+            _log.warning(
+                "run %s: %d attempts failed (last: %s); recording the run alone",
+                job.run_id,
+                job.attempts,
+                job.last_error,
+            )
+            estimate = await self._estimate_from(run, [], [], len(job.run_json))
+        elif headers is None:
             if not job.has_reported_usage:
                 # The key expired since the claim (or lives in another replica): wait for it.
                 await self._db(jobs.release(self._sm(), job.id, self.worker_id))
@@ -376,7 +390,7 @@ class RunCollector:
         who = Attribution(
             job.key_fingerprint, job.key_hint, team, job.tag, job.project, job.organization
         )
-        return run_row(run, who, estimate, self._prices, utcnow())
+        return run_row(run, who, estimate, self._prices, utcnow(), gave_up=gave_up)
 
     async def _estimate(
         self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]

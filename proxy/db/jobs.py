@@ -100,6 +100,8 @@ def _claim(*, skip_locked: bool) -> Any:
     eligible = or_(
         _jobs.c.key_fingerprint.in_(bindparam("fingerprints", expanding=True)),
         and_(_jobs.c.has_reported_usage.is_(True), _jobs.c.created_at <= bindparam("cutoff")),
+        # Out of attempts: recorded from the run alone, which needs no key.
+        _jobs.c.attempts >= bindparam("max_attempts", type_=Integer),
     )
     pick = (
         select(_jobs.c.id)
@@ -172,6 +174,7 @@ async def claim(
     reported_wait: float,
     lease: float,
     limit: int,
+    max_attempts: int = 2**31 - 1,
     now: dt.datetime | None = None,
 ) -> list[ClaimedJob]:
     """Claim up to `limit` due jobs for `worker`, oldest due first.
@@ -179,7 +182,8 @@ async def claim(
     Due: next_attempt_at <= now and not claimed (or the claim's lease has run out). Eligible:
     the job's key fingerprint is in `fingerprints` (this process holds the credential), or the
     run reported its usage and the job is at least `reported_wait` seconds old (recorded
-    without fetching). The claim lasts `lease` seconds; attempts is not changed. One statement
+    without fetching), or the job has failed `max_attempts` times (recorded from the run
+    alone). The claim lasts `lease` seconds; attempts is not changed. One statement
     in one transaction, whatever `limit` is.
     """
     if limit <= 0:
@@ -192,6 +196,7 @@ async def claim(
         "fingerprints": list(fingerprints),
         "limit": limit,
         "worker": worker,
+        "max_attempts": max_attempts,
     }
     async with sm.begin() as session:
         rows = (await session.execute(_CLAIM[_dialect(session)], params)).all()
