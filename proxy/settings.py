@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ class Settings:
 
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8080, "port to listen on (1-65535)")
-    upstream: str = _opt("https://api.openai.com", "the API server to forward to")
+    upstream: str = _opt(
+        "https://api.openai.com", "the API server to forward to (user:password@ is refused)"
+    )
     database_url: str = _opt("sqlite+aiosqlite:///usage.db", "SQLAlchemy async database URL")
     upstream_timeout: float = _opt(600.0, "seconds to wait for the upstream's response headers")
     upstream_connect_timeout: float = _opt(30.0, "seconds to wait for a connection to the upstream")
@@ -189,12 +192,21 @@ def _validate(s: Settings) -> None:
     if not 1 <= s.port <= 65535:
         raise ConfigError(f"port: {s.port} is out of range (1-65535)")
     parts = urlsplit(s.upstream)
+    shown = repr(_USERINFO.sub("//***@", s.upstream, count=1))  # no part of user:password
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"upstream: {s.upstream!r} is not an http(s) URL with a host")
+        raise ConfigError(f"upstream: {shown} is not an http(s) URL with a host")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        raise ConfigError(f"upstream: {s.upstream!r} has a bad port") from exc
+        raise ConfigError(f"upstream: {shown} has a bad port") from exc
+    if "@" in parts.netloc:
+        # Refused, not used: the upstream authenticates each request by the client's own key,
+        # in the client's Authorization header, which Basic auth from the URL would collide
+        # with; and never silently dropped either.
+        raise ConfigError(
+            f"upstream: {shown} carries user info (user:password@), which the proxy does not"
+            " send; clients authenticate with their own keys"
+        )
     if "://" not in s.database_url:
         # Shown only when it cannot hold credentials (user:password@host).
         shown = "the value" if "@" in s.database_url else repr(s.database_url)
@@ -230,6 +242,9 @@ def _validate(s: Settings) -> None:
     for name, value in s.estimate_constants().items():
         if value < 0:
             raise ConfigError(f"estimate_{name}: {value!r} must be >= 0")
+
+
+_USERINFO = re.compile(r"//[^/?#]*@")
 
 
 def mask_url(url: str) -> str:
