@@ -178,3 +178,54 @@ def test_true_up_without_billed_costs_says_so(capsys, db_url):
         capsys, "reconcile", "--database-url", db_url, "--month", "2026-11", "--true-up"
     )
     assert code == 2 and "no billed costs for 2026-11" in err
+
+
+AZURE = """Date,MeterSubCategory,MeterName,CostInBillingCurrency,BillingCurrencyCode
+11/01/2026,Azure OpenAI,gpt-4o-0806-Inp-glbl Tokens,0.04,USD
+11/01/2026,Azure OpenAI,gpt-4o-0806-Outp-glbl Tokens,0.03,USD
+11/01/2026,Azure OpenAI,Standard Hosting Hours,1.00,USD
+"""
+
+
+def test_azure_export_reconciles_at_the_model(capsys, db_url, tmp_path):
+    import asyncio
+    import datetime as dt
+
+    from proxy.db.engine import make_engine, make_sessionmaker
+    from proxy.db.usage import record_rows
+    from tests.db.rows import chat
+
+    async def seed():
+        engine = make_engine(db_url)
+        try:
+            when = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
+            await record_rows(
+                make_sessionmaker(engine),
+                [chat("az1", occurred_at=when, project=None, key_hint="...a2ur",
+                      model=GPT, cost_usd=D("0.06"))],
+            )  # fmt: skip
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    path = tmp_path / "costs.csv"
+    path.write_text(AZURE)
+    code, out, err = run(
+        capsys, "billing", "import", "--database-url", db_url, "--azure-csv", str(path)
+    )
+    assert code == 0, err
+    assert out.startswith("imported 1 days: 3 billed rows (3 changed), 1.07 usd billed; 0 rows")
+    rows = as_json(reconcile(capsys, db_url, "--month", "2026-11", "--group-by", "day,line_item",
+                             "--format", "json"))  # fmt: skip
+    got = {r["line_item"]: (r["recorded_usd"], r["billed_usd"]) for r in rows[:-1]}
+    assert got == {GPT: (D("0.06"), D("0.07")), "other": (0, D("1.00"))}
+    code, _, err = run(
+        capsys,
+        "billing",
+        "import",
+        "--database-url",
+        db_url,
+        "--azure-csv",
+        str(tmp_path / "nope.csv"),
+    )
+    assert code == 2 and len(err.splitlines()) == 1 and "No such file" in err
