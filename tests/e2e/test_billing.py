@@ -118,3 +118,59 @@ async def test_reconcile_endpoint_answers_what_the_cli_answers(
             assert resp.status == 400
             assert "month: '11/2026' is not a month" in (await resp.json())["error"]["message"]
     assert all(not r["path"].startswith("/_proxy") for r in upstream.requests)
+
+
+async def test_traffic_through_the_proxy_reconciles_with_the_bill(
+    db_url, upstream, admin, start_proxy, sm, monkeypatch, capsys
+) -> None:
+    """Chat completions made with the openai SDK through the proxy, billed by the fake admin
+    API: red's bill has 0.50 more (traffic that bypassed the proxy), blue's matches."""
+    from sqlalchemy import select
+
+    from proxy.db.models import UsageRecord
+    from tests.e2e.conftest import client_for
+    from tests.reconcile.scenario import BLUE_KEY, RED_KEY
+
+    proxy = await start_proxy(settings(db_url, upstream.url, admin.url).replace(
+        billing_pull_interval=0.0))  # fmt: skip
+    for key, project in ((RED_KEY, "proj_red"), (RED_KEY, "proj_red"), (BLUE_KEY, "proj_blue")):
+        client = client_for(proxy, key, default_headers={"OpenAI-Project": project})
+        await client.chat.completions.create(
+            model=GPT, messages=[{"role": "user", "content": "hi"}]
+        )
+
+    async def recorded(project: str) -> tuple[int, Decimal]:
+        """(rows, their cost) of one project."""
+        async with sm() as session:
+            query = select(UsageRecord.cost_usd).where(UsageRecord.project == project)
+            costs = (await session.scalars(query)).all()
+        return len(costs), sum(costs, Decimal(0))
+
+    await wait_for(lambda: _count(recorded, ("proj_red", 2), ("proj_blue", 1)), timeout=15)
+    red, blue = (await recorded("proj_red"))[1], (await recorded("proj_blue"))[1]
+    assert red > 0 and blue > 0
+    today = dt.datetime.now(dt.UTC).date()
+    admin.costs = {
+        today.isoformat(): [
+            cost(str(red + Decimal("0.5")), f"{GPT}, input", "proj_red", "key_red"),
+            cost(str(blue), f"{GPT}, output", "proj_blue", "key_blue1"),
+        ]
+    }
+    monkeypatch.setenv("USAGE_PROXY_BILLING_URL", admin.url)
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    pull = ["billing", "pull", "--database-url", db_url, "--since", today.isoformat()]
+    assert await asyncio.to_thread(cli.main, pull) == 0
+    async with aiohttp.ClientSession() as http:
+        params = {"since": today.isoformat(), "group_by": "project"}
+        async with http.get(proxy.url + "/_proxy/reconcile", params=params, headers=AUTH) as resp:
+            assert resp.status == 200, await resp.text()
+            rows = json.loads(await resp.text(), parse_float=Decimal)
+    got = {r["project"]: (r["recorded_usd"], r["residual_usd"], r["flagged"]) for r in rows[:-1]}
+    assert got == {"proj_red": (red, Decimal("0.5"), True), "proj_blue": (blue, 0, False)}
+
+
+async def _count(recorded, *wanted: tuple[str, int]) -> bool:
+    for project, n in wanted:
+        if (await recorded(project))[0] < n:
+            return False
+    return True
