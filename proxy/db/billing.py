@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, func, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -112,29 +112,28 @@ async def recorded_rows(
     sm: Sessionmaker, since: dt.datetime, until: dt.datetime, *, adjustments: bool = False
 ) -> list[dict[str, Any]]:
     """Recorded cost in [since, until) summed per UTC day, project, key hint, team, kind and
-    model; adjustments only when asked."""
+    model (dicts with those keys and cost_usd, exact); adjustments only when asked."""
     u = UsageRecord
-    query = select(u.occurred_at, u.project, u.key_hint, u.team, u.kind, u.model, u.cost_usd).where(
-        u.occurred_at >= since, u.occurred_at < until
-    )
-    if not adjustments:
-        query = query.where(u.kind != ADJUSTMENT)
-    sums: dict[tuple[Any, ...], Decimal] = {}
     async with reading(sm) as session:
-        # Summed here, not in SQL: the day of a timestamptz in SQL depends on the session's
-        # time zone, and money must stay Decimal through Money's conversion.
-        for row in await session.execute(query):
-            key = (
-                row.occurred_at.astimezone(dt.UTC).date().isoformat(),
-                row.project,
-                row.key_hint,
-                row.team,
-                row.kind,
-                row.model,
-            )
-            sums[key] = sums.get(key, Decimal(0)) + (row.cost_usd or Decimal(0))
-    fields = ("day", "project", "key_hint", "team", "kind", "model")
-    return [{**dict(zip(fields, key, strict=True)), "cost_usd": v} for key, v in sums.items()]
+        day = _utc_day(session.get_bind().dialect.name).label("day")
+        keys = [day, u.project, u.key_hint, u.team, u.kind, u.model]
+        query = (
+            select(*keys, func.sum(u.cost_usd).label("cost_usd"))
+            .where(u.occurred_at >= since, u.occurred_at < until)
+            .group_by(*keys)
+        )
+        if not adjustments:
+            query = query.where(u.kind != ADJUSTMENT)
+        rows = (await session.execute(query)).mappings().all()
+    return [{**row, "cost_usd": row["cost_usd"] or Decimal(0)} for row in rows]
+
+
+def _utc_day(dialect: str) -> ColumnElement[str]:
+    # As proxy.db.queries' day: literals, so GROUP BY repeats the SELECT expression exactly.
+    if dialect == "postgresql":
+        utc = func.timezone(literal_column("'UTC'"), UsageRecord.occurred_at)
+        return func.to_char(utc, literal_column("'YYYY-MM-DD'"))
+    return func.strftime(literal_column("'%Y-%m-%d'"), UsageRecord.occurred_at)
 
 
 async def write_adjustments(
