@@ -17,9 +17,9 @@ import pytest
 from proxy import cli
 from proxy.app import BILLING
 from proxy.settings import Settings
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import client_for, wait_for
 from tests.reconcile.fake_admin import cost
-from tests.reconcile.scenario import ADMIN_KEY, GPT, fake_admin
+from tests.reconcile.scenario import ADMIN_KEY, GPT, RED_KEY, fake_admin
 from tests.reconcile.seed import seed_usage
 
 TOKEN = "admin-t0ken-for-billing-tests"
@@ -82,6 +82,25 @@ async def test_one_replica_pulls_and_another_takes_over(
     await holder.runner.cleanup()
     taken = other.app[BILLING]
     await wait_for(lambda: taken.pulls >= 1, timeout=20)
+    assert ADMIN_KEY not in caplog.text
+
+
+async def test_a_refused_key_is_logged_each_round_and_traffic_goes_on(
+    db_url, upstream, admin, start_proxy, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.billing")
+    wrong = ADMIN_KEY[:-4] + "nope"
+    proxy = await start_proxy(settings(db_url, upstream.url, admin.url), admin_key=wrong)
+
+    def refusals() -> int:
+        return sum("refused the key (401)" in r.getMessage() for r in caplog.records)
+
+    await wait_for(lambda: refusals() >= 2, timeout=20)
+    assert proxy.app[BILLING].pulls == 0
+    assert wrong not in caplog.text
+    # Forwarding is untouched: a request through the proxy reaches the upstream.
+    client = client_for(proxy, RED_KEY)
+    assert [m.id async for m in client.models.list()] == ["gpt-4o"]
 
 
 async def test_interval_without_admin_key_only_warns(db_url, upstream, admin, start_proxy, caplog):
@@ -128,8 +147,7 @@ async def test_traffic_through_the_proxy_reconciles_with_the_bill(
     from sqlalchemy import select
 
     from proxy.db.models import UsageRecord
-    from tests.e2e.conftest import client_for
-    from tests.reconcile.scenario import BLUE_KEY, RED_KEY
+    from tests.reconcile.scenario import BLUE_KEY
 
     proxy = await start_proxy(settings(db_url, upstream.url, admin.url).replace(
         billing_pull_interval=0.0))  # fmt: skip
