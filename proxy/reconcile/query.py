@@ -4,9 +4,10 @@ HTTP. Pure. Days are UTC; `since` inclusive, `until` exclusive; a month is one U
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from proxy.reconcile.compare import GROUPS
 
@@ -83,7 +84,7 @@ class ReconcileQuery:
     ) -> ReconcileQuery:
         """Raises ReconcileError naming the bad option (spelled with `spell`: "--" or "")."""
 
-        def parsed(name: str, value: str | None, parse):  # type: ignore[no-untyped-def]
+        def parsed(name: str, value: str | None, parse: Callable[[str], Any]) -> Any:
             try:
                 return None if value is None else parse(value)
             except ValueError as exc:
