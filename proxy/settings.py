@@ -173,6 +173,17 @@ class Settings:
         "per-family constants as JSON, {family: {name: value}}; in the file, [estimate.FAMILY]",
         flag=False,
     )
+    billing_url: str = _opt(
+        "https://api.openai.com",
+        "the OpenAI admin API that `billing pull` reads billed costs from",
+        flag=False,
+    )
+    billing_pull_interval: float = _opt(
+        0.0,
+        "seconds between billing pulls of the last 3 days by `serve` (0: never); needs "
+        "OPENAI_ADMIN_KEY in the environment",
+        flag=False,
+    )
     config: str = _opt("", "TOML config file")
 
     def __post_init__(self) -> None:
@@ -254,6 +265,9 @@ def _validate(s: Settings) -> None:
             f"upstream: {shown} carries user info (user:password@), which the proxy does not"
             " send; clients authenticate with their own keys"
         )
+    billing = urlsplit(s.billing_url)
+    if billing.scheme not in ("http", "https") or not billing.hostname:
+        raise ConfigError(f"billing_url: {s.billing_url!r} is not an http(s) URL with a host")
     if "://" not in s.database_url:
         # Shown only when it cannot hold credentials (user:password@host).
         shown = "the value" if "@" in s.database_url else repr(s.database_url)
@@ -278,6 +292,7 @@ def _validate(s: Settings) -> None:
         "reported_usage_wait",
         "collector_max_backoff",
         "credential_ttl",
+        "billing_pull_interval",
     ):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 0")
