@@ -10,6 +10,7 @@ A bad value raises ConfigError naming the key and the value; secrets are never e
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -87,32 +88,73 @@ class Settings:
     credential_ttl: float = _opt(
         86400.0, "seconds a key stays in memory after it was last seen", flag=False
     )
-    estimate_base_prompt: int = _opt(105, "seed: base prompt tokens of a run", flag=False)
-    estimate_per_user_message: int = _opt(4, "seed: overhead of a user message", flag=False)
+    estimate_base_prompt: int = _opt(
+        -1,
+        "system prompt of a run with no tools and no instructions (-1: the fitted table)",
+        flag=False,
+    )
+    estimate_per_user_message: int = _opt(
+        -1, "prompt overhead of a user message (-1: the fitted table)", flag=False
+    )
     estimate_per_assistant_message: int = _opt(
-        2, "seed: overhead of an assistant message", flag=False
+        -1, "prompt overhead of an assistant message (-1: the fitted table)", flag=False
     )
-    estimate_code_interpreter_prompt: int = _opt(
-        14, "seed: prompt overhead of a code interpreter call", flag=False
+    estimate_answer_completion: int = _opt(
+        -1, "completion overhead of an answer (-1: the fitted table)", flag=False
     )
-    estimate_code_interpreter_completion: int = _opt(
-        6, "seed: completion overhead of a code interpreter call", flag=False
+    estimate_code_interpreter_tool: int = _opt(
+        -1, "system prompt the code interpreter tool adds (-1: the fitted table)", flag=False
     )
-    estimate_per_code_interpreter_output: int = _opt(
-        0, "extra prompt tokens per code interpreter output", flag=False
+    estimate_code_interpreter_file: int = _opt(
+        -1,
+        "system prompt per file listed to code interpreter, beside its path (-1: fitted)",
+        flag=False,
     )
-    estimate_function_call_prompt: int = _opt(14, "prompt overhead of a function call", flag=False)
-    estimate_function_call_completion: int = _opt(
-        6, "completion overhead of a function call", flag=False
+    estimate_file_search_tool: int = _opt(
+        -1, "system prompt the file search tool adds (-1: the fitted table)", flag=False
+    )
+    estimate_function_tool: int = _opt(
+        -1, "system prompt function calling adds (-1: the fitted table)", flag=False
     )
     estimate_per_function_definition: int = _opt(
-        0, "overhead per function definition, beside its JSON", flag=False
+        -1,
+        "overhead per function definition, beside its rendering (-1: the fitted table)",
+        flag=False,
     )
-    estimate_file_search_prompt: int = _opt(28, "prompt overhead of a file search call", flag=False)
+    estimate_code_interpreter_prompt: int = _opt(
+        -1, "prompt overhead of a code interpreter call (-1: the fitted table)", flag=False
+    )
+    estimate_code_interpreter_completion: int = _opt(
+        -1, "completion overhead of a code interpreter call (-1: the fitted table)", flag=False
+    )
+    estimate_per_code_interpreter_output: int = _opt(
+        -1, "prompt overhead per code interpreter output (-1: the fitted table)", flag=False
+    )
+    estimate_function_call_prompt: int = _opt(
+        -1, "prompt overhead of a function call (-1: the fitted table)", flag=False
+    )
+    estimate_function_call_completion: int = _opt(
+        -1, "completion overhead of a function call (-1: the fitted table)", flag=False
+    )
+    estimate_file_search_prompt: int = _opt(
+        -1, "prompt overhead of a file search call and its query (-1: the fitted table)", flag=False
+    )
     estimate_file_search_completion: int = _opt(
-        20, "completion overhead of a file search call", flag=False
+        -1,
+        "completion tokens of a file search call (its query is unseen) (-1: the fitted table)",
+        flag=False,
     )
-    estimate_per_image: int = _opt(765, "tokens per image part or image output", flag=False)
+    estimate_per_file_search_result: int = _opt(
+        -1, "prompt overhead per file search result (-1: the fitted table)", flag=False
+    )
+    estimate_image_tiles: int = _opt(
+        -1, "512-pixel tiles of an image whose size is unknown (-1: the fitted table)", flag=False
+    )
+    estimate_families: str = _opt(
+        "",
+        "per-family constants as JSON, {family: {name: value}}; in the file, [estimate.FAMILY]",
+        flag=False,
+    )
     config: str = _opt("", "TOML config file")
 
     def __post_init__(self) -> None:
@@ -131,12 +173,17 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def estimate_constants(self) -> dict[str, int]:
-        """The estimator's constants, keyed as in the [estimate] table without its prefix."""
+        """The estimator's constants that are set, keyed as in the [estimate] table without its
+        prefix (the rest come from the fitted table)."""
         return {
             f.name.removeprefix("estimate_"): getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name.startswith("estimate_")
+            if f.name.startswith("estimate_") and f.type == "int" and getattr(self, f.name) != -1
         }
+
+    def estimate_family_constants(self) -> dict[str, dict[str, Any]]:
+        """The per-family tables of ``estimate_families`` (validated by __post_init__)."""
+        return _families(self.estimate_families)
 
 
 @dataclass(frozen=True)
@@ -211,7 +258,28 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"collector_workers: {s.collector_workers!r} must be >= 1")
     for name, value in s.estimate_constants().items():
         if value < 0:
-            raise ConfigError(f"estimate_{name}: {value!r} must be >= 0")
+            raise ConfigError(f"estimate_{name}: {value!r} must be >= 0 (or -1: the fitted table)")
+    _families(s.estimate_families)
+
+
+def _families(text: str) -> dict[str, dict[str, Any]]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"estimate_families: {text[:80]!r} is not JSON") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(f, str) and isinstance(t, dict) for f, t in value.items()
+    ):
+        raise ConfigError("estimate_families: must be an object of {family: {name: value}}")
+    for family, table in value.items():
+        for name, number in table.items():
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise ConfigError(
+                    f"estimate.{family}.{name}: {number!r} must be a whole number >= 0"
+                )
+    return value
 
 
 def mask_url(url: str) -> str:
@@ -271,6 +339,13 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config: file {path!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config: {path!r} is not valid TOML: {exc}") from None
+    estimate = raw.get("estimate")
+    if isinstance(estimate, dict):
+        # [estimate.FAMILY] tables are per-family constants, not settings of their own.
+        families = {k: v for k, v in estimate.items() if isinstance(v, dict)}
+        raw = {**raw, "estimate": {k: v for k, v in estimate.items() if k not in families}}
+        if families:
+            raw["estimate"]["families"] = json.dumps(families, sort_keys=True)
     values = _flatten(raw)
     for key in values:
         if key not in _BY_NAME:

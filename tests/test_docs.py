@@ -63,8 +63,12 @@ def example_config() -> str:
         lines += ["", f"# {opt.help}", f"# ({where})", f"# {opt.name} = {_value(opt.default)}"]
     lines += [
         "",
-        "# The estimator's constants (proxy/accounting/estimate/). In this table, `base_prompt`",
-        "# is the setting estimate_base_prompt (env USAGE_PROXY_ESTIMATE_BASE_PROMPT).",
+        "# The estimator's constants (proxy/accounting/estimate/). Each one left at -1 comes",
+        "# from the fitted table shipped in proxy/data/estimate_constants.toml. In this",
+        "# table, `base_prompt` is the setting estimate_base_prompt",
+        "# (env USAGE_PROXY_ESTIMATE_BASE_PROMPT).",
+        "# A table [estimate.gpt-4o] or [estimate.gpt-4] sets one model family's constants, as",
+        "# `usage-proxy calibrate --write` writes them.",
         "[estimate]",
     ]
     for opt in OPTIONS:
@@ -195,7 +199,7 @@ def test_the_example_config_loads_and_its_values_are_the_defaults(
 
 
 def test_a_value_in_the_estimate_table_is_the_flat_setting(tmp_path: Path) -> None:
-    text = EXAMPLE.read_text().replace("# base_prompt = 105", "base_prompt = 99")
+    text = EXAMPLE.read_text().replace("# base_prompt = -1", "base_prompt = 99")
     path = tmp_path / "usage-proxy.toml"
     path.write_text(text)
     assert load_settings({"config": str(path)}, environ={}).estimate_base_prompt == 99

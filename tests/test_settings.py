@@ -113,7 +113,7 @@ def test_numbers_from_environment_and_file(config) -> None:
         ({"log_format": "xml"}, {}, None, "log_format", "xml"),
         ({"log_level": "LOUD"}, {}, None, "log_level", "LOUD"),
         ({"collector_workers": 0}, {}, None, "collector_workers", "0"),
-        ({}, {}, "[estimate]\nbase_prompt = -1\n", "estimate_base_prompt", "-1"),
+        ({}, {}, "[estimate]\nbase_prompt = -2\n", "estimate_base_prompt", "-2"),
         ({}, {}, "[estimate]\nbase_prompt = 'many'\n", "estimate_base_prompt", "many"),
         ({}, {}, "[estimate]\nno_such_constant = 1\n", "estimate_no_such_constant", ""),
         ({}, {}, "no_such_key = 1\n", "no_such_key", ""),

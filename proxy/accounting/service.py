@@ -20,7 +20,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from proxy.accounting.attributor import Attributor
-from proxy.accounting.estimate.runs import EstimateConstants
+from proxy.accounting.estimate.constants import table_from_settings
 from proxy.accounting.estimate.tokenizer import warm_up
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.process.supervisor import CollectorProcess, Forked
@@ -57,7 +57,7 @@ class Accounting:
         self.metrics = metrics or Metrics()
         try:
             self.prices = load_price_table(settings.pricing_file or None)
-            self.constants = EstimateConstants.from_mapping(settings.estimate_constants())
+            self.constants = table_from_settings(settings)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         self.credentials = CredentialStore(settings.credential_ttl)

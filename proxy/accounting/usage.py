@@ -70,6 +70,8 @@ class UsageRow:
     reasoning_tokens: int = 0
     estimated_prompt_tokens: int | None = None
     estimated_completion_tokens: int | None = None
+    estimator: str | None = None
+    estimate_basis: str | None = None
     code_interpreter_calls: int = 0
     code_interpreter_sessions: int = 0
     file_search_calls: int = 0

@@ -149,6 +149,10 @@ class UsageRecord(Base):
     usage_source: Mapped[str] = mapped_column(String(16))  # "reported" | "estimated"
     estimated_prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
     estimated_completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # Which estimator and constants made the estimate (e.g. "runs2-1a2b3c4d"), and its bases
+    # as JSON, from which calibration can refit the constants.
+    estimator: Mapped[str | None] = mapped_column(String(32))
+    estimate_basis: Mapped[str | None] = mapped_column(Text)
     code_interpreter_calls: Mapped[int] = mapped_column(Integer, default=0)
     code_interpreter_sessions: Mapped[int] = mapped_column(Integer, default=0)
     file_search_calls: Mapped[int] = mapped_column(Integer, default=0)

@@ -6,13 +6,14 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, text
 
 from proxy.accounting.usage import UsageRow
 from proxy.db import run_usage
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.db.models import ThreadSession, UsageRecord
 from tests.db.rows import PRICE, at, chat, make_row, rows, thread
+from tests.waiting import wait_until
 
 
 async def test_record_usage_inserts_once_with_every_column(sm):
@@ -272,6 +273,96 @@ async def test_concurrent_batches_count_each_run_and_session_once(db_url: str, s
         3,
         3,
     )
+
+
+class Turns:
+    """`also` for the writers of one test: holds each writer's transaction open, after it has
+    read its thread's calls and written its row, until every other writer has either committed
+    or is waiting on a lock inside its transaction (PostgreSQL). A writer that read the calls
+    without the thread's lock has then read them before any other writer committed, whatever
+    the scheduling. On SQLite the writers' transactions cannot overlap at all (each begins
+    IMMEDIATE), so nothing is held."""
+
+    def __init__(self, sm, writers: int, postgres: bool) -> None:
+        self.sm = sm
+        self.writers = writers
+        self.postgres = postgres
+        self.pids: set[int] = set()  # the writers' backends
+        self.holding = 0
+        self.done = 0
+
+    def watch(self, engine) -> None:
+        if not self.postgres:
+            return
+
+        def connected(dbapi_connection, record) -> None:
+            self.pids.add(dbapi_connection.driver_connection.get_server_pid())
+
+        event.listen(engine.sync_engine, "connect", connected)
+
+    async def _waiting_on_locks(self) -> int:
+        async with self.sm() as session:
+            return await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE pid = ANY(:pids) AND wait_event_type = 'Lock'"
+                ),
+                {"pids": sorted(self.pids)},
+            )
+
+    async def _all_accounted_for(self) -> bool:
+        waiting = await self._waiting_on_locks()
+        return self.holding + self.done + waiting >= self.writers
+
+    async def __call__(self, session) -> None:
+        self.holding += 1
+        try:
+            if self.postgres:
+                await wait_until(self._all_accounted_for, timeout=30, what="the other writers")
+        finally:
+            self.holding -= 1
+            self.done += 1
+
+
+async def test_concurrent_writers_to_a_thread_with_a_session_count_sessions_once(
+    db_url: str, db_backend: str, sm
+):
+    # The thread has a session (from 10:00) before the writers start, so none of them inserts
+    # its session row: only the lock on that row makes them take turns. Eight writers on four
+    # engines (replicas) record a run each, calls at 11:30 to 11:37: one more session in all.
+    assert await run_usage.record_usage(
+        sm, make_row("run_0"), code_interpreter_call_times=[at(0)], session_price=PRICE
+    )
+    writers = 8
+    engines = [make_engine(db_url) for _ in range(4)]
+    turns = Turns(sm, writers, postgres=db_backend == "postgres")
+    for engine in engines:
+        turns.watch(engine)
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    run_usage.record_usage_many(
+                        make_sessionmaker(engines[i % 4]),
+                        [run_item(f"run_{i + 1}", [90 + i])],
+                        also=turns,
+                    )
+                    for i in range(writers)
+                )
+            ),
+            timeout=60,
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert results == [[True]] * writers
+    got = await shares(sm)
+    assert got.pop("run_0") == 1
+    assert sorted(got.values()) == [0] * (writers - 1) + [1], got
+    total = sum(r.cost_usd for r in await rows(sm))
+    assert total == (writers + 1) * Decimal("0.0012345678") + 2 * PRICE
+    state = await thread(sm)
+    assert (state.sessions, state.session_started_at) == (2, at(90))
 
 
 async def test_record_usage_many_writes_again_with_returning_only_on_a_conflict(sm, inserts):

@@ -38,6 +38,7 @@ __all__ = ["Canned", "FakeUpstream"]
 TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
 CODE_INPUT = "print(2+2)"
 ANSWER = 'The output was "4"'
+SEARCH_RESULT = "The term of the contract is two years, renewing automatically."
 
 
 @dataclass
@@ -752,7 +753,13 @@ class FakeUpstream:
         return self._step(run, "tool_calls", {"tool_calls": [call]})
 
     def _fs_step(self, run: dict[str, Any]) -> dict[str, Any]:
-        call = {"id": self._id("call"), "type": "file_search", "file_search": {"results": []}}
+        result = {
+            "file_id": self._id("file"),
+            "file_name": "contract.txt",
+            "score": 0.7,
+            "content": [{"type": "text", "text": SEARCH_RESULT}],
+        }
+        call = {"id": self._id("call"), "type": "file_search", "file_search": {"results": [result]}}
         return self._step(run, "tool_calls", {"tool_calls": [call]})
 
     def _require_action(self, run: dict[str, Any]) -> None:
@@ -871,7 +878,11 @@ class FakeUpstream:
             return fault
         self.fetches.append(("steps", rid, key))
         limit = min(int(request.query.get("limit", "20")), self.steps_page_size)
-        return _page(self.steps[rid], request, default_order="desc", limit=limit)
+        steps = self.steps[rid]
+        if _RESULTS_CONTENT not in request.query.getall("include[]", []):
+            # As the API: a file search result's text only when asked for.
+            steps = [without_result_content(s) for s in steps]
+        return _page(steps, request, default_order="desc", limit=limit)
 
     async def _fault(self, request: web.Request) -> web.Response | None:
         if self.faults.fetch_gate is not None:
@@ -970,3 +981,25 @@ def _sse_response() -> web.StreamResponse:
 def _sse(obj: Any, *, event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(obj)}\n\n".encode()
+
+
+_RESULTS_CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
+
+
+def without_result_content(step: dict[str, Any]) -> dict[str, Any]:
+    calls = step.get("step_details", {}).get("tool_calls")
+    if not calls or not any(c.get("type") == "file_search" for c in calls):
+        return step
+    stripped = []
+    for call in calls:
+        if call.get("type") == "file_search":
+            results = call["file_search"].get("results") or []
+            call = {
+                **call,
+                "file_search": {
+                    **call["file_search"],
+                    "results": [{k: v for k, v in r.items() if k != "content"} for r in results],
+                },
+            }
+        stripped.append(call)
+    return {**step, "step_details": {**step["step_details"], "tool_calls": stripped}}

@@ -26,7 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.estimate.runs import RunEstimate, estimate_run
+from proxy.accounting.estimate.basis import Basis
+from proxy.accounting.estimate.runs import RunEstimate, default_table, estimate_run
 from proxy.accounting.estimate.tokenizer import counter_for_model, get_encoding
 from proxy.accounting.pricing import Usage, cost_of, load_price_table
 from proxy.db import mappings
@@ -35,7 +36,7 @@ from proxy.db.models import Base, CollectionJob, UsageRecord
 from proxy.keys import fingerprint, hint
 from proxy.settings import Settings
 from tests.e2e.conftest import RunningProxy, client_for, wait_for
-from tests.e2e.fake_upstream import ANSWER, CODE_INPUT, FakeUpstream
+from tests.e2e.fake_upstream import ANSWER, CODE_INPUT, FakeUpstream, without_result_content
 from tests.fake_keys import fake_key
 
 KEY = fake_key("default", "1234")
@@ -131,14 +132,17 @@ def ledger(fake: FakeUpstream, run_id: str) -> list[tuple[str, str, str]]:
 
 
 def seed_expectation() -> tuple[int, int]:
-    """The seed's method by hand, with the real tokenizer (gpt-4o: o200k_base)."""
+    """The seed's method by hand, with the real tokenizer (gpt-4o: o200k_base) and the shipped
+    gpt-4o constants."""
+    c = default_table().for_model("gpt-4o")
 
     def n(text: str) -> int:
         return len(get_encoding("o200k_base").encode(text))
 
-    first_prompt = 105 + 4 + n(QUESTION)
+    first_prompt = c["base_prompt"] + c["code_interpreter_tool"] + 4 + n(QUESTION)
     # Two steps, two completions: the code interpreter call, then the answer.
-    prompt = first_prompt + (first_prompt + 14 + n(CODE_INPUT) + n("4"))
+    call = c["code_interpreter_prompt"] + n(CODE_INPUT) + c["per_code_interpreter_output"] + n("4")
+    prompt = first_prompt + (first_prompt + call)
     completion = (6 + n(CODE_INPUT)) + (2 + n(ANSWER))
     return prompt, completion
 
@@ -212,6 +216,8 @@ async def test_seed_run_is_estimated_exactly(upstream, client, sm) -> None:
         "usage_source": "estimated",
         "estimated_prompt_tokens": prompt,
         "estimated_completion_tokens": completion,
+        "estimator": default_table().version,
+        "estimate_basis": row["estimate_basis"],
         "code_interpreter_calls": 1,
         "code_interpreter_sessions": 1,
         "file_search_calls": 0,
@@ -219,6 +225,11 @@ async def test_seed_run_is_estimated_exactly(upstream, client, sm) -> None:
         "function_calls": 0,
         "cost_usd": tokens.total + session_price,
     }
+    # The row keeps the bases its estimate was made of: they give the same numbers again.
+    bases = json.loads(row["estimate_basis"])
+    constants = default_table().for_model("gpt-4o")
+    assert Basis.from_json(bases["prompt"]).value(constants) == prompt
+    assert Basis.from_json(bases["completion"]).value(constants) == completion
     assert completed_at <= row["recorded_at"] <= dt.datetime.now(dt.UTC)
     # One fetch of each list, with the client's key; messages oldest first, 100 a page.
     assert sorted(ledger(upstream, run.id)) == [
@@ -548,6 +559,39 @@ async def test_fetch_timeouts_and_dropped_connections_are_retried(
         ("messages", run.thread_id, KEY),
         ("steps", run.id, KEY),
     ]
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_a_refused_fetch_records_the_run_alone_without_retrying(
+    upstream, client, sm, caplog, status
+) -> None:
+    # A revoked key, or a thread deleted since: asking again cannot help, and a run retried
+    # forever would never be billed. Both lists of the first attempt are refused.
+    caplog.set_level(logging.INFO, logger="proxy")
+    upstream.faults.fetch_statuses = [status, status]
+    run = await finished_run(client, usage="no")
+
+    row = await one_row(sm, run.id)
+    fake_run = {k: v for k, v in upstream.runs[run.id].items() if not k.startswith("_")}
+    alone = estimate_run(fake_run, [], [], counter_for_model("gpt-4o"))
+    assert alone != fake_estimate(upstream, run.id)  # a retry would show in the row
+    assert (row["usage_source"], row["prompt_tokens"], row["completion_tokens"]) == (
+        "estimated",
+        alone.prompt_tokens,
+        alone.completion_tokens,
+    )
+    assert (row["code_interpreter_calls"], row["code_interpreter_sessions"]) == (0, 0)
+    assert row["cost_usd"] == 0
+    # One attempt: its two refused requests, and the job gone with the row's transaction, so
+    # none can follow.
+    requests = fetch_requests(upstream, run.id, "steps") + fetch_requests(
+        upstream, run.id, "messages"
+    )
+    assert len(requests) == 2 and ledger(upstream, run.id) == []
+    assert await jobs(sm, run.id) == []
+    messages = [r.getMessage() for r in caplog.records if run.id in r.getMessage()]
+    assert [m for m in messages if "will retry" in m] == []
+    assert len([m for m in messages if f"answered {status}; recording the run alone" in m]) == 1
 
 
 async def test_restart_with_a_pending_job_waits_for_its_key(
@@ -970,3 +1014,38 @@ async def _cli(args: list[str], db_url: str, *, stdin: str | None = None) -> _Co
         proc.communicate((stdin + "\n").encode() if stdin is not None else b""), 60
     )
     return _Completed(proc.returncode or 0, out.decode(), err.decode())
+
+
+async def test_file_search_results_are_fetched_and_counted(upstream, client, sm) -> None:
+    # The API returns a result's text only when the steps are asked to include it; the model
+    # read it, so the estimate needs it.
+    assistant = await client.beta.assistants.create(
+        model="gpt-4o",
+        tools=[{"type": "file_search"}],
+        metadata={"code_calls": "0", "file_search_calls": "1", "usage": "no"},
+    )
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": QUESTION}])
+    run = await client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id
+    )
+
+    row = await one_row(sm, run.id)
+    (steps,) = fetch_requests(upstream, run.id, "steps")
+    assert steps["query"]["include[]"] == (
+        "step_details.tool_calls[*].file_search.results[*].content"
+    )
+    expected = fake_estimate(upstream, run.id)
+    assert (row["prompt_tokens"], row["file_search_calls"]) == (expected.prompt_tokens, 1)
+    without = {k: v for k, v in upstream.runs[run.id].items() if not k.startswith("_")}
+    blind = estimate_run(
+        without,
+        [without_result_content(s) for s in upstream.steps[run.id]],
+        upstream.messages[run.thread_id],
+        counter_for_model("gpt-4o"),
+    )
+    assert row["prompt_tokens"] > blind.prompt_tokens
+    # A run without file search asks for nothing more.
+    plain = await finished_run(client, usage="no")
+    await one_row(sm, plain.id)
+    (plain_steps,) = fetch_requests(upstream, plain.id, "steps")
+    assert "include[]" not in plain_steps["query"]

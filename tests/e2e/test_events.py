@@ -192,7 +192,13 @@ async def test_chat_stream_without_usage_is_estimated(proxy_for: Start, sm: SM, 
     )
     assert (row["prompt_tokens"], row["completion_tokens"]) == expected
     assert (row["estimated_prompt_tokens"], row["estimated_completion_tokens"]) == expected
-    assert row["function_calls"] == calls and row["cost_usd"] > 0
+    assert row["estimator"] == "chat1"
+    assert row["function_calls"] == calls
+    # gpt-4o-mini: $0.15 per million prompt tokens, $0.60 per million completion tokens.
+    prompt, completion = expected
+    assert row["cost_usd"] == (prompt * Decimal("0.15") + completion * Decimal("0.6")) / (
+        Decimal(1_000_000)
+    )
 
 
 @pytest.mark.parametrize("rewrite", [False, True])

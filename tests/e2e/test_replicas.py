@@ -23,6 +23,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.accounting.estimate.runs import RunEstimate, estimate_run
+from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.db.engine import reading
 from proxy.db.models import CollectionJob, UsageRecord
 from tests.e2e.conftest import wait_for
@@ -141,6 +143,13 @@ def _ledger(fake: FakeUpstream, run: Any) -> list[tuple[str, str, str]]:
     return sorted(f for f in fake.fetches if f[1] in (run.id, run.thread_id))
 
 
+def _estimate(fake: FakeUpstream, run_id: str) -> RunEstimate:
+    """The estimate from the fake's own objects: what the collector should compute."""
+    run = {k: v for k, v in fake.runs[run_id].items() if not k.startswith("_")}
+    steps, messages = fake.steps[run_id], fake.messages[run["thread_id"]]
+    return estimate_run(run, steps, messages, counter_for_model(run["model"]))
+
+
 async def test_replicas_polled_at_once_record_each_run_once(
     upstream: FakeUpstream, start_replica, sm: SM
 ) -> None:
@@ -211,7 +220,12 @@ async def test_a_replica_killed_mid_collection_strands_nothing(
 
     rows = await wait_for(lambda: _rows(sm), timeout=LEASE + 15)
     assert [r["object_id"] for r in rows] == [run.id]
-    assert rows[0]["usage_source"] == "estimated" and rows[0]["prompt_tokens"] > 0
+    expected = _estimate(upstream, run.id)
+    assert (rows[0]["usage_source"], rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (
+        "estimated",
+        expected.prompt_tokens,
+        expected.completion_tokens,
+    )
     # The survivor took the job over, and only once the dead replica's lease had run out.
     assert rows[0]["recorded_at"] >= job["claimed_until"]
     await wait_for(lambda: _no_jobs(sm), timeout=10)

@@ -147,10 +147,11 @@ class Client:
     async def _assistant(self, plan: str) -> str:
         if plan not in self._assistants:
             metadata, _ = PLANS[plan]
+            # An assistant searches files only with the file_search tool, as the API's do.
+            tool = "file_search" if metadata.get("file_search_calls", "0") != "0" else None
+            tools = [{"type": tool or "code_interpreter"}]
             made, _ = await self.call(
-                lambda c: c.beta.assistants.create(
-                    model="gpt-4o", tools=[{"type": "code_interpreter"}], metadata=metadata
-                )
+                lambda c: c.beta.assistants.create(model="gpt-4o", tools=tools, metadata=metadata)
             )
             self._assistants[plan] = made.id
         return self._assistants[plan]

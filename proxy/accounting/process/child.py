@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 
-from proxy.accounting.estimate.runs import EstimateConstants
+from proxy.accounting.estimate.constants import table_from_settings
 from proxy.accounting.estimate.tokenizer import warm_up
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.process import wire
@@ -103,7 +103,7 @@ async def _run(fd: int) -> None:
         ),
         credentials,
         load_price_table(settings.pricing_file or None),
-        EstimateConstants.from_mapping(settings.estimate_constants()),
+        table_from_settings(settings),
         relay.recorded,
         relay.failed,
     )

@@ -7,8 +7,44 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.accounting.estimate.runs import EstimateConstants, RunEstimate, estimate_run
+from proxy.accounting.estimate.basis import Basis
+from proxy.accounting.estimate.constants import ConstantsTable
+from proxy.accounting.estimate.functions import render_function
+from proxy.accounting.estimate.runs import RunEstimate, default_table, run_basis
+from proxy.accounting.estimate.runs import estimate_run as _estimate_run
 from proxy.accounting.estimate.tokenizer import counter_for_model
+
+# The seed's constants, as a table: these tests pin the structure of the estimate (what counts,
+# in which turn); test_real_runs.py pins the fitted values against real runs.
+SEED = {
+    "base_prompt": 105,
+    "per_user_message": 4,
+    "per_assistant_message": 2,
+    "answer_completion": 2,
+    "code_interpreter_tool": 0,
+    "code_interpreter_file": 0,
+    "file_search_tool": 0,
+    "function_tool": 0,
+    "per_function_definition": 0,
+    "code_interpreter_prompt": 14,
+    "code_interpreter_completion": 6,
+    "per_code_interpreter_output": 0,
+    "function_call_prompt": 14,
+    "function_call_completion": 6,
+    "file_search_prompt": 28,
+    "file_search_completion": 20,
+    "per_file_search_result": 0,
+    "image_tiles": 4,
+}
+
+
+def seed_table(**changes: int) -> ConstantsTable:
+    return ConstantsTable({**SEED, **changes})
+
+
+def estimate_run(run, steps, messages, count, table=None) -> RunEstimate:
+    return _estimate_run(run, steps, messages, count, table or seed_table())
+
 
 T0 = 1_700_000_000
 RUN_ID = "run_qR5tNlfF8zTqGhnU1wQ8cXJm"
@@ -135,6 +171,8 @@ class FixedCounts:
 
 def assert_sane(result: RunEstimate) -> None:
     for f in dataclasses.fields(result):
+        if f.name in ("estimator", "prompt_basis", "completion_basis"):
+            continue
         value = getattr(result, f.name)
         values = value if isinstance(value, tuple) else (value,)
         assert all(type(v) is int and v >= 0 for v in values), (f.name, value)
@@ -282,12 +320,17 @@ def test_function_definitions_join_the_base_prompt():
         {"type": "function", "function": weather},
         {"type": "function", "function": weather | {"name": "get_time"}},
     ]
-    constants = EstimateConstants(per_function_definition=3)
-    baseline = estimate_run(run, steps, messages, json_as_7, constants)
+    constants = seed_table(per_function_definition=3, function_tool=5, file_search_tool=11)
+    baseline = estimate_run(run, steps, messages, words, constants)
 
-    result = estimate_run(run | {"tools": tools}, steps, messages, json_as_7, constants)
+    result = estimate_run(run | {"tools": tools}, steps, messages, words, constants)
 
-    assert result.prompt_tokens - baseline.prompt_tokens == 2 * 2 * (3 + 7)
+    # Each definition counts as the TypeScript the model reads, not as its JSON.
+    rendered = words(render_function(weather)) + words(
+        render_function(weather | {"name": "get_time"})
+    )
+    per_turn = 11 + 5 + rendered + 2 * 3
+    assert result.prompt_tokens - baseline.prompt_tokens == 2 * per_turn
 
 
 def earlier_runs_thread():
@@ -369,7 +412,8 @@ def test_the_runs_own_answers_are_context_for_its_later_steps():
 
 
 def test_several_calls_and_outputs_in_one_step():
-    constants = EstimateConstants(per_code_interpreter_output=3, per_image=100)
+    # gpt-4-1106-preview's images: 85 + 170 per tile; 1 tile here.
+    constants = seed_table(per_code_interpreter_output=3, image_tiles=1)
     answer = make_message("assistant", "ok", T0 + 6, run_id=RUN_ID)
     calls = tool_calls(
         code_interpreter("a b c", logs("x y"), logs("z"), image_output()),
@@ -383,9 +427,9 @@ def test_several_calls_and_outputs_in_one_step():
 
     result = estimate_run(make_run(), steps, messages, words, constants)
 
-    # Turn 1: 105 + 5 = 110; call one adds 14 + 3 + (3 + 2) + (3 + 1) + (3 + 100) = 129,
-    # call two 14 + 1 = 15, so turn 2 is 254.
-    assert result.prompt_tokens == 110 + 254
+    # Turn 1: 105 + 5 = 110; call one adds 14 + 3 + (3 + 2) + (3 + 1) + (3 + 255) = 284,
+    # call two 14 + 1 = 15, so turn 2 is 409.
+    assert result.prompt_tokens == 110 + 409
     assert result.completion_tokens == (6 + 3) + (6 + 1) + (2 + 1)
     assert result.code_interpreter_calls == 2
     assert result.code_interpreter_call_times == (T0 + 2, T0 + 2)
@@ -434,9 +478,9 @@ def test_image_and_refusal_parts():
     messages = [make_message("user", "", T0, content=content), answer]
     steps = [make_step(T0 + 2, message_creation(answer))]
 
-    result = estimate_run(make_run(), steps, messages, words, EstimateConstants(per_image=50))
+    result = estimate_run(make_run(), steps, messages, words, seed_table(image_tiles=2))
 
-    assert result.prompt_tokens == 105 + 4 + 3 + 2 * 50
+    assert result.prompt_tokens == 105 + 4 + 3 + 2 * (85 + 2 * 170)
     assert result.completion_tokens == 2 + 5
 
 
@@ -597,37 +641,79 @@ def test_arbitrary_json_never_crashes(run, steps, messages):
 # --- constants ----------------------------------------------------------------------------
 
 
-def test_constants_default_to_the_seeds_numbers():
-    c = EstimateConstants()
+def test_the_shipped_table_keeps_the_seeds_numbers_for_its_model():
+    # The seed measured gpt-4-1106-preview with code interpreter: 105 + 4, 14 and 6.
+    c = default_table().for_model("gpt-4-1106-preview")
 
-    assert (c.base_prompt, c.per_user_message, c.per_assistant_message) == (105, 4, 2)
-    assert (c.code_interpreter_prompt, c.code_interpreter_completion) == (14, 6)
-    assert c.per_code_interpreter_output == 0
-
-
-def test_constants_from_mapping_override_only_what_is_given():
-    c = EstimateConstants.from_mapping({"base_prompt": 120, "per_image": 85})
-
-    assert c == dataclasses.replace(EstimateConstants(), base_prompt=120, per_image=85)
-    assert EstimateConstants.from_mapping({}) == EstimateConstants()
+    assert c["base_prompt"] + c["code_interpreter_tool"] == 105
+    assert (c["per_user_message"], c["answer_completion"]) == (4, 2)
+    assert (c["code_interpreter_prompt"], c["code_interpreter_completion"]) == (14, 6)
 
 
-def test_constants_from_mapping_rejects_an_unknown_key():
-    with pytest.raises(ValueError, match="'base_promt'"):
-        EstimateConstants.from_mapping({"base_prompt": 1, "base_promt": 120})
+def test_the_seed_example_with_the_shipped_table():
+    run, steps, messages = seed_thread()
+
+    result = _estimate_run(run, steps, messages, FixedCounts(SEED_COUNTS))
+
+    assert result.completion_tokens == 47
+    assert result.prompt_tokens == 286
+    assert result.estimator == default_table().version
 
 
-@pytest.mark.parametrize("value", [-1, "3", 1.5, True, None, [4]])
-def test_constants_from_mapping_rejects_a_bad_value(value):
-    with pytest.raises(ValueError) as error:
-        EstimateConstants.from_mapping({"per_user_message": value})
+def test_the_estimate_carries_its_bases():
+    run, steps, messages = seed_thread()
+    table = seed_table()
 
-    assert "'per_user_message'" in str(error.value)
-    assert repr(value) in str(error.value)
+    result = estimate_run(run, steps, messages, FixedCounts(SEED_COUNTS), table)
+    basis = run_basis(run, steps, messages, FixedCounts(SEED_COUNTS))
+
+    assert result.prompt_basis == basis.prompt
+    assert basis.prompt.value(SEED) == result.prompt_tokens == 286
+    assert [t.step_id for t in basis.turns] == [s["id"] for s in steps]
+    assert Basis.from_json(result.basis_json()["completion"]) == basis.completion
 
 
-def test_constants_are_checked_on_construction_and_frozen():
-    with pytest.raises(ValueError, match="'per_image'"):
-        EstimateConstants(per_image=-765)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        EstimateConstants().base_prompt = 1  # type: ignore[misc]
+PATH_COUNTS = {f"/mnt/data/{f}": 3 for f in ("file-abc", "file-att", "file-Q5qcmLRsZ9PZ6vsqFfmiaD")}
+
+
+@pytest.mark.parametrize(
+    ("where", "listed"),
+    [
+        ("none", []),
+        ("run", ["file-abc"]),
+        ("attachment", ["file-att"]),
+        ("opened by path", ["file-Q5qcmLRsZ9PZ6vsqFfmiaD"]),
+        ("all, once each", ["file-abc", "file-att", "file-Q5qcmLRsZ9PZ6vsqFfmiaD"]),
+    ],
+)
+def test_files_listed_to_code_interpreter_join_the_system_prompt(where, listed):
+    run, steps, messages = seed_thread()
+    opened = (
+        "df = pd.read_csv('/mnt/data/file-Q5qcmLRsZ9PZ6vsqFfmiaD')\nplt.savefig('/mnt/data/x.png')"
+    )
+    if where in ("run", "all, once each"):
+        run = run | {"tool_resources": {"code_interpreter": {"file_ids": ["file-abc"]}}}
+    if where in ("attachment", "all, once each"):
+        attachment = {"file_id": "file-att", "tools": [{"type": "code_interpreter"}]}
+        messages = [messages[0] | {"attachments": [attachment]}, *messages[1:]]
+    if where in ("opened by path", "all, once each"):
+        call = code_interpreter(opened, logs("4"))
+        steps = [make_step(T0 + 2, tool_calls(call), completed_at=T0 + 5), steps[1]]
+    table = seed_table(code_interpreter_file=7)
+    plain = estimate_run(run, steps, messages, words, seed_table(code_interpreter_file=0))
+
+    result = estimate_run(run, steps, messages, words, table)
+
+    # Each listed file costs its path and the constant, on each of the two turns.
+    assert result.prompt_tokens - plain.prompt_tokens == 2 * 7 * len(listed)
+    first = run_basis(run, steps, messages, FixedCounts({**SEED_COUNTS, **PATH_COUNTS, opened: 9}))
+    assert first.turns[0].prompt.counts.get("code_interpreter_file", 0) == len(listed)
+    assert first.turns[0].prompt.offset == 15 + len(listed) * 3
+    # Without code interpreter, no file is listed to it.
+    no_tool = run | {"tools": [{"type": "function", "function": {"name": "f"}}]}
+    assert (
+        estimate_run(no_tool, steps, messages, words, table).prompt_tokens
+        == estimate_run(
+            no_tool, steps, messages, words, seed_table(code_interpreter_file=0)
+        ).prompt_tokens
+    )

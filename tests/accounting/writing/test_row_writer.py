@@ -209,12 +209,14 @@ async def test_rows_are_kept_while_the_database_is_unreachable(accounting: Accou
 async def test_a_full_backlog_drops_the_oldest_rows_and_counts_them(accounting: Accounting, sm: SM):
     flaky = Flaky(sm)
     flaky.down = True
-    writer = writer_for(accounting, flaky, limit=5)
+    held: list[int] = []
+    writer = writer_for(accounting, flaky, limit=5, on_pending=held.append)
     writer.start()
     try:
         for i in range(8):
             writer.submit(chat(f"c{i}"))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: held, what="a failed write")
+        assert held[0] == 5  # the five newest, kept for the retry
         flaky.down = False
         await wait_until(lambda: writer.pending == 0)
     finally:
@@ -227,11 +229,13 @@ async def test_a_full_backlog_drops_the_oldest_rows_and_counts_them(accounting: 
 async def test_stop_while_unreachable_does_not_hang(accounting: Accounting, sm: SM):
     flaky = Flaky(sm)
     flaky.down = True
-    writer = writer_for(accounting, flaky, retry_base=30.0, max_backoff=30.0)
+    held: list[int] = []
+    writer = writer_for(
+        accounting, flaky, retry_base=30.0, max_backoff=30.0, on_pending=held.append
+    )
     writer.start()
     writer.submit(chat("c1"))
-    await wait_until(lambda: writer.pending == 1)
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: held == [1], what="a failed write")  # now in its 30 s backoff
     await asyncio.wait_for(writer.stop(), 5)
     assert writer.pending == 0
 

@@ -18,7 +18,8 @@ from typing import Any, Final, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.estimate.runs import EstimateConstants, RunEstimate, estimate_run
+from proxy.accounting.estimate.constants import ConstantsTable
+from proxy.accounting.estimate.runs import RunEstimate, estimate_run
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.sources.assistants.fetch import RunFetcher
@@ -67,7 +68,7 @@ class RunCollect:
         fetcher: RunFetcher,
         credentials: CredentialStore,
         prices: PriceTable,
-        constants: EstimateConstants,
+        constants: ConstantsTable,
         failed: Failures,
     ) -> None:
         self._sm = sm
@@ -113,8 +114,16 @@ class RunCollect:
     async def _estimate(
         self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]
     ) -> RunEstimate:
+        tools = run.get("tools") if isinstance(run.get("tools"), list) else []
         got = await self._fetcher.run(
-            job.api_prefix, job.api_query, job.thread_id, job.run_id, headers
+            job.api_prefix,
+            job.api_query,
+            job.thread_id,
+            job.run_id,
+            headers,
+            file_search_results=any(
+                isinstance(t, dict) and t.get("type") == "file_search" for t in tools
+            ),
         )
         size = got.nbytes + len(job.run_json)
         return await self._estimate_from(run, got.steps, got.messages, size)

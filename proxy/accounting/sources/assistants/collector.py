@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.estimate.runs import EstimateConstants
+from proxy.accounting.estimate.constants import ConstantsTable
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.shielded import Shielded
 from proxy.accounting.sources.assistants.collect import WAIT, Failures, Retry, RunCollect
@@ -72,7 +72,7 @@ class RunCollector:
         fetcher: RunFetcher,
         credentials: CredentialStore,
         prices: PriceTable,
-        constants: EstimateConstants,
+        constants: ConstantsTable,
         recorded: UsageSink,
         failed: Failures,
         *,
@@ -117,7 +117,7 @@ class RunCollector:
         fetcher: RunFetcher,
         credentials: CredentialStore,
         prices: PriceTable,
-        constants: EstimateConstants,
+        constants: ConstantsTable,
         recorded: UsageSink,
         failed: Failures,
     ) -> RunCollector:

@@ -22,6 +22,9 @@ __all__ = ["FetchedRun", "RunFetcher", "parse_retry_after"]
 
 _MAX_PAGES = 10_000  # a guard against an upstream whose has_more never ends
 _FIRST_PAGE = "limit=100&order=asc"
+_INCLUDE_RESULTS = (
+    "include%5B%5D=step_details.tool_calls%5B%2A%5D.file_search.results%5B%2A%5D.content"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +61,22 @@ class RunFetcher:
         self._timeout = timeout
 
     async def run(
-        self, prefix: str, query: str, thread_id: str, run_id: str, headers: Mapping[str, str]
+        self,
+        prefix: str,
+        query: str,
+        thread_id: str,
+        run_id: str,
+        headers: Mapping[str, str],
+        *,
+        file_search_results: bool = False,
     ) -> FetchedRun:
-        """The run's steps and its thread's messages, fetched at the same time."""
+        """The run's steps and its thread's messages, fetched at the same time. With
+        ``file_search_results``, the steps carry the text of their file search results, which
+        the model read and the API returns only when asked."""
         size = [0]
+        steps_query = f"{_INCLUDE_RESULTS}&{query}" if file_search_results else query
         steps, messages = await asyncio.gather(
-            self._all_pages(_steps_path(prefix, thread_id, run_id), query, headers, size),
+            self._all_pages(_steps_path(prefix, thread_id, run_id), steps_query, headers, size),
             self._all_pages(_messages_path(prefix, thread_id), query, headers, size),
         )
         return FetchedRun(steps, messages, size[0])
@@ -85,7 +98,7 @@ class RunFetcher:
         after: str | None = None
         # Once per run, not per request: aiohttp wants a dict it may copy.
         headers = dict(headers)
-        tail = f"&{query}" if query else ""
+        tail = f"&{query.strip('&')}" if query.strip("&") else ""
         for _ in range(_MAX_PAGES):
             qs = _FIRST_PAGE if after is None else f"{_FIRST_PAGE}&after={quote(after, safe='')}"
             page = await self._get(f"{path}?{qs}{tail}", headers, size)

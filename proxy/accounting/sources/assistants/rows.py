@@ -9,6 +9,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.runs import RunEstimate
 from proxy.accounting.pricing import PriceTable, Usage, cost_of
@@ -38,6 +40,11 @@ def occurred_at(obj: Mapping[str, Any], now: dt.datetime) -> dt.datetime:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _basis_text(estimate: RunEstimate | None) -> str | None:
+    basis = estimate.basis_json() if estimate else None
+    return None if basis is None else orjson.dumps(basis).decode()
 
 
 # A run's row plus what the recording transaction needs to count and price its sessions.
@@ -94,6 +101,8 @@ def run_row(
         usage_source=source,
         estimated_prompt_tokens=estimate.prompt_tokens if estimate else None,
         estimated_completion_tokens=estimate.completion_tokens if estimate else None,
+        estimator=estimate.estimator or None if estimate else None,
+        estimate_basis=_basis_text(estimate),
         code_interpreter_calls=estimate.code_interpreter_calls if estimate else 0,
         file_search_calls=file_search,
         function_calls=estimate.function_calls if estimate else 0,

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from proxy.accounting.estimate.runs import DEFAULT_CONSTANTS
+from proxy.accounting.estimate.runs import default_table
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.sources.assistants.collect import WAIT, RunCollect, _scoped
 from proxy.db.jobs import ClaimedJob
@@ -65,7 +65,7 @@ async def test_a_job_whose_key_is_not_here_waits_unless_the_run_reported_usage()
         None,  # type: ignore[arg-type]
         CredentialStore(),
         load_price_table(None),
-        DEFAULT_CONSTANTS,
+        default_table(),
         lambda reason, n: failures.append((reason, n)),
     )
     assert await collect(job(), unused) is WAIT  # type: ignore[arg-type]

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.accounting.estimate.runs import DEFAULT_CONSTANTS
+from proxy.accounting.estimate.runs import default_table, estimate_run
+from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.sources.assistants.collector import RunCollector
 from proxy.accounting.sources.assistants.fetch import FetchedRun
@@ -45,9 +46,38 @@ def run_of(run_id: str, thread_id: str, at: int) -> dict[str, Any]:
     }
 
 
+def fetched_objects(run: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The steps and messages the Fetcher answers for `run`: one code interpreter call a second
+    into the run, and an answer."""
+    run_id, at = run["id"], run["created_at"]
+    call = {
+        "id": f"call_{run_id}",
+        "type": "code_interpreter",
+        "code_interpreter": {"input": "print(2+2)", "outputs": []},
+    }
+    step = {
+        "id": f"step_{run_id}",
+        "object": "thread.run.step",
+        "run_id": run_id,
+        "created_at": at + 1,
+        "completed_at": at + 2,
+        "type": "tool_calls",
+        "step_details": {"type": "tool_calls", "tool_calls": [call]},
+    }
+    answer = {
+        "id": f"msg_{run_id}",
+        "object": "thread.message",
+        "created_at": at + 2,
+        "role": "assistant",
+        "run_id": run_id,
+        "content": [{"type": "text", "text": {"value": "4", "annotations": []}}],
+    }
+    return [step], [answer]
+
+
 class Fetcher:
-    """A RunFetcher that answers at once from memory: one code interpreter call a second into
-    the run, and an answer. A run whose id is in `gates` waits for its event first."""
+    """A RunFetcher that answers at once from memory (`fetched_objects`). A run whose id is in
+    `gates` waits for its event first."""
 
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}
@@ -57,7 +87,14 @@ class Fetcher:
         self.most = 0
 
     async def run(
-        self, prefix: str, query: str, thread_id: str, run_id: str, headers: Any
+        self,
+        prefix: str,
+        query: str,
+        thread_id: str,
+        run_id: str,
+        headers: Any,
+        *,
+        file_search_results: bool = False,
     ) -> FetchedRun:
         self.active += 1
         self.most = max(self.most, self.active)
@@ -66,30 +103,8 @@ class Fetcher:
                 await self.gates[run_id].wait()
             await asyncio.sleep(0)  # a real fetch takes a turn of the loop at least
             self.fetched.append(run_id)
-            at = self.runs[run_id]["created_at"]
-            call = {
-                "id": f"call_{run_id}",
-                "type": "code_interpreter",
-                "code_interpreter": {"input": "print(2+2)", "outputs": []},
-            }
-            step = {
-                "id": f"step_{run_id}",
-                "object": "thread.run.step",
-                "run_id": run_id,
-                "created_at": at + 1,
-                "completed_at": at + 2,
-                "type": "tool_calls",
-                "step_details": {"type": "tool_calls", "tool_calls": [call]},
-            }
-            answer = {
-                "id": f"msg_{run_id}",
-                "object": "thread.message",
-                "created_at": at + 2,
-                "role": "assistant",
-                "run_id": run_id,
-                "content": [{"type": "text", "text": {"value": "4", "annotations": []}}],
-            }
-            return FetchedRun([step], [answer], 300)
+            steps, messages = fetched_objects(self.runs[run_id])
+            return FetchedRun(steps, messages, 300)
         finally:
             self.active -= 1
 
@@ -112,7 +127,7 @@ async def start(sm: SM) -> AsyncIterator[Start]:
             fetcher,  # type: ignore[arg-type]
             credentials,
             load_price_table(None),
-            DEFAULT_CONSTANTS,
+            default_table(),
             recorded,
             metrics.collection_failed,
             **options,
@@ -188,7 +203,13 @@ async def test_claims_in_bulk_fetches_workers_at_a_time_and_records_in_batches(
     # open at 0, 1, 2, 3 and 4 hours in each.
     per_thread: dict[str, int] = {}
     for row in rows.values():
-        assert row.usage_source == "estimated" and row.prompt_tokens > 0
+        run = fetcher.runs[row.object_id]
+        expected = estimate_run(run, *fetched_objects(run), counter_for_model("gpt-4o"))
+        assert (row.usage_source, row.prompt_tokens, row.completion_tokens) == (
+            "estimated",
+            expected.prompt_tokens,
+            expected.completion_tokens,
+        )
         assert row.code_interpreter_calls == 1
         per_thread[row.thread_id] = per_thread.get(row.thread_id, 0) + (
             row.code_interpreter_sessions

@@ -342,16 +342,17 @@ STOP = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
 USAGE = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
 
 
+# gpt-4o on 2025-08-24: $2.50 per million prompt tokens, $10.00 per million completion tokens.
 @pytest.mark.parametrize(
-    ("chunks", "estimate", "status", "source", "tokens"),
+    ("chunks", "estimate", "status", "source", "tokens", "cost"),
     [
-        ((DELTA, STOP, USAGE), None, "completed", "reported", (9, 2)),
-        ((DELTA, STOP), (30, 4), "completed", "estimated", (30, 4)),
-        ((DELTA,), (30, 1), "incomplete", "estimated", (30, 1)),
-        ((DELTA, STOP), None, "completed", "none", (0, 0)),
+        ((DELTA, STOP, USAGE), None, "completed", "reported", (9, 2), "0.0000425"),
+        ((DELTA, STOP), (30, 4), "completed", "estimated", (30, 4), "0.000115"),
+        ((DELTA,), (30, 1), "incomplete", "estimated", (30, 1), "0.000085"),
+        ((DELTA, STOP), None, "completed", "none", (0, 0), "0"),
     ],
 )
-def test_chat_stream_row(prices, chunks, estimate, status, source, tokens) -> None:
+def test_chat_stream_row(prices, chunks, estimate, status, source, tokens, cost) -> None:
     row = chat_stream_row(
         stream(*chunks), WHO, prices, NOW, object_id="chatcmpl-9", estimate=estimate
     )
@@ -360,8 +361,10 @@ def test_chat_stream_row(prices, chunks, estimate, status, source, tokens) -> No
     assert (row.prompt_tokens, row.completion_tokens) == tokens
     estimated = (row.estimated_prompt_tokens, row.estimated_completion_tokens)
     assert estimated == (estimate or (None, None))
+    # A row whose tokens are the estimate names the estimator that made them.
+    assert row.estimator == ("chat1" if source == "estimated" else None)
     assert row.occurred_at == dt.datetime.fromtimestamp(T, dt.UTC)
-    assert (row.cost_usd > 0) is (tokens != (0, 0))
+    assert row.cost_usd == Decimal(cost)
 
 
 def test_chat_stream_row_falls_back_to_the_request_model(prices) -> None:

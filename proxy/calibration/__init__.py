@@ -1,0 +1,1 @@
+"""Calibration: recorded runs with reported usage in, fitted estimate constants out."""
