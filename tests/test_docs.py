@@ -54,7 +54,7 @@ def example_config() -> str:
         "# uncommenting what you change. Precedence, highest first: command-line flag >",
         "# environment variable USAGE_PROXY_<NAME> > this file > default. Unknown keys are errors.",
         "# Secrets (key_secret, admin_token) have no flags; prefer the environment for them.",
-        f"# Generated from proxy/settings/options.py: {_REGENERATE}.",
+        f"# Generated from proxy/settings.py: {_REGENERATE}.",
     ]
     for opt in OPTIONS:
         if opt.name.startswith(_ESTIMATE):
