@@ -28,6 +28,7 @@ from proxy.accounting.sources.assistants.collector import RunCollector
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
 from proxy.accounting.sources.events.observer import EventObserver
+from proxy.accounting.unpriced import UnpricedUsage
 from proxy.accounting.usage import UsageRow, UsageSignal
 from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.accounting.writing.outbox import JobWriter
@@ -64,6 +65,7 @@ class Accounting:
         # "Usage was recorded", from both writers, after they commit.
         self.recorded = UsageSignal()
         self.recorded.subscribe(UsageMetrics(self.metrics))
+        self.recorded.subscribe(UnpricedUsage(self.metrics))
         self.engine: AsyncEngine | None = None
         self._sm: async_sessionmaker[AsyncSession] | None = None
         self.attribution = Attributor(

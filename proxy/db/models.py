@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AuditEntry",
     "Base",
     "CodeInterpreterCall",
     "CollectionJob",
@@ -158,6 +159,22 @@ class UsageRecord(Base):
     file_search_calls: Mapped[int] = mapped_column(Integer, default=0)
     web_search_calls: Mapped[int] = mapped_column(Integer, default=0)
     function_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # NULL: the model or a tool had no price in force when the row was recorded (unpriced).
+    cost_usd: Mapped[Decimal | None] = mapped_column(default=Decimal(0))
+
+
+class AuditEntry(Base):
+    """One change made to recorded usage after the fact (a reassign, a reprice): when, what
+    (`action` and its `detail` as JSON: the selection and the change), how many rows, and the
+    money it moved or changed."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[Decimal] = mapped_column(default=Decimal(0))
 
 

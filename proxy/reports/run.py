@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.queries import EVENT_COLUMNS, GROUP_FIELDS, SUMS, usage_events, usage_groups
 from proxy.reports.query import ReportQuery
 from proxy.reports.render import EVENT_TABLE_COLUMNS, render
 
-__all__ = ["run_report"]
+__all__ = ["run_report", "unpriced_note"]
+
+# The table shows unpriced_events and unpriced_tokens; `priced` is for programs (CSV, JSON).
+_GROUP_TABLE_SUMS = tuple(name for name in SUMS if name != "priced")
 
 
 async def run_report(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -> str:
@@ -19,6 +25,26 @@ async def run_report(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -
     if query.group_by:
         rows = await usage_groups(sm, query.group_by, query.since, query.until, **filters)
         columns = [c for name in dict.fromkeys(query.group_by) for c in GROUP_FIELDS[name]]
-        return render(rows, [*columns, *SUMS], query.fmt)
+        return render(
+            rows,
+            [*columns, *SUMS],
+            query.fmt,
+            table_columns=[*columns, *_GROUP_TABLE_SUMS],
+        )
     rows = await usage_events(sm, query.since, query.until, **filters)
-    return render(rows, EVENT_COLUMNS, query.fmt, table_columns=EVENT_TABLE_COLUMNS)
+    text = render(rows, EVENT_COLUMNS, query.fmt, table_columns=EVENT_TABLE_COLUMNS)
+    return text + unpriced_note(rows) if query.fmt == "table" else text
+
+
+def unpriced_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A line under an event table when some events had no price, with their tokens: the
+    table's cost total leaves them out, and must not pass for the whole bill."""
+    unpriced = [row for row in rows if row.get("cost_usd") is None]
+    if not unpriced:
+        return ""
+    tokens = sum(row.get("total_tokens") or 0 for row in unpriced)
+    models = sorted({str(row.get("model")) for row in unpriced})
+    return (
+        f"unpriced: {len(unpriced):,} events, {tokens:,} tokens, not in the cost total "
+        f"(models: {', '.join(models)}; see `usage-proxy prices missing`)\n"
+    )

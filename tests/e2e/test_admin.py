@@ -184,10 +184,10 @@ async def test_usage_csv_grouped_by_team_and_month(admin_proxy: RunningProxy, ht
     assert headers["Content-Type"].startswith("text/csv")
     assert body.splitlines() == [
         "team,month,events,prompt_tokens,completion_tokens,total_tokens,"
-        "code_interpreter_sessions,cost_usd",
-        "blue,2026-11,1,1000,47,1047,0,0.0000000001",
-        "red,2026-11,2,2000,94,2094,0,0.3",
-        "red,2026-12,1,1000,47,1047,0,5",
+        "code_interpreter_sessions,cost_usd,unpriced_events,unpriced_tokens,priced",
+        "blue,2026-11,1,1000,47,1047,0,0.0000000001,0,0,true",
+        "red,2026-11,2,2000,94,2094,0,0.3,0,0,true",
+        "red,2026-12,1,1000,47,1047,0,5,0,0,true",
     ]
 
 

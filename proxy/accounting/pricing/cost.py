@@ -49,6 +49,12 @@ class Cost(NamedTuple):
     def known(self) -> bool:
         return not self.missing
 
+    @property
+    def billed(self) -> Decimal | None:
+        """What a usage row records: the total, or None when a part had no price (a row
+        must never claim a partial sum as the whole cost)."""
+        return self.total if not self.missing else None
+
 
 def token_cost(
     table: PriceTable,
@@ -57,14 +63,17 @@ def token_cost(
     prompt: int = 0,
     cached: int = 0,
     completion: int = 0,
-) -> Decimal:
-    """`cost_of(table, model, at, Usage(prompt, cached, completion)).total`, without building
-    either tuple: the price of a chat completion or an embedding. Never raises."""
+) -> Decimal | None:
+    """`cost_of(table, model, at, Usage(prompt, cached, completion)).billed`, without building
+    either tuple: the price of a chat completion or an embedding. None when tokens were used
+    and `model` has no price in force. Never raises."""
     price, rates = table._priced(model, at)
     if rates is not None:
         units = _units(rates, prompt, cached, completion)
         if units is not None:
             return Decimal(units).scaleb(-10)
+    if price is None and (prompt or completion):
+        return None
     return _tokens(price, prompt, cached, completion)
 
 

@@ -106,7 +106,7 @@ def run_row(
         code_interpreter_calls=estimate.code_interpreter_calls if estimate else 0,
         file_search_calls=file_search,
         function_calls=estimate.function_calls if estimate else 0,
-        cost_usd=cost.total,
+        cost_usd=cost.billed,
     )
     times = tuple(
         t

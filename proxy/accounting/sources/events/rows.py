@@ -185,7 +185,7 @@ def response_row(
         file_search_calls=billed.file_search_calls,
         web_search_calls=billed.web_search_calls,
         function_calls=types.count("function_call"),
-        cost_usd=cost_of(prices, model, when, billed).total,
+        cost_usd=cost_of(prices, model, when, billed).billed,
     )
 
 
