@@ -26,6 +26,7 @@ from proxy.accounting.pricing import load_price_table
 from proxy.accounting.process.supervisor import CollectorProcess, Forked
 from proxy.accounting.sources.assistants.collector import RunCollector
 from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.names import AssistantNames
 from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
 from proxy.accounting.sources.events.observer import EventObserver
 from proxy.accounting.unpriced import UnpricedUsage
@@ -35,6 +36,7 @@ from proxy.accounting.writing.outbox import JobWriter
 from proxy.accounting.writing.row_writer import RowWriter
 from proxy.db import jobs, mappings
 from proxy.db import secrets as db_secrets
+from proxy.db.assistant_names import remember_names
 from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.db.errors import DB_ERRORS
 from proxy.errors import ConfigError
@@ -112,7 +114,8 @@ class Accounting:
             self.rows.submit,
             api_error=self.metrics.api_error,
         )
-        return [RunObserver(self.open_job, remember_key=self.remember_key), events]
+        names = AssistantNames(lambda found: remember_names(self.sessionmaker(), found))
+        return [RunObserver(self.open_job, remember_key=self.remember_key), events, names]
 
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         assert self._sm is not None, "accounting is not started"

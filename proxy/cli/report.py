@@ -9,9 +9,11 @@ from proxy.cli.common import UsageError, argument, settings_of, with_db
 from proxy.reports.query import (
     FILTERS,
     GROUP_FIELDS,
+    KINDS,
     ReportError,
     ReportQuery,
     parse_group_by,
+    parse_kind,
     parse_month,
     parse_when,
 )
@@ -35,8 +37,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="FIELDS",
         help=f"of {','.join(GROUP_FIELDS)}",
     )
-    for name in FILTERS:
-        report.add_argument(f"--{name}")
+    report.add_argument("--team", help="only this team")
+    report.add_argument(
+        "--kind", type=argument(parse_kind), help=f"only this kind: one of {', '.join(KINDS)}"
+    )
+    report.add_argument("--model", help="only this model")
     report.add_argument("--format", choices=FORMATS, default="table")
     report.set_defaults(run=_report)
 

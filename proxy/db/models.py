@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AssistantName",
     "AuditEntry",
     "Base",
     "CodeInterpreterCall",
@@ -161,6 +162,17 @@ class UsageRecord(Base):
     function_calls: Mapped[int] = mapped_column(Integer, default=0)
     # NULL: the model or a tool had no price in force when the row was recorded (unpriced).
     cost_usd: Mapped[Decimal | None] = mapped_column(default=Decimal(0))
+
+
+class AssistantName(Base):
+    """The name of an assistant, from the assistant objects that passed through the proxy (a
+    create, a retrieve, a list): reports show it beside the id."""
+
+    __tablename__ = "assistant_names"
+
+    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

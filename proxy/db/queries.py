@@ -16,11 +16,12 @@ from sqlalchemy import ColumnElement, Select, case, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.engine import reading
-from proxy.db.models import UsageRecord
+from proxy.db.models import AssistantName, UsageRecord
 
 __all__ = ["EVENT_COLUMNS", "FILTERS", "GROUP_FIELDS", "SUMS", "usage_events", "usage_groups"]
 
 _U = UsageRecord
+_NAMES = AssistantName.__table__
 # Every column but the id, and `priced`: false when cost_usd is NULL (no price was in force).
 EVENT_COLUMNS: tuple[str, ...] = (
     *(c.name for c in _U.__table__.columns if c.name != "id"),
@@ -29,7 +30,8 @@ EVENT_COLUMNS: tuple[str, ...] = (
 # group-by field -> the output columns it adds
 GROUP_FIELDS: dict[str, tuple[str, ...]] = {
     "team": ("team",),
-    "assistant": ("assistant_id",),
+    # The name is the latest seen in an assistant object through the proxy (assistant_names).
+    "assistant": ("assistant_id", "assistant_name"),
     # The Responses API's counterparts of a thread's assistant: a conversation, a stored prompt.
     "conversation": ("conversation_id",),
     "prompt": ("prompt_id",),
@@ -133,11 +135,17 @@ async def usage_groups(
     async with reading(sm) as session:
         dialect = session.get_bind().dialect.name
         keys: list[ColumnElement[Any]] = []
+        joined = False
         selected: list[ColumnElement[Any]] = []
         for name in dict.fromkeys(group_by):
             if name in ("day", "month"):
                 keys.append(_period(dialect, name).label(name))
                 selected.append(keys[-1])
+            elif name == "assistant":
+                keys.append(_U.assistant_id.label("assistant_id"))
+                # One id has one name row; max() picks it without grouping on it.
+                selected += [keys[-1], func.max(_NAMES.c.name).label("assistant_name")]
+                joined = True
             elif name == "key":
                 keys.append(_U.key_fingerprint.label("key_fingerprint"))
                 # One key has one hint; max() picks it without grouping on it.
@@ -160,7 +168,12 @@ async def usage_groups(
                 func.sum(case((_U.cost_usd.is_(None), _U.total_tokens), else_=0)), 0
             ).label("unpriced_tokens"),
         ]
-        stmt = _where(select(*selected, *sums), since, until, filters)
+        stmt = select(*selected, *sums)
+        if joined:
+            stmt = stmt.select_from(
+                _U.__table__.outerjoin(_NAMES, _NAMES.c.assistant_id == _U.assistant_id)
+            )
+        stmt = _where(stmt, since, until, filters)
         if keys:
             stmt = stmt.group_by(*keys).order_by(*(key.asc().nulls_last() for key in keys))
         rows = (await session.execute(stmt)).mappings().all()

@@ -16,6 +16,10 @@ __all__ = ["run_report", "unpriced_note"]
 
 # The table shows unpriced_events and unpriced_tokens; `priced` is for programs (CSV, JSON).
 _GROUP_TABLE_SUMS = tuple(name for name in SUMS if name != "priced")
+# Summed in the table's totals line, also when no event matched.
+_NUMERIC = frozenset(
+    {*_GROUP_TABLE_SUMS, "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"}
+)
 
 
 async def run_report(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -> str:
@@ -30,9 +34,12 @@ async def run_report(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -
             [*columns, *SUMS],
             query.fmt,
             table_columns=[*columns, *_GROUP_TABLE_SUMS],
+            numeric=_NUMERIC,
         )
     rows = await usage_events(sm, query.since, query.until, **filters)
-    text = render(rows, EVENT_COLUMNS, query.fmt, table_columns=EVENT_TABLE_COLUMNS)
+    text = render(
+        rows, EVENT_COLUMNS, query.fmt, table_columns=EVENT_TABLE_COLUMNS, numeric=_NUMERIC
+    )
     return text + unpriced_note(rows) if query.fmt == "table" else text
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import ChatStream
 from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
-from proxy.accounting.sources.assistants.rows import to_datetime
+from proxy.accounting.sources.assistants.rows import to_datetime, to_second
 from proxy.accounting.usage import UsageRow, row_from, row_template
 
 __all__ = [
@@ -153,7 +153,9 @@ def response_row(
     new = [c for c in response_containers(response) if c not in known_containers]
     sessions = len(new) + unnamed
     when = (
-        to_datetime(response.get("completed_at")) or to_datetime(response.get("created_at")) or now
+        to_datetime(response.get("completed_at"))
+        or to_datetime(response.get("created_at"))
+        or to_second(now)
     )
     model = _str(response.get("model"))
     billed = Usage(
@@ -212,7 +214,7 @@ def _when(created: object, now: dt.datetime) -> dt.datetime:
     # A positive int is the common case; to_datetime decides all the others.
     if type(created) is int and created > 0:
         return _fromtimestamp(created, _UTC)
-    return to_datetime(created) or now
+    return to_datetime(created) or to_second(now)
 
 
 def _count(value: object) -> int:
@@ -327,7 +329,7 @@ def embedding_row(
     values = _row(_EMBEDDING, who)
     values["object_id"] = object_id
     values["model"] = model
-    values["occurred_at"] = now
+    values["occurred_at"] = now = to_second(now)
     values["prompt_tokens"] = values["total_tokens"] = prompt
     values["cost_usd"] = token_cost(prices, model, now, prompt)
     return row_from(values)
