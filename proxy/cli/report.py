@@ -10,6 +10,7 @@ from proxy.reports.query import (
     FILTERS,
     GROUP_FIELDS,
     KINDS,
+    REPORT_FORMATS,
     ReportError,
     ReportQuery,
     parse_group_by,
@@ -17,7 +18,6 @@ from proxy.reports.query import (
     parse_month,
     parse_when,
 )
-from proxy.reports.render import FORMATS
 
 __all__ = ["add_commands"]
 
@@ -42,7 +42,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--kind", type=argument(parse_kind), help=f"only this kind: one of {', '.join(KINDS)}"
     )
     report.add_argument("--model", help="only this model")
-    report.add_argument("--format", choices=FORMATS, default="table")
+    report.add_argument(
+        "--format",
+        choices=REPORT_FORMATS,
+        default="table",
+        help="focus: FOCUS 1.2 CSV (FinOps Open Cost and Usage Specification)",
+    )
     report.set_defaults(run=_report)
 
 

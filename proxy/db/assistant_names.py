@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.dialects import insert_for
+from proxy.db.engine import reading
 from proxy.db.models import AssistantName, utcnow
 
-__all__ = ["remember_names"]
+__all__ = ["names_of", "remember_names"]
 
 
 async def remember_names(
@@ -28,3 +30,16 @@ async def remember_names(
                 index_elements=["assistant_id"], set_={"name": name, "seen_at": now}
             )
             await session.execute(stmt)
+
+
+async def names_of(
+    sm: async_sessionmaker[AsyncSession], assistant_ids: Collection[str]
+) -> dict[str, str | None]:
+    """The stored names of those assistants that have one row."""
+    if not assistant_ids:
+        return {}
+    stmt = select(AssistantName.assistant_id, AssistantName.name).where(
+        AssistantName.assistant_id.in_(sorted(assistant_ids))
+    )
+    async with reading(sm) as session:
+        return dict((await session.execute(stmt)).tuples().all())

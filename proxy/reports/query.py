@@ -18,6 +18,7 @@ from typing import Any
 from proxy.accounting.sources.events.rows import CHAT_KIND, EMBEDDING_KIND, RESPONSE_KIND
 from proxy.accounting.usage import ASSISTANTS_RUN
 from proxy.db.queries import GROUP_FIELDS as _COLUMNS
+from proxy.reports.render import FORMATS
 
 __all__ = [
     "FILTERS",
@@ -25,6 +26,7 @@ __all__ = [
     "HTTP_FORMATS",
     "KINDS",
     "PARAMS",
+    "REPORT_FORMATS",
     "ReportError",
     "ReportQuery",
     "parse_group_by",
@@ -39,8 +41,10 @@ FILTERS = ("team", "kind", "model")
 # empty report.
 KINDS = (ASSISTANTS_RUN, RESPONSE_KIND, CHAT_KIND, EMBEDDING_KIND)
 _MONTH = re.compile(r"\d{4}-\d{2}")
+# Every format of a report: render's, and FOCUS 1.2 CSV (proxy.reports.focus).
+REPORT_FORMATS = (*FORMATS, "focus")
 # A report over HTTP is data for a program, so no text table there.
-HTTP_FORMATS = ("json", "csv")
+HTTP_FORMATS = ("json", "csv", "focus")
 PARAMS = frozenset({"since", "until", "month", "group_by", "format", *FILTERS})
 
 
@@ -98,7 +102,7 @@ def parse_group_by(text: str) -> list[str]:
 @dataclass(frozen=True)
 class ReportQuery:
     """One report: every event in [since, until), or totals per group when `group_by` is set;
-    `filters` maps each of FILTERS to a value or None; `fmt` is one of render.FORMATS."""
+    `filters` maps each of FILTERS to a value or None; `fmt` is one of REPORT_FORMATS."""
 
     since: dt.datetime | None = None
     until: dt.datetime | None = None

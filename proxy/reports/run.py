@@ -8,9 +8,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.db.assistant_names import names_of
 from proxy.db.queries import EVENT_COLUMNS, GROUP_FIELDS, SUMS, usage_events, usage_groups
+from proxy.reports.focus import FOCUS_COLUMNS, focus_rows
 from proxy.reports.query import ReportQuery
-from proxy.reports.render import EVENT_TABLE_COLUMNS, render
+from proxy.reports.render import EVENT_TABLE_COLUMNS, render, to_csv
 
 __all__ = ["run_report", "unpriced_note"]
 
@@ -26,6 +28,8 @@ async def run_report(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -
     """The report's text: one line per event, or totals per group of `query.group_by`.
     Database errors are raised (SQLAlchemyError, OSError)."""
     filters = dict(query.filters)
+    if query.fmt == "focus":
+        return await _focus(sm, query)
     if query.group_by:
         rows = await usage_groups(sm, query.group_by, query.since, query.until, **filters)
         columns = [c for name in dict.fromkeys(query.group_by) for c in GROUP_FIELDS[name]]
@@ -41,6 +45,14 @@ async def run_report(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -
         rows, EVENT_COLUMNS, query.fmt, table_columns=EVENT_TABLE_COLUMNS, numeric=_NUMERIC
     )
     return text + unpriced_note(rows) if query.fmt == "table" else text
+
+
+async def _focus(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -> str:
+    events = await usage_events(sm, query.since, query.until, **dict(query.filters))
+    assistants = {e["assistant_id"] for e in events if e["assistant_id"]}
+    names = await names_of(sm, assistants)
+    rows = focus_rows(events, query.group_by, assistant_names=names)
+    return to_csv(rows, FOCUS_COLUMNS)
 
 
 def unpriced_note(rows: Sequence[Mapping[str, Any]]) -> str:
