@@ -88,6 +88,12 @@ class Settings:
     credential_ttl: float = _opt(
         86400.0, "seconds a key stays in memory after it was last seen", flag=False
     )
+    mapping_poll_interval: float = _opt(
+        1.0,
+        "seconds between reads of the mapping version: a key or project mapping applies on "
+        "every replica within this (plus one lookup)",
+        flag=False,
+    )
     estimate_base_prompt: int = _opt(
         -1,
         "system prompt of a run with no tools and no instructions (-1: the fitted table)",
@@ -241,6 +247,7 @@ def _validate(s: Settings) -> None:
         "collector_lease",
         "collector_poll_interval",
         "collector_fetch_timeout",
+        "mapping_poll_interval",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be > 0")

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from proxy.accounting.attributor import Attributor
 from proxy.accounting.estimate.constants import table_from_settings
 from proxy.accounting.estimate.tokenizer import warm_up
+from proxy.accounting.mapping_watch import MappingWatch
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.process.supervisor import CollectorProcess, Forked
 from proxy.accounting.sources.assistants.collector import RunCollector
@@ -154,6 +155,12 @@ class Accounting:
         warm = loop.run_in_executor(None, warm_up)
         if self.attribution.needs_secret:
             self._tasks.append(asyncio.create_task(self.attribution.load_secret()))
+        watch = MappingWatch(
+            self.sessionmaker,
+            self.attribution.forget_teams,
+            self.settings.mapping_poll_interval,
+        )
+        self._tasks.append(asyncio.create_task(watch.run()))
         self.collector.start()
         self.outbox.start()
         self.rows.start()

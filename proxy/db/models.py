@@ -31,6 +31,7 @@ __all__ = [
     "CodeInterpreterCall",
     "CollectionJob",
     "KeyTeam",
+    "MappingVersion",
     "Money",
     "ProjectTeam",
     "ProxySecret",
@@ -240,6 +241,17 @@ class ProjectTeam(Base):
     project: Mapped[str] = mapped_column(String(255), primary_key=True)
     team: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MappingVersion(Base):
+    """One row (id 1) whose version every change of key_teams or project_teams increments, in
+    the same transaction: replicas poll it (a primary-key read) and drop their cached teams
+    when it moves, so a mapping applies everywhere within a poll interval."""
+
+    __tablename__ = "mapping_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ThreadSession(Base):
