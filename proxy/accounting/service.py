@@ -114,6 +114,7 @@ class Accounting:
             self.prices,
             self.rows.submit,
             api_error=self.metrics.api_error,
+            partial=self.metrics.partial_estimate,
         )
         names = AssistantNames(lambda found: remember_names(self.sessionmaker(), found))
         return [RunObserver(self.open_job, remember_key=self.remember_key), events, names]

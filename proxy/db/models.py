@@ -149,7 +149,8 @@ class UsageRecord(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    usage_source: Mapped[str] = mapped_column(String(16))  # "reported" | "estimated"
+    # "reported", "estimated", "estimated_partial" (from part of an oversized request), "none"
+    usage_source: Mapped[str] = mapped_column(String(32))
     estimated_prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
     estimated_completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
     # Which estimator and constants made the estimate (e.g. "runs2-1a2b3c4d"), and its bases

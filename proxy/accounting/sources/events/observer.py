@@ -8,7 +8,11 @@ What is recorded, and when (recognition is by content: see proxy.accounting.sour
   a finished response costs no write; the unique (kind, object_id) decides.
 - A chat completion: a 2xx POST answered with a `chat.completion` body, or a stream of
   `chat.completion.chunk` events once it ends. A stream without usage is estimated
-  (proxy.accounting.estimate.chat) and marked usage_source "estimated".
+  (proxy.accounting.estimate.chat) and marked usage_source "estimated"; when its request was
+  larger than `max_observed_request`, the prompt is estimated from the part kept (a lower
+  bound, proxy.accounting.estimate.partial), marked "estimated_partial", logged with the
+  request id and counted (`usage_proxy_estimated_partial_total`). Other kinds report their
+  usage, so a cut request costs them nothing but ids (conversation, prompt) read from it.
 - Embeddings: a 2xx POST answered with a list of embeddings. The list has no id, so object_id
   is the upstream's `x-request-id` header (Azure: `apim-request-id`), else a generated
   "proxy-<uuid4 hex>", unique per request.
@@ -36,7 +40,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.estimate.chat import ChatStream, estimate_chat_stream
+from proxy.accounting.estimate.chat import ChatStream, TokenCounter, estimate_chat_stream
+from proxy.accounting.estimate.partial import estimate_partial_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.sources.events.rows import (
@@ -69,7 +74,8 @@ _OFF_LOOP: Any = object()
 class EventObserver:
     """Records responses, chat completions and embeddings: `attribute` says who pays for a
     request's headers, `prices` prices the usage, `submit` takes each row to write (and keeps
-    it while the database is down), `api_error` counts an upstream error by team and status."""
+    it while the database is down), `api_error` counts an upstream error by team and status,
+    `partial` (if given) a row whose prompt was estimated from part of its request, by kind."""
 
     def __init__(
         self,
@@ -78,8 +84,10 @@ class EventObserver:
         submit: Callable[[UsageRow], None],
         *,
         api_error: Callable[[str | None, int], None],
+        partial: Callable[[str], None] | None = None,
         seen_capacity: int = 100_000,
     ) -> None:
+        self._partial = partial
         self._attribute = attribute
         self._prices = prices
         self._submit = submit
@@ -172,11 +180,18 @@ class EventObserver:
         request = request if isinstance(request, dict) else None
         model = stream.model or (_str(request.get("model")) if request else None)
         estimate = None
+        # Larger than max_observed_request: only a cut copy, which JSON cannot parse.
+        partial = request is None and exchange.request_body_truncated
         if stream.usage is None:
             try:
                 # Tokenizing a long stream takes a while: off the loop, as the collector does.
                 estimate = await asyncio.get_running_loop().run_in_executor(
-                    None, estimate_chat_stream, request, stream, counter_for_model(model)
+                    None,
+                    _estimate,
+                    request,
+                    exchange.request_body if partial else b"",
+                    stream,
+                    counter_for_model(model),
                 )
             except AccountingError:
                 # The row is still written, with usage_source "none", so the event is counted.
@@ -191,7 +206,19 @@ class EventObserver:
             object_id=oid,
             estimate=estimate,
             model=model,
+            partial=partial,
         )
+        if row.usage_source == "estimated_partial":
+            _log.warning(
+                "request %s (chat completion %s) is larger than max_observed_request: its "
+                "prompt is estimated from the first %d bytes, a lower bound "
+                '(usage_source "estimated_partial")',
+                exchange.request_id,
+                oid,
+                len(exchange.request_body),
+            )
+            if self._partial is not None:
+                self._partial(row.kind)
         self._record(row)
 
     def _record(self, row: UsageRow) -> None:
@@ -208,6 +235,15 @@ class EventObserver:
         seen.move_to_end(key)
         if len(seen) > self._capacity:
             seen.popitem(last=False)
+
+
+def _estimate(
+    request: dict[str, Any] | None, prefix: bytes, stream: ChatStream, count: TokenCounter
+) -> tuple[int, int]:
+    prompt, completion = estimate_chat_stream(request, stream, count)
+    if request is None and prefix:
+        prompt = estimate_partial_prompt(prefix, count)
+    return prompt, completion
 
 
 def _ok(status: int | None) -> bool:

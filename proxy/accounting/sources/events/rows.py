@@ -11,7 +11,8 @@ Recognition never looks at the path, so Azure's /openai/deployments/{d}/... work
 
 Rows: `kind` is "response", "chat.completion" or "embedding" and `object_id` the upstream's id.
 `usage_source` is "reported" when the upstream's usage is used, "estimated" for a chat stream
-without usage, and "none" when the upstream reported none and nothing can be estimated (a
+without usage ("estimated_partial" when its request was larger than the proxy keeps, so its
+prompt is a lower bound), and "none" when the upstream reported none and nothing can be estimated (a
 response that failed before its usage was known): such a row counts the event at zero tokens.
 """
 
@@ -294,10 +295,12 @@ def chat_stream_row(
     object_id: str,
     estimate: tuple[int, int] | None,
     model: str | None = None,
+    partial: bool = False,
 ) -> UsageRow:
     """The row of a stream: its reported usage, else `estimate` (None: the estimate failed, and
-    the row counts the event at zero tokens). Status "completed" once the usage or a finish
-    reason arrived, else "incomplete" (the stream broke off)."""
+    the row counts the event at zero tokens), "estimated_partial" when the estimate could see
+    only part of the request (`partial`). Status "completed" once the usage or a finish reason
+    arrived, else "incomplete" (the stream broke off)."""
     done = stream.usage is not None or stream.finished
     values = _row(_CHAT, who)
     values["status"] = "completed" if done else "incomplete"
@@ -309,7 +312,10 @@ def chat_stream_row(
         values["usage_source"] = "reported"
     else:
         tokens = (*(estimate or (0, 0)), 0, 0)
-        values["usage_source"] = "estimated" if estimate is not None else "none"
+        if estimate is None:
+            values["usage_source"] = "none"
+        else:
+            values["usage_source"] = "estimated_partial" if partial else "estimated"
     when = _when(stream.created, now)
     return _chat(values, object_id, stream.model or model, when, prices, tokens)
 
