@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from proxy.accounting.pricing.table import TOOLS, ModelPrice, PriceTable, Rates
+from proxy.accounting.pricing.table import ModelPrice, PriceTable, Rates
 
 __all__ = ["Cost", "Usage", "cost_of", "token_cost"]
 
@@ -30,6 +30,15 @@ class Usage(NamedTuple):
     code_interpreter_sessions: int = 0
     file_search_calls: int = 0
     web_search_calls: int = 0
+    # web_search_preview on a non-reasoning model: its own per-call rate.
+    web_search_preview_calls: int = 0
+    # The code interpreter container's memory_limit ("1g", "4g", "16g", "64g"): the session
+    # price follows it.
+    container_memory: str = "1g"
+
+
+def _session_tool(memory: str) -> str:
+    return "code_interpreter_session" if memory == "1g" else f"code_interpreter_session_{memory}"
 
 
 class Cost(NamedTuple):
@@ -116,11 +125,16 @@ def cost_of(table: PriceTable, model: str | None, at: datetime, usage: Usage) ->
         if price is None and (prompt or completion):
             missing.append("tokens")
         tokens = _tokens(price, prompt, cached, completion)
-    counts = (usage.code_interpreter_sessions, usage.file_search_calls, usage.web_search_calls)
-    if not any(counts):  # most events: no tool to look up
+    counts = (
+        (_session_tool(usage.container_memory), usage.code_interpreter_sessions),
+        ("file_search_call", usage.file_search_calls),
+        ("web_search_call", usage.web_search_calls),
+        ("web_search_preview_call", usage.web_search_preview_calls),
+    )
+    if not any(count for _, count in counts):  # most events: no tool to look up
         return Cost(tokens, tokens, _ZERO, price, tuple(missing))
     tools = Decimal(0)
-    for tool, count in zip(TOOLS, counts, strict=True):
+    for tool, count in counts:
         if not count:
             continue
         unit = table.tool_price(tool, at)

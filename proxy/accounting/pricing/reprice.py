@@ -103,7 +103,7 @@ async def missing_prices(
         used_tokens = row["prompt_tokens"] or row["completion_tokens"]
         if used_tokens and table.model_price(row["model"], at) is None:
             missing.append("model")
-        for tool, count in zip(TOOLS, _TOOL_COUNTS, strict=True):
+        for tool, count in zip(TOOLS[:3], _TOOL_COUNTS, strict=True):
             if row[count] and table.tool_price(tool, at) is None:
                 missing.append(tool)
         out.append(row | {"missing": " ".join(missing)})

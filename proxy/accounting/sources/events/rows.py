@@ -26,6 +26,7 @@ from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import ChatStream
 from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
 from proxy.accounting.sources.assistants.rows import to_datetime, to_second
+from proxy.accounting.sources.events.tools import container_memory, uses_search_preview
 from proxy.accounting.usage import UsageRow, row_from, row_template
 
 __all__ = [
@@ -159,13 +160,17 @@ def response_row(
         or to_second(now)
     )
     model = _str(response.get("model"))
+    searches = types.count("web_search_call")
+    preview = uses_search_preview(response, request, model)
     billed = Usage(
         prompt_tokens=prompt,
         cached_tokens=cached,
         completion_tokens=completion,
         code_interpreter_sessions=sessions,
         file_search_calls=types.count("file_search_call"),
-        web_search_calls=types.count("web_search_call"),
+        web_search_calls=0 if preview else searches,
+        web_search_preview_calls=searches if preview else 0,
+        container_memory=container_memory(response, request) if sessions else "1g",
     )
     req = _dict(request)
     return UsageRow(
@@ -186,7 +191,7 @@ def response_row(
         code_interpreter_calls=ci_calls,
         code_interpreter_sessions=sessions,
         file_search_calls=billed.file_search_calls,
-        web_search_calls=billed.web_search_calls,
+        web_search_calls=searches,
         function_calls=types.count("function_call"),
         cost_usd=cost_of(prices, model, when, billed).billed,
     )
