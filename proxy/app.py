@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Sequence
 
@@ -20,10 +21,13 @@ from proxy.http.metrics import MetricsObserver
 from proxy.http.routes import install as install_admin
 from proxy.logs import ACCESS_LOGGER, AccessLogger
 from proxy.metrics import Metrics
+from proxy.reconcile.admin_api import ENV as ADMIN_KEY_ENV
+from proxy.reconcile.schedule import BillingSchedule
 from proxy.settings import Settings, mask_url
 
 __all__ = [
     "ACCOUNTING",
+    "BILLING",
     "DISPATCHER",
     "FORWARDER",
     "METRICS",
@@ -41,6 +45,8 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 METRICS = web.AppKey("metrics", Metrics)
 # The accounting, when the app has one (make_app(accounting=True)).
 ACCOUNTING = web.AppKey("accounting", Accounting)
+# The scheduled billing pull, when billing_pull_interval and an admin key are given.
+BILLING = web.AppKey("billing", BillingSchedule)
 
 
 def make_app(
@@ -49,10 +55,13 @@ def make_app(
     *,
     accounting: bool = True,
     collector: Forked | None = None,
+    admin_key: str | None = None,
 ) -> web.Application:
     """Build the proxy. `observers=None` means the built-in accounting observers; a list
     replaces them (tests pass recording observers). `accounting=False` runs a bare proxy with no
-    database and no collector. `collector`: a collector process `serve` forked already."""
+    database and no collector. `collector`: a collector process `serve` forked already.
+    `admin_key`: the OpenAI admin key for the scheduled billing pull (`serve` passes
+    $OPENAI_ADMIN_KEY); it pulls when `billing_pull_interval` is set too."""
     app = web.Application(client_max_size=0, handler_args={"max_field_size": 65536})
     app[SETTINGS] = settings
     service = None
@@ -88,6 +97,21 @@ def make_app(
     if service is not None:
         app.cleanup_ctx.append(service.context)
     app.cleanup_ctx.append(_dispatcher_ctx)
+    if service is not None and settings.billing_pull_interval > 0:
+        if admin_key:
+            billing = BillingSchedule(
+                service.sessionmaker,
+                metrics,
+                billing_url=settings.billing_url,
+                admin_key=admin_key,
+                interval=settings.billing_pull_interval,
+            )
+            app[BILLING] = billing
+            app.cleanup_ctx.append(billing.context)
+        else:
+            _log.warning(
+                "billing_pull_interval is set but %s is not: no billing pulls", ADMIN_KEY_ENV
+            )
     install_admin(app, settings, metrics=metrics, dispatcher=dispatcher, accounting=service)
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
@@ -136,7 +160,8 @@ def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, forked: Forked | None = None) -> None:
-    app = make_app(settings, collector=forked)
+    # The admin key is read here, from the environment only: never a setting or a flag.
+    app = make_app(settings, collector=forked, admin_key=os.environ.get(ADMIN_KEY_ENV))
     runner = await start_site(app, settings.host, settings.port)
     print(
         f"usage-proxy listening on http://{settings.host}:{settings.port}, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ class Settings:
 
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8080, "port to listen on (1-65535)")
-    upstream: str = _opt("https://api.openai.com", "the API server to forward to")
+    upstream: str = _opt(
+        "https://api.openai.com", "the API server to forward to (user:password@ is refused)"
+    )
     database_url: str = _opt("sqlite+aiosqlite:///usage.db", "SQLAlchemy async database URL")
     upstream_timeout: float = _opt(600.0, "seconds to wait for the upstream's response headers")
     upstream_connect_timeout: float = _opt(30.0, "seconds to wait for a connection to the upstream")
@@ -77,7 +80,11 @@ class Settings:
     collector_retry_base: float = _opt(
         1.0, "first retry delay in seconds; doubles per attempt", flag=False
     )
-    collector_max_backoff: float = _opt(300.0, "cap on retry backoff, in seconds", flag=False)
+    collector_max_backoff: float = _opt(
+        14400.0,
+        "cap on retry backoff, in seconds (with the defaults, collector_max_attempts span a day)",
+        flag=False,
+    )
     collector_fetch_timeout: float = _opt(60.0, "seconds per steps/messages fetch", flag=False)
     reported_usage_wait: float = _opt(
         600.0,
@@ -92,6 +99,17 @@ class Settings:
         1.0,
         "seconds between reads of the mapping version: a key or project mapping applies on "
         "every replica within this (plus one lookup)",
+        flag=False,
+    )
+    # Hardening of credentials and collection (issue 20).
+    credential_limit: int = _opt(
+        10_000,
+        "most keys held in memory; beyond it the least recently used is forgotten",
+        flag=False,
+    )
+    collector_max_attempts: int = _opt(
+        20,
+        "failed attempts after which a run is recorded from itself alone (usage_source gave_up)",
         flag=False,
     )
     estimate_base_prompt: int = _opt(
@@ -161,6 +179,17 @@ class Settings:
         "per-family constants as JSON, {family: {name: value}}; in the file, [estimate.FAMILY]",
         flag=False,
     )
+    billing_url: str = _opt(
+        "https://api.openai.com",
+        "the OpenAI admin API that `billing pull` reads billed costs from",
+        flag=False,
+    )
+    billing_pull_interval: float = _opt(
+        0.0,
+        "seconds between billing pulls of the last 3 days by `serve` (0: never); needs "
+        "OPENAI_ADMIN_KEY in the environment",
+        flag=False,
+    )
     config: str = _opt("", "TOML config file")
 
     def __post_init__(self) -> None:
@@ -227,12 +256,24 @@ def _validate(s: Settings) -> None:
     if not 1 <= s.port <= 65535:
         raise ConfigError(f"port: {s.port} is out of range (1-65535)")
     parts = urlsplit(s.upstream)
+    shown = repr(_USERINFO.sub("//***@", s.upstream, count=1))  # no part of user:password
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"upstream: {s.upstream!r} is not an http(s) URL with a host")
+        raise ConfigError(f"upstream: {shown} is not an http(s) URL with a host")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        raise ConfigError(f"upstream: {s.upstream!r} has a bad port") from exc
+        raise ConfigError(f"upstream: {shown} has a bad port") from exc
+    if "@" in parts.netloc:
+        # Refused, not used: the upstream authenticates each request by the client's own key,
+        # in the client's Authorization header, which Basic auth from the URL would collide
+        # with; and never silently dropped either.
+        raise ConfigError(
+            f"upstream: {shown} carries user info (user:password@), which the proxy does not"
+            " send; clients authenticate with their own keys"
+        )
+    billing = urlsplit(s.billing_url)
+    if billing.scheme not in ("http", "https") or not billing.hostname:
+        raise ConfigError(f"billing_url: {s.billing_url!r} is not an http(s) URL with a host")
     if "://" not in s.database_url:
         # Shown only when it cannot hold credentials (user:password@host).
         shown = "the value" if "@" in s.database_url else repr(s.database_url)
@@ -258,11 +299,15 @@ def _validate(s: Settings) -> None:
         "reported_usage_wait",
         "collector_max_backoff",
         "credential_ttl",
+        "billing_pull_interval",
     ):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 0")
     if s.collector_workers < 1:
         raise ConfigError(f"collector_workers: {s.collector_workers!r} must be >= 1")
+    for name in ("credential_limit", "collector_max_attempts"):  # issue 20
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 1")
     for name, value in s.estimate_constants().items():
         if value < 0:
             raise ConfigError(f"estimate_{name}: {value!r} must be >= 0 (or -1: the fitted table)")
@@ -287,6 +332,9 @@ def _families(text: str) -> dict[str, dict[str, Any]]:
                     f"estimate.{family}.{name}: {number!r} must be a whole number >= 0"
                 )
     return value
+
+
+_USERINFO = re.compile(r"//[^/?#]*@")
 
 
 def mask_url(url: str) -> str:

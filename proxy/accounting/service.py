@@ -64,7 +64,8 @@ class Accounting:
             self.constants = table_from_settings(settings)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        self.credentials = CredentialStore(settings.credential_ttl)
+        self.credentials = CredentialStore(settings.credential_ttl, limit=settings.credential_limit)
+        self.metrics.credentials_held.set_function(lambda: len(self.credentials.fingerprints()))
         # "Usage was recorded", from both writers, after they commit.
         self.recorded = UsageSignal()
         self.recorded.subscribe(UsageMetrics(self.metrics))
@@ -215,7 +216,9 @@ class Accounting:
     async def open_job(self, sighting: RunSighting) -> None:
         """A run was seen finished: queue its collection job for the outbox writer, which
         inserts it with the jobs that came meanwhile (or keeps it until the DB is back)."""
-        who = await self.attribute(sighting.request_headers)
+        who = await self.attribute(
+            sighting.upstream_headers, sighting.request_headers, query=sighting.query_string
+        )
         run = sighting.run
         job = jobs.NewJob(
             run_id=run["id"],

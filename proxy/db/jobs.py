@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.engine import reading
 from proxy.db.models import CollectionJob, utcnow
+from proxy.redact import redact
 
 __all__ = [
     "ClaimedJob",
@@ -54,7 +54,6 @@ __all__ = [
 _jobs: Table = CollectionJob.__table__  # type: ignore[assignment]
 _MAX_ERROR = 2000
 # Defence in depth: callers pass safe text, but an upstream error body could echo a key.
-_SECRETS = re.compile(r"(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]+|(Bearer\s+)\S+", re.IGNORECASE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +100,8 @@ def _claim(*, skip_locked: bool) -> Any:
     eligible = or_(
         _jobs.c.key_fingerprint.in_(bindparam("fingerprints", expanding=True)),
         and_(_jobs.c.has_reported_usage.is_(True), _jobs.c.created_at <= bindparam("cutoff")),
+        # Out of attempts: recorded from the run alone, which needs no key.
+        _jobs.c.attempts >= bindparam("max_attempts", type_=Integer),
     )
     pick = (
         select(_jobs.c.id)
@@ -173,6 +174,7 @@ async def claim(
     reported_wait: float,
     lease: float,
     limit: int,
+    max_attempts: int = 2**31 - 1,
     now: dt.datetime | None = None,
 ) -> list[ClaimedJob]:
     """Claim up to `limit` due jobs for `worker`, oldest due first.
@@ -180,7 +182,8 @@ async def claim(
     Due: next_attempt_at <= now and not claimed (or the claim's lease has run out). Eligible:
     the job's key fingerprint is in `fingerprints` (this process holds the credential), or the
     run reported its usage and the job is at least `reported_wait` seconds old (recorded
-    without fetching). The claim lasts `lease` seconds; attempts is not changed. One statement
+    without fetching), or the job has failed `max_attempts` times (recorded from the run
+    alone). The claim lasts `lease` seconds; attempts is not changed. One statement
     in one transaction, whatever `limit` is.
     """
     if limit <= 0:
@@ -193,6 +196,7 @@ async def claim(
         "fingerprints": list(fingerprints),
         "limit": limit,
         "worker": worker,
+        "max_attempts": max_attempts,
     }
     async with sm.begin() as session:
         rows = (await session.execute(_CLAIM[_dialect(session)], params)).all()
@@ -314,5 +318,5 @@ def backoff(
 
 
 def _safe_error(error: str) -> str:
-    text = _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "***", error)
+    text = redact(error)
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.db.billing import ADJUSTMENT
 from proxy.db.engine import reading
 from proxy.db.models import UsageRecord
 
@@ -93,7 +94,12 @@ async def priceable_rows(
     only_unpriced: bool = True,
 ) -> list[dict[str, Any]]:
     """The rows to price again (PRICED_FIELDS), in the caller's transaction."""
-    stmt = select(*(_U.__table__.c[c] for c in PRICED_FIELDS)).order_by(_U.id)
+    # A reconciliation's adjustment is money, not usage: never priced again.
+    stmt = (
+        select(*(_U.__table__.c[c] for c in PRICED_FIELDS))
+        .where(_U.kind != ADJUSTMENT)
+        .order_by(_U.id)
+    )
     if only_unpriced:
         stmt = stmt.where(_U.cost_usd.is_(None))
     if model is not None:

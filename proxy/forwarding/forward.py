@@ -155,7 +155,7 @@ class Forwarder:
     async def _forward(
         self, request: web.Request, raw_path: str, exchange: Exchange
     ) -> web.StreamResponse:
-        headers = filter_headers(request.headers, request=True)
+        headers = exchange.upstream_headers = filter_headers(request.headers, request=True)
         data: Body = None
         rewritten, rw = False, self._rewriter
         if (

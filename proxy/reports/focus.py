@@ -167,7 +167,8 @@ def _row(members: Sequence[Mapping[str, Any]], names: Mapping[str, str | None]) 
         "BillingCurrency": "USD",
         "BillingPeriodEnd": period_end,
         "BillingPeriodStart": period_start,
-        "ChargeCategory": "Usage",
+        # A reconciliation's true-up (reconcile/trueup.py) corrects usage: FOCUS's Adjustment.
+        "ChargeCategory": "Adjustment" if shared["kind"] == "adjustment" else "Usage",
         "ChargeClass": None,
         "ChargeDescription": description,
         "ChargePeriodEnd": end,

@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy.accounting.sources.events.rows import CHAT_KIND, EMBEDDING_KIND, RESPONSE_KIND
 from proxy.accounting.usage import ASSISTANTS_RUN
+from proxy.db.billing import ADJUSTMENT
 from proxy.db.queries import GROUP_FIELDS as _COLUMNS
 from proxy.reports.render import FORMATS
 
@@ -39,7 +40,7 @@ GROUP_FIELDS: tuple[str, ...] = tuple(_COLUMNS)
 FILTERS = ("team", "kind", "model")
 # Every kind a usage row has: `--kind` takes one of these, so a typo is an error, not an
 # empty report.
-KINDS = (ASSISTANTS_RUN, RESPONSE_KIND, CHAT_KIND, EMBEDDING_KIND)
+KINDS = (ASSISTANTS_RUN, RESPONSE_KIND, CHAT_KIND, EMBEDDING_KIND, ADJUSTMENT)
 _MONTH = re.compile(r"\d{4}-\d{2}")
 # Every format of a report: render's, and FOCUS 1.2 CSV (proxy.reports.focus).
 REPORT_FORMATS = (*FORMATS, "focus")

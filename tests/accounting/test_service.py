@@ -28,7 +28,8 @@ KEY = {"Authorization": "Bearer sk-test-aaaaaaaaaaaaaaaaaaaa1234"}
 
 def sighting(run_id: str, headers: dict[str, str] | None = None) -> RunSighting:
     run = {"id": run_id, "object": "thread.run", "thread_id": f"t_{run_id}", "status": "completed"}
-    return RunSighting(run, "/v1", "api-version=1", headers if headers is not None else KEY)
+    sent = headers if headers is not None else KEY
+    return RunSighting(run, "/v1", "api-version=1", sent, sent)
 
 
 class Collector:

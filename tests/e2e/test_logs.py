@@ -3,6 +3,7 @@ never a credential, whatever the client sends."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -129,3 +130,35 @@ async def test_access_line_carries_the_id_observers_see(
     finally:
         undo()
     assert lines[0]["request_id"] == recorder.responses[0].request_id
+
+
+# Header lines aiohttp's parser refuses, and so logs with the offending bytes in its error
+# trace (issue 20): the key may follow a tab, a control character or a DEL, where neither a
+# literal space nor a word boundary precedes it.
+GET = b"GET /v1/models HTTP/1.1\r\n"
+MALFORMED = [
+    GET + b"Authorization: Bearer\x01" + KEY.encode(),
+    GET + b"Authorization: Bearer\x0b" + AZURE_KEY.encode(),
+    GET + b"api-key: \x01" + AZURE_KEY.encode(),
+    GET + b"Authorization: Token\x7f" + AZURE_KEY.encode() + b"\x01",
+    GET + b"X-Anything: " + KEY.encode() + b"\x01",
+    b"GET /v1/models?key=" + AZURE_KEY.encode() + b"\x7f HTTP/1.1\r\nHost: x",
+]
+
+
+@pytest.mark.parametrize("head", MALFORMED)
+async def test_aiohttps_error_traces_carry_no_key(
+    upstream: FakeUpstream, start_proxy, capsys, log_format: str, head: bytes
+) -> None:
+    proxy = await start_proxy(Settings(upstream=upstream.url, log_level="DEBUG"), accounting=False)
+    port = int(proxy.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + b"\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400", answer
+    stderr = _Stderr(capsys)
+    await wait_for(lambda: any("Error handling request" in x or "Bad" in x for x in stderr.lines()))
+    assert KEY not in stderr.text and AZURE_KEY not in stderr.text
+    assert AZURE_KEY[:8] not in stderr.text and KEY[-12:] not in stderr.text

@@ -83,10 +83,13 @@ class RunCollector:
         reported_wait: float = 600.0,
         max_backoff: float = 300.0,
         retry_base: float = 1.0,
+        max_attempts: int = 20,
     ) -> None:
         self._sm = sm
         self._credentials = credentials
-        self._collect = RunCollect(sm, fetcher, credentials, prices, constants, failed)
+        self._collect = RunCollect(
+            sm, fetcher, credentials, prices, constants, failed, max_attempts=max_attempts
+        )
         self._recorded = recorded
         self._failed = failed
         self._workers = workers
@@ -96,6 +99,7 @@ class RunCollector:
         self._reported_wait = reported_wait
         self._max_backoff = max_backoff
         self._retry_base = retry_base
+        self._max_attempts = max_attempts
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._wake = asyncio.Event()
         # Every job this worker holds, until it is recorded, retried or given back.
@@ -136,6 +140,7 @@ class RunCollector:
             reported_wait=s.reported_usage_wait,
             max_backoff=s.collector_max_backoff,
             retry_base=s.collector_retry_base,
+            max_attempts=s.collector_max_attempts,
         )
 
     @property
@@ -224,6 +229,7 @@ class RunCollector:
             reported_wait=self._reported_wait,
             lease=self._lease,
             limit=limit,
+            max_attempts=self._max_attempts,
         )
         fresh: list[jobs.ClaimedJob] = []
         for job in claimed:

@@ -23,7 +23,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.estimate.chat import ChatStream
+from proxy.accounting.estimate.chat import CHAT_ESTIMATOR, ChatStream
 from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
 from proxy.accounting.sources.assistants.rows import to_datetime, to_second
 from proxy.accounting.sources.events.tools import container_memory, uses_search_preview
@@ -321,6 +321,7 @@ def chat_stream_row(
             values["usage_source"] = "none"
         else:
             values["usage_source"] = "estimated_partial" if partial else "estimated"
+            values["estimator"] = CHAT_ESTIMATOR
     when = _when(stream.created, now)
     return _chat(values, object_id, stream.model or model, when, prices, tokens)
 
