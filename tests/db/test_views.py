@@ -367,7 +367,7 @@ MONTHLY = "SELECT month, team, unpriced_events, cost_usd FROM usage_monthly_team
 
 
 def test_an_unpriced_row_has_no_cost_and_counts_as_unpriced(capsys, db_url: str):
-    unpriced = row(9, "red", at(5), "0", model="acme-llm-1", cost_usd=None)
+    unpriced = row(99, "red", at(5), "0", model="acme-llm-1", cost_usd=None)
 
     async def seed() -> None:
         engine = make_engine(db_url)
@@ -377,7 +377,7 @@ def test_an_unpriced_row_has_no_cost_and_counts_as_unpriced(capsys, db_url: str)
             await engine.dispose()
 
     asyncio.run(seed())
-    [got] = query(db_url, "SELECT cost_usd, cost_usd_exact FROM usage WHERE object_id = 'obj_9'")
+    [got] = query(db_url, "SELECT cost_usd, cost_usd_exact FROM usage WHERE object_id = 'obj_99'")
     assert got == {"cost_usd": None, "cost_usd_exact": None}
     months = {
         (r["month"], r["team"]): r
