@@ -116,6 +116,7 @@ class Accounting:
             self.rows.submit,
             api_error=self.metrics.api_error,
             partial=self.metrics.partial_estimate,
+            containers=self.rows.containers,
         )
         names = AssistantNames(lambda found: remember_names(self.sessionmaker(), found))
         return [RunObserver(self.open_job, remember_key=self.remember_key), events, names]

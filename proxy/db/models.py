@@ -39,6 +39,7 @@ __all__ = [
     "ProjectTeam",
     "ProxySecret",
     "Reconciliation",
+    "ResponseContainer",
     "ThreadSession",
     "UTCDateTime",
     "UsageRecord",
@@ -246,6 +247,17 @@ class ProjectTeam(Base):
     project: Mapped[str] = mapped_column(String(255), primary_key=True)
     team: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ResponseContainer(Base):
+    """A code interpreter container of the Responses API and the response that is charged its
+    session: the first to be recorded, on any replica (insert or nothing decides)."""
+
+    __tablename__ = "response_containers"
+
+    container_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    response_id: Mapped[str] = mapped_column(String(255))
+    claimed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class MappingVersion(Base):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from proxy.accounting.pricing.table import ModelPrice, PriceTable, Rates
 
-__all__ = ["Cost", "Usage", "cost_of", "token_cost"]
+__all__ = ["Cost", "Usage", "cost_of", "session_tool", "token_cost"]
 
 _MTOK = Decimal(1_000_000)
 _PLACES = Decimal("1e-10")  # the usage table stores money as Numeric(20, 10)
@@ -37,7 +37,8 @@ class Usage(NamedTuple):
     container_memory: str = "1g"
 
 
-def _session_tool(memory: str) -> str:
+def session_tool(memory: str) -> str:
+    """The price table's name for a code interpreter session of a `memory` container."""
     return "code_interpreter_session" if memory == "1g" else f"code_interpreter_session_{memory}"
 
 
@@ -126,7 +127,7 @@ def cost_of(table: PriceTable, model: str | None, at: datetime, usage: Usage) ->
             missing.append("tokens")
         tokens = _tokens(price, prompt, cached, completion)
     counts = (
-        (_session_tool(usage.container_memory), usage.code_interpreter_sessions),
+        (session_tool(usage.container_memory), usage.code_interpreter_sessions),
         ("file_search_call", usage.file_search_calls),
         ("web_search_call", usage.web_search_calls),
         ("web_search_preview_call", usage.web_search_preview_calls),

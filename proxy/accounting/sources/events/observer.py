@@ -37,6 +37,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
 from typing import Any, Protocol
 
 from proxy.accounting.attribution import Attribution
@@ -44,6 +45,7 @@ from proxy.accounting.estimate.chat import ChatStream, TokenCounter, estimate_ch
 from proxy.accounting.estimate.partial import estimate_partial_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
+from proxy.accounting.pricing.cost import session_tool
 from proxy.accounting.sources.events.rows import (
     TERMINAL_RESPONSE_EVENTS,
     chat_row,
@@ -56,6 +58,7 @@ from proxy.accounting.sources.events.rows import (
     response_row,
     terminal_response,
 )
+from proxy.accounting.sources.events.tools import container_memory
 from proxy.accounting.usage import UsageRow
 from proxy.errors import AccountingError
 from proxy.forwarding.decode import DecodeError, SSEEvent
@@ -101,9 +104,11 @@ class EventObserver:
         *,
         api_error: Callable[[str | None, int], None],
         partial: Callable[[str], None] | None = None,
+        containers: Callable[[str, tuple[str, ...], Decimal | None], None] | None = None,
         seen_capacity: int = 100_000,
     ) -> None:
         self._partial = partial
+        self._claim = containers
         self._attribute = attribute
         self._prices = prices
         self._submit = submit
@@ -178,15 +183,19 @@ class EventObserver:
             return
         who = await self._who(exchange)
         request = exchange.request_json() if exchange.method == "POST" else None
+        request = request if isinstance(request, dict) else None
+        containers = response_containers(response)
+        # With a claim (the row writer's), the database decides which response a container's
+        # session is charged to, across replicas; without, this process's memory does.
+        known = containers if self._claim is not None else self._containers.keys()
         row = response_row(
-            response,
-            who,
-            self._prices,
-            _now(),
-            request=request if isinstance(request, dict) else None,
-            known_containers=self._containers.keys(),
+            response, who, self._prices, _now(), request=request, known_containers=known
         )
-        for container in response_containers(response):
+        if self._claim is not None and containers:
+            tool = session_tool(container_memory(response, request))
+            price = self._prices.tool_price(tool, row.occurred_at)
+            self._claim(rid, tuple(sorted(containers)), price)
+        for container in containers:
             self._remember(self._containers, container)
         self._record(row)
         self._remember(self._seen, rid)
