@@ -26,8 +26,10 @@ class CopyTap:
         if self._exchange.response_truncated:
             return
         if len(self._buf) + len(chunk) > self._limit:
+            # The head is kept: an observer can still tell what the answer was (an embeddings
+            # list too large to read is estimated from its request, not lost).
             self._exchange.response_truncated = True
-            self._buf.clear()
+            self._buf += chunk[: self._limit - len(self._buf)]
             return
         self._buf += chunk
 

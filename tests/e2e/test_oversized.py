@@ -79,3 +79,22 @@ async def test_a_request_within_the_cap_is_estimated_whole(proxy: RunningProxy, 
     assert row["usage_source"] == "estimated"
     assert partial_warnings(caplog) == []
     assert metric(proxy, "usage_proxy_estimated_partial_total", kind="chat.completion") == 0
+
+
+async def test_an_embeddings_answer_too_large_to_read_is_estimated_from_the_request(
+    db_url: str, upstream, start_proxy, sm, caplog: pytest.LogCaptureFixture
+):
+    settings = Settings(
+        upstream=upstream.url, database_url=db_url, key_secret="s", max_observed_body=1024
+    )
+    proxy = await start_proxy(settings)
+    inputs = [f"hello world {i}" for i in range(100)]  # an answer of ~6 KB
+    with caplog.at_level(logging.WARNING, logger="proxy.accounting.events"):
+        await client_for(proxy).embeddings.create(model="text-embedding-3-small", input=inputs)
+        await settle(proxy)
+    [row] = await rows(sm)
+    count = counter_for_model("text-embedding-3-small")
+    assert (row["kind"], row["usage_source"]) == ("embedding", "estimated")
+    assert row["prompt_tokens"] == sum(count(text) for text in inputs)
+    assert row["model"] == "text-embedding-3-small" and row["cost_usd"] > 0
+    assert any("larger than max_observed_body" in r.getMessage() for r in caplog.records)

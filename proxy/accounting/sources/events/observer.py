@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import uuid
 import weakref
@@ -46,6 +47,7 @@ from proxy.accounting.estimate.partial import estimate_partial_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.pricing.cost import session_tool
+from proxy.accounting.sources.events.cut import cut_embedding_row, is_cut_embeddings
 from proxy.accounting.sources.events.rows import (
     TERMINAL_RESPONSE_EVENTS,
     chat_row,
@@ -157,6 +159,13 @@ class EventObserver:
             body = await asyncio.get_running_loop().run_in_executor(None, exchange.json)
         if (response := terminal_response(body)) is not None:
             await self._response(exchange, response)
+        elif (
+            body is None
+            and exchange.response_truncated
+            and exchange.method == "POST"
+            and is_cut_embeddings(exchange.raw_response_body)
+        ):
+            await self._cut_embeddings(exchange)
         elif exchange.method != "POST" or not isinstance(body, dict):
             return  # a GET of a stored chat completion was billed when it was created
         elif is_chat_completion(body):
@@ -199,6 +208,36 @@ class EventObserver:
             self._remember(self._containers, container)
         self._record(row)
         self._remember(self._seen, rid)
+
+    async def _cut_embeddings(self, exchange: Exchange) -> None:
+        """An embeddings answer larger than max_observed_body: estimated from the request
+        rather than lost (cut.py), with a warning naming the request."""
+        request = exchange.request_json()
+        request = request if isinstance(request, dict) else None
+        model = _str(request.get("model")) if request else None
+        who = await self._who(exchange)
+        # Counting up to max_observed_request of inputs takes a while: off the loop.
+        row = await asyncio.get_running_loop().run_in_executor(
+            None,
+            functools.partial(
+                cut_embedding_row,
+                request,
+                counter_for_model(model),
+                who,
+                self._prices,
+                _now(),
+                object_id=_request_id(exchange),
+            ),
+        )
+        _log.warning(
+            "request %s: an embeddings answer larger than max_observed_body; its usage is "
+            "estimated from the request (usage_source %r)",
+            exchange.request_id,
+            row.usage_source,
+        )
+        if row.usage_source == "estimated_partial" and self._partial is not None:
+            self._partial(row.kind)
+        self._record(row)
 
     async def _chat_stream(self, exchange: Exchange, stream: ChatStream) -> None:
         request = exchange.request_json()
