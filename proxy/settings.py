@@ -24,6 +24,11 @@ from proxy.errors import ConfigError
 __all__ = ["OPTIONS", "Option", "Settings", "load_settings", "mask_url"]
 
 
+def _est(help: str) -> Any:
+    # An estimator constant: -1 leaves it to the fitted table (proxy/accounting/estimate/).
+    return _opt(-1, f"{help} (-1: the fitted table)", flag=False)
+
+
 def _opt(default: Any, help: str, *, secret: bool = False, flag: bool = True) -> Any:
     return field(
         default=default, repr=not secret, metadata={"help": help, "secret": secret, "flag": flag}
@@ -112,68 +117,32 @@ class Settings:
         "failed attempts after which a run is recorded from itself alone (usage_source gave_up)",
         flag=False,
     )
-    estimate_base_prompt: int = _opt(
-        -1,
-        "system prompt of a run with no tools and no instructions (-1: the fitted table)",
-        flag=False,
+    estimate_base_prompt: int = _est("system prompt of a run with no tools and no instructions")
+    estimate_per_user_message: int = _est("prompt overhead of a user message")
+    estimate_per_assistant_message: int = _est("prompt overhead of an assistant message")
+    estimate_answer_completion: int = _est("completion overhead of an answer")
+    estimate_code_interpreter_tool: int = _est("system prompt the code interpreter tool adds")
+    estimate_code_interpreter_file: int = _est(
+        "system prompt per file listed to code interpreter, beside its path"
     )
-    estimate_per_user_message: int = _opt(
-        -1, "prompt overhead of a user message (-1: the fitted table)", flag=False
+    estimate_file_search_tool: int = _est("system prompt the file search tool adds")
+    estimate_function_tool: int = _est("system prompt function calling adds")
+    estimate_per_function_definition: int = _est(
+        "overhead per function definition, beside its rendering"
     )
-    estimate_per_assistant_message: int = _opt(
-        -1, "prompt overhead of an assistant message (-1: the fitted table)", flag=False
+    estimate_code_interpreter_prompt: int = _est("prompt overhead of a code interpreter call")
+    estimate_code_interpreter_completion: int = _est(
+        "completion overhead of a code interpreter call"
     )
-    estimate_answer_completion: int = _opt(
-        -1, "completion overhead of an answer (-1: the fitted table)", flag=False
+    estimate_per_code_interpreter_output: int = _est("prompt overhead per code interpreter output")
+    estimate_function_call_prompt: int = _est("prompt overhead of a function call")
+    estimate_function_call_completion: int = _est("completion overhead of a function call")
+    estimate_file_search_prompt: int = _est("prompt overhead of a file search call and its query")
+    estimate_file_search_completion: int = _est(
+        "completion tokens of a file search call (its query is unseen)"
     )
-    estimate_code_interpreter_tool: int = _opt(
-        -1, "system prompt the code interpreter tool adds (-1: the fitted table)", flag=False
-    )
-    estimate_code_interpreter_file: int = _opt(
-        -1,
-        "system prompt per file listed to code interpreter, beside its path (-1: fitted)",
-        flag=False,
-    )
-    estimate_file_search_tool: int = _opt(
-        -1, "system prompt the file search tool adds (-1: the fitted table)", flag=False
-    )
-    estimate_function_tool: int = _opt(
-        -1, "system prompt function calling adds (-1: the fitted table)", flag=False
-    )
-    estimate_per_function_definition: int = _opt(
-        -1,
-        "overhead per function definition, beside its rendering (-1: the fitted table)",
-        flag=False,
-    )
-    estimate_code_interpreter_prompt: int = _opt(
-        -1, "prompt overhead of a code interpreter call (-1: the fitted table)", flag=False
-    )
-    estimate_code_interpreter_completion: int = _opt(
-        -1, "completion overhead of a code interpreter call (-1: the fitted table)", flag=False
-    )
-    estimate_per_code_interpreter_output: int = _opt(
-        -1, "prompt overhead per code interpreter output (-1: the fitted table)", flag=False
-    )
-    estimate_function_call_prompt: int = _opt(
-        -1, "prompt overhead of a function call (-1: the fitted table)", flag=False
-    )
-    estimate_function_call_completion: int = _opt(
-        -1, "completion overhead of a function call (-1: the fitted table)", flag=False
-    )
-    estimate_file_search_prompt: int = _opt(
-        -1, "prompt overhead of a file search call and its query (-1: the fitted table)", flag=False
-    )
-    estimate_file_search_completion: int = _opt(
-        -1,
-        "completion tokens of a file search call (its query is unseen) (-1: the fitted table)",
-        flag=False,
-    )
-    estimate_per_file_search_result: int = _opt(
-        -1, "prompt overhead per file search result (-1: the fitted table)", flag=False
-    )
-    estimate_image_tiles: int = _opt(
-        -1, "512-pixel tiles of an image whose size is unknown (-1: the fitted table)", flag=False
-    )
+    estimate_per_file_search_result: int = _est("prompt overhead per file search result")
+    estimate_image_tiles: int = _est("512-pixel tiles of an image whose size is unknown")
     estimate_families: str = _opt(
         "",
         "per-family constants as JSON, {family: {name: value}}; in the file, [estimate.FAMILY]",

@@ -7,7 +7,7 @@ does not survive: the three views of 0004 are dropped first and created again, u
 0004's own statements. PostgreSQL drops NOT NULL in place; its views stay.
 
 Revision ID: 0005
-Revises: 0005r
+Revises: 0005j
 Create Date: 2026-12-02 10:40:00+00:00
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0005r"
+down_revision: str | Sequence[str] | None = "0005j"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

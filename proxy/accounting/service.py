@@ -31,7 +31,7 @@ from proxy.accounting.sources.assistants.names import AssistantNames
 from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
 from proxy.accounting.sources.events.observer import EventObserver
 from proxy.accounting.unpriced import UnpricedUsage
-from proxy.accounting.usage import UsageRow, UsageSignal
+from proxy.accounting.usage import ASSISTANTS_RUN, UsageRow, UsageSignal
 from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.accounting.writing.outbox import JobWriter
 from proxy.accounting.writing.row_writer import RowWriter
@@ -222,11 +222,12 @@ class Accounting:
         )
         run = sighting.run
         job = jobs.NewJob(
-            run_id=run["id"],
+            source=ASSISTANTS_RUN,
+            object_id=run["id"],
             thread_id=run["thread_id"],
             api_prefix=sighting.api_prefix,
             api_query=sighting.api_query,
-            run_json=sighting.run_json,
+            object_json=sighting.run_json,
             **who.columns(),
             has_reported_usage=isinstance(run.get("usage"), dict),
         )

@@ -198,24 +198,33 @@ class AuditEntry(Base):
 
 
 class CollectionJob(Base):
-    """The outbox: a run seen in a terminal status, still to be collected and recorded.
+    """The outbox: an object of a usage source (an Assistants run) seen in a terminal status,
+    still to be collected and recorded. `source` names the source that collects it (the kind
+    of the usage row it becomes); a new source adds its jobs here and its columns by migration.
 
     Written before any fetch, so a restart loses nothing. The credential is not here (never at
-    rest): a replica only claims jobs whose key fingerprint it holds in memory, or jobs whose run
-    carried reported usage once `reported_usage_wait` has passed.
+    rest): a replica only claims jobs whose key fingerprint it holds in memory, or jobs whose
+    object carried reported usage once `reported_usage_wait` has passed.
     """
 
     __tablename__ = "collection_jobs"
-    __table_args__ = (Index("ix_collection_jobs_next_attempt_at", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_collection_jobs_next_attempt_at", "next_attempt_at"),
+        UniqueConstraint("source", "object_id", name="uq_collection_jobs_source_object_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    run_id: Mapped[str] = mapped_column(String(255), unique=True)
-    thread_id: Mapped[str] = mapped_column(String(255))
-    # Follow-up URLs are built from these: the path prefix before /threads/ and the query string
-    # (Azure's api-version) of the request in which the run was seen.
+    source: Mapped[str] = mapped_column(
+        String(64), default="assistants.run", server_default="assistants.run"
+    )
+    object_id: Mapped[str] = mapped_column(String(255))
+    thread_id: Mapped[str | None] = mapped_column(String(255))  # an Assistants run's thread
+    # Follow-up URLs are built from these: the path prefix before the object's own path (for a
+    # run, before /threads/) and the query string (Azure's api-version) of the request in
+    # which the object was seen.
     api_prefix: Mapped[str] = mapped_column(String(512))
     api_query: Mapped[str] = mapped_column(String(1024), default="")
-    run_json: Mapped[str] = mapped_column(Text)
+    object_json: Mapped[str] = mapped_column(Text)
     key_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
     key_hint: Mapped[str | None] = mapped_column(String(32))
     team: Mapped[str | None] = mapped_column(String(128))

@@ -50,7 +50,7 @@ def accounting_on(sm: Any) -> Accounting:
 
 async def stored(sm: SM) -> dict[str, CollectionJob]:
     async with sm() as session:
-        return {j.run_id: j for j in await session.scalars(select(CollectionJob))}
+        return {j.object_id: j for j in await session.scalars(select(CollectionJob))}
 
 
 def backlog(acc: Accounting) -> float:

@@ -67,10 +67,10 @@ async def _seed(url: str) -> None:
         await enqueue(
             sm,
             NewJob(
-                run_id="run_waiting",
+                object_id="run_waiting",
                 thread_id="thread_waiting",
                 api_prefix="/v1",
-                run_json="{}",
+                object_json="{}",
                 key_fingerprint=FINGERPRINT,
             ),
         )

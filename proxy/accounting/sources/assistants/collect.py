@@ -25,6 +25,7 @@ from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.rows import RunRow, run_row
+from proxy.accounting.usage import ASSISTANTS_RUN
 from proxy.db import jobs, mappings
 from proxy.db.models import utcnow
 from proxy.errors import FetchError
@@ -63,6 +64,8 @@ class Retry:
 
 
 class RunCollect:
+    kind = ASSISTANTS_RUN  # the jobs it collects, and the rows they become
+
     def __init__(
         self,
         sm: Callable[[], async_sessionmaker[AsyncSession]],
@@ -86,7 +89,7 @@ class RunCollect:
         """The run's row; or WAIT when the job's key is not in memory (the collector gives the
         job back until it is), or a Retry. `db` runs a database operation shielded from
         cancellation (see the collector)."""
-        run = parse_json(job.run_json)
+        run = parse_json(job.object_json)
         gave_up = job.attempts >= self._max_attempts
         headers = self._credentials.get(job.key_fingerprint) if job.key_fingerprint else None
         estimate: RunEstimate | None = None
@@ -94,26 +97,28 @@ class RunCollect:
             # Retrying for ever would keep the job (and its cost) unrecorded for good.
             _log.warning(
                 "run %s: %d attempts failed (last: %s); recording the run alone",
-                job.run_id,
+                job.object_id,
                 job.attempts,
                 job.last_error,
             )
-            estimate = await self._estimate_from(run, [], [], len(job.run_json))
+            estimate = await self._estimate_from(run, [], [], len(job.object_json))
         elif headers is None:
             if not job.has_reported_usage:
                 # The key expired since the claim (or lives in another replica): wait for it.
                 return WAIT
-            _log.info("recording run %s from its reported usage alone (key not seen)", job.run_id)
+            _log.info(
+                "recording run %s from its reported usage alone (key not seen)", job.object_id
+            )
         else:
             try:
                 estimate = await self._estimate(job, run, _scoped(headers, job))
             except FetchError as exc:
                 self._failed(_reason(exc), 1)
                 if exc.retryable:
-                    _log.warning("fetching run %s: %s; will retry", job.run_id, exc)
+                    _log.warning("fetching run %s: %s; will retry", job.object_id, exc)
                     return Retry(str(exc), exc.retry_after)
-                _log.warning("fetching run %s: %s; recording the run alone", job.run_id, exc)
-                estimate = await self._estimate_from(run, [], [], len(job.run_json))
+                _log.warning("fetching run %s: %s; recording the run alone", job.object_id, exc)
+                estimate = await self._estimate_from(run, [], [], len(job.object_json))
         team = job.team
         if team is None:
             # Not known when the run was seen (database down then): the mapping decides now.
@@ -136,13 +141,13 @@ class RunCollect:
             job.api_prefix,
             query,
             job.thread_id,
-            job.run_id,
+            job.object_id,
             headers,
             file_search_results=any(
                 isinstance(t, dict) and t.get("type") == "file_search" for t in tools
             ),
         )
-        size = got.nbytes + len(job.run_json)
+        size = got.nbytes + len(job.object_json)
         return await self._estimate_from(run, got.steps, got.messages, size)
 
     async def _estimate_from(

@@ -107,7 +107,7 @@ class RunObserver:
     """Observer: turns terminal runs into sightings handed to `open_job`.
 
     A bounded in-memory set of run ids already handed over is only a fast path, so a run polled
-    a thousand times costs one database write; the database's unique run_id decides.
+    a thousand times costs one database write; the database's unique (source, object_id) decides.
     """
 
     def __init__(
