@@ -16,6 +16,7 @@ from proxy.chat_usage import IncludeUsage
 from proxy.exchange import Dispatcher
 from proxy.forward import Forwarder
 from proxy.gc_settings import collect_less
+from proxy.guard import ClientLimits, GuardedSite
 from proxy.logs import ACCESS_LOGGER, AccessLogger
 from proxy.metrics import Metrics
 from proxy.settings import Settings, mask_url
@@ -40,7 +41,7 @@ def make_app(
     """Build the proxy. `observers=None` means the built-in accounting observers; a list
     replaces them (tests pass recording observers). `accounting=False` runs a bare proxy with no
     database and no collector. `collector`: a collector process `serve` forked already."""
-    app = web.Application(client_max_size=0, handler_args={"max_field_size": 65536})
+    app = web.Application(client_max_size=0)
     app[SETTINGS] = settings
     service = None
     if accounting:
@@ -97,17 +98,24 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
 async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving `app`; the caller owns the runner. Disconnects cancel the handler, which
     is how a client that goes away mid-stream closes the upstream connection. Each request
-    gets one line on the `proxy.access` logger (see proxy.logs.AccessLogger)."""
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger(ACCESS_LOGGER),
-    )
+    gets one line on the `proxy.access` logger (see proxy.logs.AccessLogger). Client
+    connections are held to the settings' limits (proxy.guard)."""
+    access = {"access_log_class": AccessLogger, "access_log": logging.getLogger(ACCESS_LOGGER)}
+    runner = web.AppRunner(app, handler_cancellation=True, **access)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = GuardedSite(runner, host, port, client_limits(app[SETTINGS]), **access)
     await site.start()
     return runner
+
+
+def client_limits(settings: Settings) -> ClientLimits:
+    return ClientLimits(
+        header_timeout=settings.client_header_timeout,
+        body_timeout=settings.client_body_timeout,
+        keepalive_timeout=settings.client_keepalive_timeout,
+        max_header_bytes=settings.client_max_header_bytes,
+        max_connections=settings.client_max_connections,
+    )
 
 
 def serve(settings: Settings) -> None:

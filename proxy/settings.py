@@ -46,6 +46,24 @@ class Settings:
     )
     max_observed_body: int = _opt(8 * 1024 * 1024, "bytes of a response body observers see")
     max_observed_request: int = _opt(4 * 1024 * 1024, "bytes of a request body observers see")
+    # Client connections (proxy/guard.py): what a slow or half-open client may hold.
+    client_header_timeout: float = _opt(
+        30.0, "seconds a client has to send a request's headers, from their first byte", flag=False
+    )
+    client_body_timeout: float = _opt(
+        120.0, "seconds a request body may pause while the proxy waits for it", flag=False
+    )
+    client_keepalive_timeout: float = _opt(
+        75.0, "seconds an idle kept-alive client connection stays open", flag=False
+    )
+    client_max_header_bytes: int = _opt(
+        65536, "bytes of a request's line and headers in all (more: 431)", flag=False
+    )
+    client_max_connections: int = _opt(
+        1024,
+        "client connections at once (more: 503); lowered to what the open-file limit allows",
+        flag=False,
+    )
     migrate: bool = _opt(True, "upgrade the database schema on start")
     key_secret: str = _opt(
         "",
@@ -194,6 +212,9 @@ def _validate(s: Settings) -> None:
         "collector_lease",
         "collector_poll_interval",
         "collector_fetch_timeout",
+        "client_header_timeout",
+        "client_body_timeout",
+        "client_keepalive_timeout",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be > 0")
@@ -207,6 +228,9 @@ def _validate(s: Settings) -> None:
     ):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 0")
+    for name in ("client_max_header_bytes", "client_max_connections"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 1")
     if s.collector_workers < 1:
         raise ConfigError(f"collector_workers: {s.collector_workers!r} must be >= 1")
     for name, value in s.estimate_constants().items():
