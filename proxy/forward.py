@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -28,6 +29,7 @@ from proxy.decode import DecodeError, Decompressor, SSEEvent, SSEParser
 from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from proxy.exchange import Dispatcher, Exchange
 from proxy.upstream_client import UpstreamClient, UpstreamResponse
+from proxy.upstream_conn import CheckedConnection
 
 __all__ = ["REQUEST_ID", "Forwarder", "error_response"]
 
@@ -231,6 +233,10 @@ class Forwarder:
             # A limit is kept by aiohttp's pool, which the lean client does not share.
             self._client = UpstreamClient(self._origin, connect_timeout=self._connect_timeout)
         connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ttl_dns_cache=300)
+        # aiohttp's pool reuses a connection only when the exchange on it ended cleanly, as the
+        # lean client's does (proxy.upstream_conn). aiohttp has no public switch for the
+        # protocol class: `_factory` is what its connector creates each connection with.
+        connector._factory = functools.partial(CheckedConnection, asyncio.get_running_loop())
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -361,12 +367,16 @@ class Forwarder:
         finally:
             deadlines.discard(task)
         exchange.response_started_at = time.time()
+        # The upstream answered before it had the whole body (a streamed one): it may never
+        # read the rest, so the connection is not reused, nor is its writer waited for.
+        early = data is not None and type(data) is not bytes and data.ag_frame is not None
         try:
             return await self._relay(request, upstream, exchange, rewritten)
         finally:
             # Closing (not releasing) an unfinished response drops its connection, so a client
-            # that went away also stops the upstream's generation.
-            if not upstream.content.at_eof():
+            # that went away also stops the upstream's generation. A released one goes back to
+            # its pool only if the exchange ended cleanly (proxy.upstream_conn).
+            if early or not upstream.content.at_eof():
                 upstream.close()
             else:
                 upstream.release()

@@ -27,6 +27,8 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.upstream_conn import CheckedConnection
+
 __all__ = ["UpstreamClient", "UpstreamResponse"]
 
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
@@ -70,6 +72,7 @@ class UpstreamResponse:
         self.content = content
 
     def release(self) -> None:
+        """Back to the pool, if the exchange ended cleanly (proxy.upstream_conn); else closed."""
         conn, self._conn = self._conn, None
         if conn is not None:
             self._client._put(conn, self.content.at_eof())
@@ -206,7 +209,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: ResponseHandler(loop),
+                    lambda: CheckedConnection(loop),
                     self._host,
                     self._port,
                     ssl=self._ssl,
