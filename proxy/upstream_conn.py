@@ -83,6 +83,12 @@ class CheckedConnection(ResponseHandler):
         self._last4 = b""
 
     def data_received(self, data: bytes) -> None:
+        if not self._expecting and data:
+            # Bytes nobody asked for: whatever they are, the connection is out of step.
+            self._dirty = True
+            if self.transport is not None:
+                self.transport.close()
+            return
         if data:
             self._rx += len(data)
             self._last4 = (self._last4 + data[-4:])[-4:]
@@ -92,6 +98,8 @@ class CheckedConnection(ResponseHandler):
         payload = self._payload
         if self._body_start >= 0 and payload is not None and payload.is_eof():
             self._expecting = False
+            if self._rx != self._body_start + payload.total_bytes and self._last4 != _HEAD_END:
+                self._dirty = True  # bytes beyond the response
 
     def _find_head(self, data: bytes) -> None:
         scan = self._scan

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from proxy.app import make_app, start_site
 from proxy.settings import Settings
-from tests.waiting import free_port
+from tests.waiting import free_port, wait_until
 
 POOLS = [pytest.param(0, id="lean-client"), pytest.param(4, id="aiohttp-pool")]
 
@@ -158,6 +158,33 @@ async def test_an_answer_before_a_streamed_body_was_sent_closes_the_connection(
         ]
     assert got == ["/v1/r0"] * 3
     assert script.connections == 3
+
+
+@pytest.mark.parametrize("limit", POOLS)
+async def test_bytes_after_the_content_length_close_the_connection(
+    scripted: Callable, proxy_for: Callable, limit: int
+) -> None:
+    script = Script(leftover=b"HTTP/1.1 200 OK\r\nCont")
+    proxy = await proxy_for(await scripted(script), limit)
+    async with aiohttp.ClientSession() as http:
+        got = await _paths(http, proxy, 5)
+    assert got == [f"/v1/r{i}" for i in range(5)]
+    assert script.connections == 5
+
+
+@pytest.mark.parametrize("limit", POOLS)
+async def test_bytes_on_an_idle_connection_close_it(
+    scripted: Callable, proxy_for: Callable, limit: int
+) -> None:
+    script = Script(late=b'HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{"path": "late"}')
+    proxy = await proxy_for(await scripted(script), limit)
+    got = []
+    async with aiohttp.ClientSession() as http:
+        for i in range(4):
+            got += await _paths(http, proxy, 1)
+            await wait_until(lambda i=i: script.late_sent > i, 5, what="the late bytes sent")
+    assert got == ["/v1/r0"] * 4
+    assert script.connections == 4
 
 
 @pytest.mark.parametrize("limit", POOLS)
