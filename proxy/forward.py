@@ -129,6 +129,18 @@ def _unsafe_target(raw_path: str) -> str | None:
     return None
 
 
+def _reserved(raw_path: str) -> bool:
+    """Whether a request target is under the proxy's own /_proxy/ prefix, in any case or
+    encoding: such a request is never forwarded (it may carry the admin token)."""
+    path = raw_path.partition("?")[0]
+    for _ in range(8):  # as in _unsafe_target: %255F and deeper
+        if "%" not in path:
+            break
+        path = unquote(path)
+    first = path.replace("\\", "/").lstrip("/").partition("/")[0]
+    return first.partition(";")[0].lower() == "_proxy"
+
+
 class _UpstreamRequest(aiohttp.ClientRequest):
     """A ClientRequest that adds none of aiohttp's default headers (Accept, Accept-Encoding,
     User-Agent) and no default Content-Type: the client's own headers go through as they are.
@@ -272,6 +284,9 @@ class Forwarder:
         why = _unsafe_target(raw_path)
         if why is not None or request.method == "CONNECT":
             return error_response(400, why or "CONNECT is not supported", "bad_request_target")
+        if _reserved(raw_path):
+            # The admin routes are matched as written; any other spelling is not an API path.
+            return error_response(404, f"no such proxy endpoint: {request.path}", "not_found")
         exchange = Exchange(
             request_id=f"{_ID_PREFIX}-{next(_ids)}",
             method=request.method,
