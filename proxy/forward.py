@@ -26,7 +26,12 @@ from yarl import URL
 
 from proxy.chat_usage import IncludeUsage
 from proxy.decode import DecodeError, Decompressor, SSEEvent, SSEParser
-from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import (
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from proxy.exchange import Dispatcher, Exchange
 from proxy.upstream_client import UpstreamClient, UpstreamResponse
 from proxy.upstream_conn import CheckedConnection
@@ -367,6 +372,12 @@ class Forwarder:
                     allow_redirects=False,
                     compress=False,
                 )
+        except aiohttp.ClientResponseError as exc:
+            # The parser refused the response. Named by type only: its bytes are the
+            # upstream's, and nothing of them goes into an error or a log line.
+            raise UpstreamBadResponse(
+                f"the upstream sent a malformed response: {type(exc).__name__}"
+            ) from exc
         except aiohttp.ClientError as exc:
             # Before TimeoutError: a connect timeout is both, and it means "unreachable".
             raise UpstreamUnreachable(

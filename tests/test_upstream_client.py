@@ -371,9 +371,10 @@ async def test_tls_upstream(certificate: tuple[Path, Path]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def forwarding(upstream: str) -> AsyncIterator[tuple[Forwarder, str]]:
-    """A Forwarder to `upstream` behind an aiohttp server; it and the server's base URL."""
-    forwarder = Forwarder(upstream, Dispatcher([]))
+async def forwarding(upstream: str, limit: int = 0) -> AsyncIterator[tuple[Forwarder, str]]:
+    """A Forwarder to `upstream` behind an aiohttp server; it and the server's base URL. With a
+    `limit`, the forwarder uses aiohttp's pool."""
+    forwarder = Forwarder(upstream, Dispatcher([]), limit=limit)
     await forwarder.start()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
@@ -402,18 +403,31 @@ async def test_the_forwarder_sends_small_requests_with_it(scripted) -> None:
     assert [n for n, _ in server.requests] == [1, 1]
 
 
-async def test_the_forwarder_answers_a_broken_upstream_with_502(scripted) -> None:
-    server, _ = await scripted(lambda *_: b"garbage\r\n\r\n")
+@pytest.mark.parametrize("limit", [0, 4], ids=["lean-client", "aiohttp-pool"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    ],
+    ids=["not-http", "bad-length", "bad-status", "bad-header"],
+)
+async def test_the_forwarder_answers_a_malformed_response_with_502_bad_response(
+    scripted, limit: int, answer: bytes
+) -> None:
+    server, _ = await scripted(lambda *_: answer)
     port = server._server.sockets[0].getsockname()[1]
     async with (
-        forwarding(f"http://127.0.0.1:{port}") as (_, proxy),
+        forwarding(f"http://127.0.0.1:{port}", limit) as (_, proxy),
         aiohttp.ClientSession() as session,
         session.get(proxy + "/v1/models") as resp,
     ):
         assert resp.status == 502
         body = await resp.json()
-    assert body["error"]["code"] == "upstream_unreachable"
-    assert "ClientResponseError" in body["error"]["message"]
+    assert body["error"]["code"] == "upstream_bad_response"
+    assert "malformed" in body["error"]["message"]
 
 
 async def test_a_connection_limit_keeps_aiohttp_s_pool() -> None:
