@@ -88,7 +88,10 @@ def _dropped(name: str, request: bool) -> bool:
     low = name.lower()
     if low in _HOP_BY_HOP or low.startswith("proxy-"):
         return True
-    return request and low.startswith("x-usage-")  # addressed to this proxy only
+    # X-Usage-* is addressed to this proxy only. Expect is met here, once: aiohttp's server
+    # answers 100 Continue before the handler reads the body, so the upstream gets a plain
+    # request (waiting for its 100 as well hung until upstream_timeout when it sent none).
+    return request and (low.startswith("x-usage-") or low == "expect")
 
 
 # Verdicts per header name as spelled on the wire: the same few dozen names arrive on every
@@ -354,7 +357,7 @@ class Forwarder:
         client = self._client
         upstream: aiohttp.ClientResponse | UpstreamResponse
         try:
-            if client is not None and (data is None or type(data) is bytes) and _plain(headers):
+            if client is not None and (data is None or type(data) is bytes):
                 upstream = await client.request(
                     request.method,
                     # A fragment is the client's own: it never goes on the wire (RFC 9110 4.2.4).
@@ -513,12 +516,6 @@ class Forwarder:
         except ConnectionError:
             return _client_gone(exchange, response)
         return response
-
-
-def _plain(headers: CIMultiDict[str]) -> bool:
-    """Whether the lean client may send a request with these headers: not one that waits for
-    a 100-continue before its body (aiohttp's client handles that)."""
-    return hdrs.EXPECT not in headers
 
 
 def _arrived_whole(

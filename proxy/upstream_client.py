@@ -7,8 +7,9 @@ of ~40 attributes, a task to write the body): 108 against 51 us per request thro
 pass-through that uses this instead (bench/README.md). Here the request line, headers and body
 go out in one write, and the response is read with aiohttp's own protocol and C parser
 (`ResponseHandler`), so the forwarder gets the same `StreamReader` body and the same errors
-(`aiohttp.ClientError`) as from a ClientSession. Requests whose body streams, that expect a
-100-continue, or that go through a limited pool keep using the ClientSession.
+(`aiohttp.ClientError`) as from a ClientSession. Requests whose body streams, or that go
+through a limited pool, keep using the ClientSession. (Expect: 100-continue is met by the
+proxy's server and never forwarded, so it needs no special path here.)
 """
 
 from __future__ import annotations

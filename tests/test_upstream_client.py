@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json as json_module
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,8 +33,9 @@ class ScriptedUpstream:
     """Each request is read whole (head and Content-Length body) and answered by `script`
     (connection number, request number on it, raw request)."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, interim: bytes = b"") -> None:
         self.script = script
+        self.interim = interim  # written once a head is read, before its body is
         self.requests: list[tuple[int, bytes]] = []  # (connection number, raw request)
         self.connections = 0
         self.closed = 0  # connections the client closed
@@ -58,6 +60,8 @@ class ScriptedUpstream:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                if self.interim:
+                    writer.write(self.interim)
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
@@ -437,3 +441,34 @@ async def test_a_connection_limit_keeps_aiohttp_s_pool() -> None:
         assert forwarder._client is None
     finally:
         await forwarder.close()
+
+
+@pytest.mark.parametrize("limit", [0, 4], ids=["lean-client", "aiohttp-pool"])
+@pytest.mark.parametrize(
+    "interim", [b"HTTP/1.1 100 Continue\r\n\r\n", b""], ids=["sends-100", "sends-no-100"]
+)
+async def test_the_proxy_alone_answers_expect_100_continue(limit: int, interim: bytes) -> None:
+    server = ScriptedUpstream(lambda *_: OK, interim=interim)
+    port = await server.start()
+    body = json_module.dumps({"a": "b" * 1000}).encode()
+    try:
+        async with (
+            forwarding(f"http://127.0.0.1:{port}", limit) as (_, proxy),
+            aiohttp.ClientSession() as session,
+            asyncio.timeout(5),  # not the upstream_timeout of 600 s
+        ):
+            for _ in range(2):
+                async with session.post(
+                    proxy + "/v1/x",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    expect100=True,  # the client waits for the proxy's 100 before the body
+                ) as resp:
+                    assert (resp.status, await resp.read()) == (200, b"ok")
+    finally:
+        await server.stop()
+    assert len(server.requests) == 2
+    for _, raw in server.requests:
+        head, _, sent = raw.partition(b"\r\n\r\n")
+        assert sent == body
+        assert b"\r\nexpect:" not in head.lower()  # the expectation was met here
