@@ -19,12 +19,17 @@ import aiohttp
 from aiohttp import hdrs, web
 from yarl import URL
 
-from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import (
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from proxy.forwarding.deadlines import HeaderDeadlines
 from proxy.forwarding.exchange import Dispatcher, Exchange
 from proxy.forwarding.rewrite import IncludeUsage
 from proxy.forwarding.taps import CopyTap, SSETap
-from proxy.forwarding.targets import filter_headers, unsafe_target
+from proxy.forwarding.targets import filter_headers, reserved, unsafe_target
 from proxy.forwarding.upstream import Body, Response
 from proxy.forwarding.upstream.compat import Internals, checked, request_key, response_class
 from proxy.forwarding.upstream.lean import UpstreamClient
@@ -122,6 +127,9 @@ class Forwarder:
         why = unsafe_target(raw_path)
         if why is not None or request.method == "CONNECT":
             return error_response(400, why or "CONNECT is not supported", "bad_request_target")
+        if reserved(raw_path):
+            # The admin routes are matched as written; any other spelling is not an API path.
+            return error_response(404, f"no such proxy endpoint: {request.path}", "not_found")
         exchange = Exchange(
             request_id=f"{_ID_PREFIX}-{next(_ids)}",
             method=request.method,
@@ -181,16 +189,18 @@ class Forwarder:
         assert task is not None
         deadlines.add(task)
         lean = self._lean
-        # The lean client takes a body in hand, and no 100-continue (aiohttp's client does).
+        # The lean client takes a body in hand. (Expect is never forwarded: targets.py.)
         transport = (
-            lean
-            if lean is not None
-            and (data is None or type(data) is bytes)
-            and hdrs.EXPECT not in headers
-            else self._session
+            lean if lean is not None and (data is None or type(data) is bytes) else self._session
         )
         try:
             upstream = await transport.send(request.method, raw_path, headers, data)
+        except aiohttp.ClientResponseError as exc:
+            # The parser refused the response. Named by type only: its bytes are the
+            # upstream's, and nothing of them goes into an error or a log line.
+            raise UpstreamBadResponse(
+                f"the upstream sent a malformed response: {type(exc).__name__}"
+            ) from exc
         except aiohttp.ClientError as exc:
             # Before TimeoutError: a connect timeout is both, and it means "unreachable".
             raise UpstreamUnreachable(
@@ -206,12 +216,17 @@ class Forwarder:
         finally:
             deadlines.discard(task)
         exchange.response_started_at = time.time()
+        # The upstream answered before it had the whole body (a streamed one): it may never
+        # read the rest, so the connection is not reused, nor is its writer waited for.
+        streamed = data is not None and type(data) is not bytes
+        early = streamed and data.ag_frame is not None  # type: ignore[union-attr]
         try:
             return await self._relay(request, upstream, exchange, rewritten)
         finally:
             # Closing (not releasing) an unfinished response drops its connection, so a client
-            # that went away also stops the upstream's generation.
-            if not upstream.content.at_eof():
+            # that went away also stops the upstream's generation. A released one goes back to
+            # its pool only if the exchange ended cleanly (upstream/checked.py).
+            if early or not upstream.content.at_eof():
                 upstream.close()
             else:
                 upstream.release()

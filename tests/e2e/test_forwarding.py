@@ -12,6 +12,7 @@ import logging
 import random
 import socket
 import time
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable
 
@@ -451,6 +452,48 @@ async def test_gzip_copy_decoding_past_the_limit_is_truncated(
     assert not exchange.response_truncated  # the wire copy fitted ...
     assert exchange.json() is None  # ... the decoded body does not
     assert exchange.response_truncated
+
+
+_BOMB_CAP = 64 * 1024
+_BOMB_PEAK = 8 * 1024 * 1024
+
+
+def _compress(encoding: str, data: bytes) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data, 9, mtime=0)
+    if encoding == "deflate":
+        return zlib.compress(data, 9)
+    if encoding == "br":
+        return brotli.compress(data, quality=5)
+    return zstandard.ZstdCompressor(level=19).compress(data)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+async def test_a_compressed_event_stream_bomb_is_decoded_only_up_to_the_cap(
+    upstream: FakeUpstream, start_proxy, recorder, http, encoding: str
+) -> None:
+    # 24 MB of events in 0.1-30 KB on the wire; observers may see 64 KiB of it.
+    wire = _compress(encoding, (b"data: " + b"x" * 1000 + b"\n\n") * 24_000)
+    upstream.canned["sse-bomb"] = Canned(
+        headers={"Content-Type": "text/event-stream", "Content-Encoding": encoding},
+        chunks=[wire],
+    )
+    proxy = await start_proxy(
+        Settings(upstream=upstream.url, max_observed_body=_BOMB_CAP),
+        observers=[recorder],
+        accounting=False,
+    )
+    tracemalloc.start()
+    try:
+        async with http.get(f"{proxy.base_url}/canned/sse-bomb", headers=AUTH) as resp:
+            assert await resp.read() == wire  # the client gets the stream as sent
+        exchange = await _one_response(recorder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert exchange.response_truncated
+    assert 0 < sum(len(e.data) for e in exchange.events) <= _BOMB_CAP
+    assert peak < _BOMB_PEAK, f"decoding took {peak / 2**20:.0f} MiB at peak"
 
 
 # --- headers ---------------------------------------------------------------------------------
