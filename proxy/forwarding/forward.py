@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.errors import (
@@ -34,6 +35,7 @@ from proxy.forwarding.upstream import Body, Response
 from proxy.forwarding.upstream.compat import Internals, checked, request_key, response_class
 from proxy.forwarding.upstream.lean import UpstreamClient
 from proxy.forwarding.upstream.session import SessionTransport
+from proxy.keys import conflicting_keys
 
 __all__ = ["REQUEST_ID", "Forwarder", "error_response"]
 
@@ -130,6 +132,15 @@ class Forwarder:
         if reserved(raw_path):
             # The admin routes are matched as written; any other spelling is not an API path.
             return error_response(404, f"no such proxy endpoint: {request.path}", "not_found")
+        sent = filter_headers(request.headers, request=True)
+        if conflicting_keys(sent):
+            # Fail closed: forwarded, the request would be billed to one key and recorded
+            # against the other, whichever the upstream reads.
+            return error_response(
+                400,
+                "the request carries two different API keys (Authorization and api-key)",
+                "ambiguous_credentials",
+            )
         exchange = Exchange(
             request_id=f"{_ID_PREFIX}-{next(_ids)}",
             method=request.method,
@@ -142,7 +153,7 @@ class Forwarder:
         request[REQUEST_ID] = exchange.request_id
         done = False
         try:
-            response = await self._forward(request, raw_path, exchange)
+            response = await self._forward(request, raw_path, exchange, sent)
             done = True
             return response
         except asyncio.CancelledError:
@@ -161,9 +172,9 @@ class Forwarder:
             self._dispatcher.submit("on_error" if exchange.error else "on_response", exchange)
 
     async def _forward(
-        self, request: web.Request, raw_path: str, exchange: Exchange
+        self, request: web.Request, raw_path: str, exchange: Exchange, sent: CIMultiDict[str]
     ) -> web.StreamResponse:
-        headers = exchange.upstream_headers = filter_headers(request.headers, request=True)
+        headers = exchange.upstream_headers = sent
         data: Body = None
         rewritten, rw = False, self._rewriter
         if (

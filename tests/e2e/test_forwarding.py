@@ -992,3 +992,37 @@ async def test_client_gone_mid_download_is_quiet(
     assert exchange.client_disconnected
     assert recorder.responses == []
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+# --- two keys in one request ------------------------------------------------------------------
+
+
+async def test_two_different_keys_are_refused_and_never_forwarded(
+    sdk: Callable[..., openai.AsyncOpenAI],
+    bare_proxy: RunningProxy,
+    upstream: FakeUpstream,
+    recorder,
+) -> None:
+    # OpenAI bills the Bearer key, Azure the api-key: forwarded, the request would be billed to
+    # one and could be recorded against the other.
+    other = fake_key("other", "9999")
+    client = sdk(bare_proxy, default_headers={"api-key": other})
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert refused.value.code == "ambiguous_credentials"
+    assert upstream.requests == []
+    assert recorder.responses == recorder.errors == []
+    # The same key in both headers is one credential, and a decoy that is not sent (named in
+    # Connection) is no second key.
+    same = sdk(bare_proxy, default_headers={"api-key": KEY})
+    await same.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    decoy = sdk(bare_proxy, default_headers={"api-key": other, "Connection": "api-key"})
+    await decoy.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert len(upstream.requests) == 2
+    assert "api-key" not in {k.lower() for k in upstream.requests[-1]["headers"]}
