@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -31,11 +30,11 @@ from proxy.accounting.sources.assistants.names import AssistantNames
 from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
 from proxy.accounting.sources.events.observer import EventObserver
 from proxy.accounting.unpriced import UnpricedUsage
-from proxy.accounting.usage import ASSISTANTS_RUN, UsageRow, UsageSignal
+from proxy.accounting.usage import ASSISTANTS_RUN, UsageSignal
 from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.accounting.writing.outbox import JobWriter
 from proxy.accounting.writing.row_writer import RowWriter
-from proxy.db import jobs, mappings
+from proxy.db import jobs
 from proxy.db import secrets as db_secrets
 from proxy.db.assistant_names import remember_names
 from proxy.db.engine import make_engine, make_sessionmaker, ping
@@ -240,28 +239,6 @@ class Accounting:
     def _wake_collector(self) -> None:
         if self.collector is not None:
             self.collector.wake()
-
-    async def resolve_team(self, row: UsageRow) -> UsageRow:
-        """The row with its team looked up now, if it could not be when the request was seen."""
-        [resolved] = await self.resolve_teams([row])
-        return resolved
-
-    async def resolve_teams(self, rows: Sequence[UsageRow]) -> list[UsageRow]:
-        """`resolve_team` for many rows: one lookup per distinct (fingerprint, project)."""
-        teams: dict[tuple[str | None, str | None], str] = {}
-        out: list[UsageRow] = []
-        for row in rows:
-            if row.team is not None:
-                out.append(row)
-                continue
-            who = (row.key_fingerprint, row.project)
-            team = teams.get(who)
-            if team is None:
-                team = teams[who] = await mappings.team_for(
-                    self.sessionmaker(), fingerprint=who[0], project=who[1]
-                )
-            out.append(dataclasses.replace(row, team=team))
-        return out
 
     def _show_backlog(self) -> None:
         # Jobs and usage rows waiting in the writers: during an outage they are held there.
