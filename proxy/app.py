@@ -15,7 +15,9 @@ from proxy.accounting.process.supervisor import Forked, fork_collector
 from proxy.accounting.service import Accounting
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.forward import Forwarder
+from proxy.forwarding.guard import ClientLimits, GuardedSite
 from proxy.forwarding.rewrite import IncludeUsage
+from proxy.forwarding.upstream.compat import checked
 from proxy.gc_settings import collect_less
 from proxy.http.metrics import MetricsObserver
 from proxy.http.routes import install as install_admin
@@ -62,7 +64,7 @@ def make_app(
     database and no collector. `collector`: a collector process `serve` forked already.
     `admin_key`: the OpenAI admin key for the scheduled billing pull (`serve` passes
     $OPENAI_ADMIN_KEY); it pulls when `billing_pull_interval` is set too."""
-    app = web.Application(client_max_size=0, handler_args={"max_field_size": 65536})
+    app = web.Application(client_max_size=0)
     app[SETTINGS] = settings
     service = None
     if accounting:
@@ -133,17 +135,39 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
 async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving `app`; the caller owns the runner. Disconnects cancel the handler, which
     is how a client that goes away mid-stream closes the upstream connection. Each request
-    gets one line on the `proxy.access` logger (see proxy.logs.AccessLogger)."""
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger(ACCESS_LOGGER),
-    )
+    gets one line on the `proxy.access` logger (see proxy.logs.AccessLogger). Client
+    connections are held to the settings' limits (proxy.forwarding.guard), or, when this
+    aiohttp lacks what the guard needs (compat.py logs it), to aiohttp's own: each header line
+    within client_max_header_bytes and the keep-alive timeout."""
+    access = {"access_log_class": AccessLogger, "access_log": logging.getLogger(ACCESS_LOGGER)}
+    limits = client_limits(app[SETTINGS])
+    if not checked().guard:
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            keepalive_timeout=limits.keepalive_timeout,
+            max_line_size=limits.max_header_bytes,
+            max_field_size=limits.max_header_bytes,
+            **access,
+        )
+        await runner.setup()
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        return runner
+    runner = web.AppRunner(app, handler_cancellation=True, **access)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = GuardedSite(runner, host, port, limits, **access)
     await site.start()
     return runner
+
+
+def client_limits(settings: Settings) -> ClientLimits:
+    return ClientLimits(
+        header_timeout=settings.client_header_timeout,
+        body_timeout=settings.client_body_timeout,
+        keepalive_timeout=settings.client_keepalive_timeout,
+        max_header_bytes=settings.client_max_header_bytes,
+        max_connections=settings.client_max_connections,
+    )
 
 
 def serve(settings: Settings) -> None:

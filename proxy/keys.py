@@ -21,6 +21,7 @@ __all__ = [
     "CredentialStore",
     "Headers",
     "UsedCredential",
+    "conflicting_keys",
     "extract_key",
     "fingerprint",
     "hint",
@@ -64,6 +65,15 @@ def extract_key(headers: Mapping[str, str]) -> str | None:
             return token.strip()
     key = headers.get("api-key")
     return key.strip() if key and key.strip() else None
+
+
+def conflicting_keys(sent: Mapping[str, str]) -> bool:
+    """Whether `Authorization: Bearer` and `api-key` carry two different keys. Which one an
+    upstream honours depends on the upstream (OpenAI reads the first, Azure the second), so
+    such a request cannot be attributed to the key that pays for it: it is refused."""
+    bearer = extract_key({"Authorization": sent.get("Authorization") or ""})
+    api_key = (sent.get("api-key") or "").strip()
+    return bool(bearer and api_key and bearer != api_key)
 
 
 class UsedCredential(NamedTuple):

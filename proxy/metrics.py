@@ -66,6 +66,19 @@ class Metrics:
             "usage_proxy_tokens", "Tokens recorded", ["team", "model", "type"], registry=r
         )
         self.cost = Counter("usage_proxy_cost_usd", "Cost recorded", ["team", "model"], registry=r)
+        self.estimated_partial = Counter(
+            "usage_proxy_estimated_partial",
+            "Rows whose prompt was estimated from part of a request larger than "
+            "max_observed_request (a lower bound)",
+            ["kind"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "usage_proxy_unpriced_events",
+            "Usage rows recorded without a price (cost_usd null)",
+            ["model"],
+            registry=r,
+        )
         self.observer_failures = Gauge(
             "usage_proxy_observer_failures", "Observer calls that raised", registry=r
         )
@@ -128,6 +141,14 @@ class Metrics:
         children[0].inc(prompt)
         children[1].inc(completion)
         children[2].inc(float(cost))
+
+    def partial_estimate(self, kind: str) -> None:
+        """One row estimated from part of its request (usage_source "estimated_partial")."""
+        self.estimated_partial.labels(kind=kind).inc()
+
+    def unpriced_events(self, model: str | None, n: int) -> None:
+        """`n` usage rows of `model` recorded without a price."""
+        self.unpriced.labels(model=self._model(model)).inc(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,16 +12,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.config_values import USERINFO, coerce, families, flatten, mask_url
 from proxy.errors import ConfigError
 
 __all__ = ["OPTIONS", "Option", "Settings", "load_settings", "mask_url"]
+
+
+def _est(help: str) -> Any:
+    # An estimator constant: -1 leaves it to the fitted table (proxy/accounting/estimate/).
+    return _opt(-1, f"{help} (-1: the fitted table)", flag=False)
 
 
 def _opt(default: Any, help: str, *, secret: bool = False, flag: bool = True) -> Any:
@@ -50,6 +55,24 @@ class Settings:
     )
     max_observed_body: int = _opt(8 * 1024 * 1024, "bytes of a response body observers see")
     max_observed_request: int = _opt(4 * 1024 * 1024, "bytes of a request body observers see")
+    # Client connections (proxy/forwarding/guard.py): what a slow or half-open client may hold.
+    client_header_timeout: float = _opt(
+        30.0, "seconds a client has to send a request's headers, from their first byte", flag=False
+    )
+    client_body_timeout: float = _opt(
+        120.0, "seconds a request body may pause while the proxy waits for it", flag=False
+    )
+    client_keepalive_timeout: float = _opt(
+        75.0, "seconds an idle kept-alive client connection stays open", flag=False
+    )
+    client_max_header_bytes: int = _opt(
+        65536, "bytes of a request's line and headers in all (more: 431)", flag=False
+    )
+    client_max_connections: int = _opt(
+        1024,
+        "client connections at once (more: 503); lowered to what the open-file limit allows",
+        flag=False,
+    )
     migrate: bool = _opt(True, "upgrade the database schema on start")
     key_secret: str = _opt(
         "",
@@ -95,6 +118,12 @@ class Settings:
     credential_ttl: float = _opt(
         86400.0, "seconds a key stays in memory after it was last seen", flag=False
     )
+    mapping_poll_interval: float = _opt(
+        1.0,
+        "seconds between reads of the mapping version: a key or project mapping applies on "
+        "every replica within this (plus one lookup)",
+        flag=False,
+    )
     # Hardening of credentials and collection (issue 20).
     credential_limit: int = _opt(
         10_000,
@@ -106,68 +135,32 @@ class Settings:
         "failed attempts after which a run is recorded from itself alone (usage_source gave_up)",
         flag=False,
     )
-    estimate_base_prompt: int = _opt(
-        -1,
-        "system prompt of a run with no tools and no instructions (-1: the fitted table)",
-        flag=False,
+    estimate_base_prompt: int = _est("system prompt of a run with no tools and no instructions")
+    estimate_per_user_message: int = _est("prompt overhead of a user message")
+    estimate_per_assistant_message: int = _est("prompt overhead of an assistant message")
+    estimate_answer_completion: int = _est("completion overhead of an answer")
+    estimate_code_interpreter_tool: int = _est("system prompt the code interpreter tool adds")
+    estimate_code_interpreter_file: int = _est(
+        "system prompt per file listed to code interpreter, beside its path"
     )
-    estimate_per_user_message: int = _opt(
-        -1, "prompt overhead of a user message (-1: the fitted table)", flag=False
+    estimate_file_search_tool: int = _est("system prompt the file search tool adds")
+    estimate_function_tool: int = _est("system prompt function calling adds")
+    estimate_per_function_definition: int = _est(
+        "overhead per function definition, beside its rendering"
     )
-    estimate_per_assistant_message: int = _opt(
-        -1, "prompt overhead of an assistant message (-1: the fitted table)", flag=False
+    estimate_code_interpreter_prompt: int = _est("prompt overhead of a code interpreter call")
+    estimate_code_interpreter_completion: int = _est(
+        "completion overhead of a code interpreter call"
     )
-    estimate_answer_completion: int = _opt(
-        -1, "completion overhead of an answer (-1: the fitted table)", flag=False
+    estimate_per_code_interpreter_output: int = _est("prompt overhead per code interpreter output")
+    estimate_function_call_prompt: int = _est("prompt overhead of a function call")
+    estimate_function_call_completion: int = _est("completion overhead of a function call")
+    estimate_file_search_prompt: int = _est("prompt overhead of a file search call and its query")
+    estimate_file_search_completion: int = _est(
+        "completion tokens of a file search call (its query is unseen)"
     )
-    estimate_code_interpreter_tool: int = _opt(
-        -1, "system prompt the code interpreter tool adds (-1: the fitted table)", flag=False
-    )
-    estimate_code_interpreter_file: int = _opt(
-        -1,
-        "system prompt per file listed to code interpreter, beside its path (-1: fitted)",
-        flag=False,
-    )
-    estimate_file_search_tool: int = _opt(
-        -1, "system prompt the file search tool adds (-1: the fitted table)", flag=False
-    )
-    estimate_function_tool: int = _opt(
-        -1, "system prompt function calling adds (-1: the fitted table)", flag=False
-    )
-    estimate_per_function_definition: int = _opt(
-        -1,
-        "overhead per function definition, beside its rendering (-1: the fitted table)",
-        flag=False,
-    )
-    estimate_code_interpreter_prompt: int = _opt(
-        -1, "prompt overhead of a code interpreter call (-1: the fitted table)", flag=False
-    )
-    estimate_code_interpreter_completion: int = _opt(
-        -1, "completion overhead of a code interpreter call (-1: the fitted table)", flag=False
-    )
-    estimate_per_code_interpreter_output: int = _opt(
-        -1, "prompt overhead per code interpreter output (-1: the fitted table)", flag=False
-    )
-    estimate_function_call_prompt: int = _opt(
-        -1, "prompt overhead of a function call (-1: the fitted table)", flag=False
-    )
-    estimate_function_call_completion: int = _opt(
-        -1, "completion overhead of a function call (-1: the fitted table)", flag=False
-    )
-    estimate_file_search_prompt: int = _opt(
-        -1, "prompt overhead of a file search call and its query (-1: the fitted table)", flag=False
-    )
-    estimate_file_search_completion: int = _opt(
-        -1,
-        "completion tokens of a file search call (its query is unseen) (-1: the fitted table)",
-        flag=False,
-    )
-    estimate_per_file_search_result: int = _opt(
-        -1, "prompt overhead per file search result (-1: the fitted table)", flag=False
-    )
-    estimate_image_tiles: int = _opt(
-        -1, "512-pixel tiles of an image whose size is unknown (-1: the fitted table)", flag=False
-    )
+    estimate_per_file_search_result: int = _est("prompt overhead per file search result")
+    estimate_image_tiles: int = _est("512-pixel tiles of an image whose size is unknown")
     estimate_families: str = _opt(
         "",
         "per-family constants as JSON, {family: {name: value}}; in the file, [estimate.FAMILY]",
@@ -212,7 +205,7 @@ class Settings:
 
     def estimate_family_constants(self) -> dict[str, dict[str, Any]]:
         """The per-family tables of ``estimate_families`` (validated by __post_init__)."""
-        return _families(self.estimate_families)
+        return families(self.estimate_families)
 
 
 @dataclass(frozen=True)
@@ -250,7 +243,7 @@ def _validate(s: Settings) -> None:
     if not 1 <= s.port <= 65535:
         raise ConfigError(f"port: {s.port} is out of range (1-65535)")
     parts = urlsplit(s.upstream)
-    shown = repr(_USERINFO.sub("//***@", s.upstream, count=1))  # no part of user:password
+    shown = repr(USERINFO.sub("//***@", s.upstream, count=1))  # no part of user:password
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"upstream: {shown} is not an http(s) URL with a host")
     try:
@@ -282,6 +275,10 @@ def _validate(s: Settings) -> None:
         "collector_lease",
         "collector_poll_interval",
         "collector_fetch_timeout",
+        "mapping_poll_interval",
+        "client_header_timeout",
+        "client_body_timeout",
+        "client_keepalive_timeout",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be > 0")
@@ -296,6 +293,9 @@ def _validate(s: Settings) -> None:
     ):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 0")
+    for name in ("client_max_header_bytes", "client_max_connections"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 1")
     if s.collector_workers < 1:
         raise ConfigError(f"collector_workers: {s.collector_workers!r} must be >= 1")
     for name in ("credential_limit", "collector_max_attempts"):  # issue 20
@@ -304,79 +304,12 @@ def _validate(s: Settings) -> None:
     for name, value in s.estimate_constants().items():
         if value < 0:
             raise ConfigError(f"estimate_{name}: {value!r} must be >= 0 (or -1: the fitted table)")
-    _families(s.estimate_families)
-
-
-def _families(text: str) -> dict[str, dict[str, Any]]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise ConfigError(f"estimate_families: {text[:80]!r} is not JSON") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(f, str) and isinstance(t, dict) for f, t in value.items()
-    ):
-        raise ConfigError("estimate_families: must be an object of {family: {name: value}}")
-    for family, table in value.items():
-        for name, number in table.items():
-            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-                raise ConfigError(
-                    f"estimate.{family}.{name}: {number!r} must be a whole number >= 0"
-                )
-    return value
-
-
-_USERINFO = re.compile(r"//[^/?#]*@")
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and the start-up line."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    families(s.estimate_families)
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     opt = _BY_NAME[name]
-    shown = "***" if opt.secret else repr(value)
-    try:
-        if opt.type is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if opt.type is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if opt.type is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if not isinstance(value, str):
-            raise ValueError
-        return value
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{name}: {shown} from {source} is not a valid {opt.type.__name__}"
-        ) from None
-
-
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "_"))
-        else:
-            out[name] = value
-    return out
+    return coerce(name, opt.type, value, source, secret=opt.secret)
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -394,7 +327,7 @@ def _read_file(path: str) -> dict[str, Any]:
         raw = {**raw, "estimate": {k: v for k, v in estimate.items() if k not in families}}
         if families:
             raw["estimate"]["families"] = json.dumps(families, sort_keys=True)
-    values = _flatten(raw)
+    values = flatten(raw)
     for key in values:
         if key not in _BY_NAME:
             raise ConfigError(f"config: unknown key {key!r} in {path!r}")

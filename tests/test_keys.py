@@ -12,6 +12,7 @@ from proxy.accounting.process.wire import key_line
 from proxy.keys import (
     CredentialStore,
     UsedCredential,
+    conflicting_keys,
     extract_key,
     fingerprint,
     hint,
@@ -206,3 +207,18 @@ def test_a_key_in_the_query_is_used_and_replayed_from_memory() -> None:
     assert query == f"api-version=1&api-key={KEY}"
     # A header key wins over one in the query, as the upstream's does.
     assert used_credential({"api-key": "header-key"}, f"key={KEY}").key == "header-key"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("headers", "conflict"),
+    [
+        ({"Authorization": "Bearer sk-one", "api-key": "sk-two"}, True),
+        ({"Authorization": "Bearer sk-one", "api-key": " sk-one "}, False),
+        ({"Authorization": "Bearer sk-one"}, False),
+        ({"api-key": "sk-two"}, False),
+        ({"Authorization": "Basic abc", "api-key": "sk-two"}, False),
+        ({"Authorization": "Bearer sk-one", "api-key": ""}, False),
+    ],
+)
+def test_two_different_keys_conflict(headers, conflict):
+    assert conflicting_keys(headers) is conflict

@@ -89,6 +89,11 @@ class Attributor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    def forget_teams(self) -> None:
+        """Drop every cached team and attribution: a mapping changed (mapping_watch.py)."""
+        self._teams.clear()
+        self._attributions.clear()
+
     async def close(self) -> None:
         """Cancel the fingerprinting of keys still under way."""
         for task in self._remembering:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -22,18 +21,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from proxy.accounting.attributor import Attributor
 from proxy.accounting.estimate.constants import table_from_settings
 from proxy.accounting.estimate.tokenizer import warm_up
+from proxy.accounting.mapping_watch import MappingWatch
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.process.supervisor import CollectorProcess, Forked
 from proxy.accounting.sources.assistants.collector import RunCollector
 from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.names import AssistantNames
 from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
 from proxy.accounting.sources.events.observer import EventObserver
-from proxy.accounting.usage import ASSISTANTS_RUN, UsageRow, UsageSignal
+from proxy.accounting.unpriced import UnpricedUsage
+from proxy.accounting.usage import ASSISTANTS_RUN, UsageSignal
 from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.accounting.writing.outbox import JobWriter
 from proxy.accounting.writing.row_writer import RowWriter
-from proxy.db import jobs, mappings
+from proxy.db import jobs
 from proxy.db import secrets as db_secrets
+from proxy.db.assistant_names import remember_names
 from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.db.errors import DB_ERRORS
 from proxy.errors import ConfigError
@@ -65,6 +68,7 @@ class Accounting:
         # "Usage was recorded", from both writers, after they commit.
         self.recorded = UsageSignal()
         self.recorded.subscribe(UsageMetrics(self.metrics))
+        self.recorded.subscribe(UnpricedUsage(self.metrics))
         self.engine: AsyncEngine | None = None
         self._sm: async_sessionmaker[AsyncSession] | None = None
         self.attribution = Attributor(
@@ -110,8 +114,11 @@ class Accounting:
             self.prices,
             self.rows.submit,
             api_error=self.metrics.api_error,
+            partial=self.metrics.partial_estimate,
+            containers=self.rows.containers,
         )
-        return [RunObserver(self.open_job, remember_key=self.remember_key), events]
+        names = AssistantNames(lambda found: remember_names(self.sessionmaker(), found))
+        return [RunObserver(self.open_job, remember_key=self.remember_key), events, names]
 
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         assert self._sm is not None, "accounting is not started"
@@ -150,6 +157,12 @@ class Accounting:
         warm = loop.run_in_executor(None, warm_up)
         if self.attribution.needs_secret:
             self._tasks.append(asyncio.create_task(self.attribution.load_secret()))
+        watch = MappingWatch(
+            self.sessionmaker,
+            self.attribution.forget_teams,
+            self.settings.mapping_poll_interval,
+        )
+        self._tasks.append(asyncio.create_task(watch.run()))
         self.collector.start()
         self.outbox.start()
         self.rows.start()
@@ -226,28 +239,6 @@ class Accounting:
     def _wake_collector(self) -> None:
         if self.collector is not None:
             self.collector.wake()
-
-    async def resolve_team(self, row: UsageRow) -> UsageRow:
-        """The row with its team looked up now, if it could not be when the request was seen."""
-        [resolved] = await self.resolve_teams([row])
-        return resolved
-
-    async def resolve_teams(self, rows: Sequence[UsageRow]) -> list[UsageRow]:
-        """`resolve_team` for many rows: one lookup per distinct (fingerprint, project)."""
-        teams: dict[tuple[str | None, str | None], str] = {}
-        out: list[UsageRow] = []
-        for row in rows:
-            if row.team is not None:
-                out.append(row)
-                continue
-            who = (row.key_fingerprint, row.project)
-            team = teams.get(who)
-            if team is None:
-                team = teams[who] = await mappings.team_for(
-                    self.sessionmaker(), fingerprint=who[0], project=who[1]
-                )
-            out.append(dataclasses.replace(row, team=team))
-        return out
 
     def _show_backlog(self) -> None:
         # Jobs and usage rows waiting in the writers: during an outage they are held there.

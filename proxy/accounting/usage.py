@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("proxy.accounting.usage")
+_ZERO = Decimal(0)
 
 # The kind of an Assistants run's row (the collector's); the other kinds are the API's objects.
 ASSISTANTS_RUN = "assistants.run"
@@ -77,7 +78,8 @@ class UsageRow:
     file_search_calls: int = 0
     web_search_calls: int = 0
     function_calls: int = 0
-    cost_usd: Decimal = Decimal(0)
+    # None: the model or a tool it used had no price in force ("unpriced"), never a silent 0.
+    cost_usd: Decimal | None = Decimal(0)
 
 
 _DEFAULTS = {
@@ -102,7 +104,8 @@ def row_from(values: dict[str, Any]) -> UsageRow:
 
 @dataclass(frozen=True, slots=True)
 class UsageTotal:
-    """The rows of one (kind, usage_source, team, model) in one UsageRecorded, summed."""
+    """The rows of one (kind, usage_source, team, model) in one UsageRecorded, summed.
+    `cost_usd` sums the priced rows; `unpriced` counts the rows without a price."""
 
     kind: str
     usage_source: str
@@ -112,6 +115,7 @@ class UsageTotal:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal
+    unpriced: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +131,13 @@ class UsageRecorded:
             key = (row.kind, row.usage_source, row.team, row.model)
             acc = sums.get(key)
             if acc is None:
-                sums[key] = [1, row.prompt_tokens, row.completion_tokens, row.cost_usd]
+                acc = sums[key] = [0, 0, 0, _ZERO, 0]
+            acc[0] += 1
+            acc[1] += row.prompt_tokens
+            acc[2] += row.completion_tokens
+            if row.cost_usd is None:
+                acc[4] += 1
             else:
-                acc[0] += 1
-                acc[1] += row.prompt_tokens
-                acc[2] += row.completion_tokens
                 acc[3] += row.cost_usd
         return cls(tuple(UsageTotal(*key, *acc) for key, acc in sums.items()))
 

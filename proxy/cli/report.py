@@ -9,13 +9,15 @@ from proxy.cli.common import UsageError, argument, settings_of, with_db
 from proxy.reports.query import (
     FILTERS,
     GROUP_FIELDS,
+    KINDS,
+    REPORT_FORMATS,
     ReportError,
     ReportQuery,
     parse_group_by,
+    parse_kind,
     parse_month,
     parse_when,
 )
-from proxy.reports.render import FORMATS
 
 __all__ = ["add_commands"]
 
@@ -35,9 +37,17 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="FIELDS",
         help=f"of {','.join(GROUP_FIELDS)}",
     )
-    for name in FILTERS:
-        report.add_argument(f"--{name}")
-    report.add_argument("--format", choices=FORMATS, default="table")
+    report.add_argument("--team", help="only this team")
+    report.add_argument(
+        "--kind", type=argument(parse_kind), help=f"only this kind: one of {', '.join(KINDS)}"
+    )
+    report.add_argument("--model", help="only this model")
+    report.add_argument(
+        "--format",
+        choices=REPORT_FORMATS,
+        default="table",
+        help="focus: FOCUS 1.2 CSV (FinOps Open Cost and Usage Specification)",
+    )
     report.set_defaults(run=_report)
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, literal, select
+from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.dialects import insert_for
 from proxy.db.engine import reading
-from proxy.db.models import KeyTeam, ProjectTeam, utcnow
+from proxy.db.models import KeyTeam, MappingVersion, ProjectTeam, utcnow
 
 __all__ = [
     "UNASSIGNED",
@@ -15,12 +15,28 @@ __all__ = [
     "add_project_team",
     "list_key_teams",
     "list_project_teams",
+    "mapping_version",
     "remove_key_team",
     "remove_project_team",
     "team_for",
 ]
 
 UNASSIGNED = "unassigned"
+_VERSION = select(MappingVersion.version).where(MappingVersion.id == 1)
+_BUMP = (
+    update(MappingVersion).where(MappingVersion.id == 1).values(version=MappingVersion.version + 1)
+)
+
+
+async def mapping_version(sm: async_sessionmaker[AsyncSession]) -> int:
+    """The version of the mappings: it changes whenever one is added, changed or removed."""
+    async with reading(sm) as session:
+        return (await session.scalar(_VERSION)) or 0
+
+
+async def _changed(session: AsyncSession) -> None:
+    # In the transaction of the change: a replica that sees the new version sees the mapping.
+    await session.execute(_BUMP)
 
 
 async def team_for(
@@ -61,6 +77,7 @@ async def add_key_team(
             set_={"key_hint": hint, "team": team, "label": label},
         )
         await session.execute(stmt)
+        await _changed(session)
 
 
 async def list_key_teams(sm: async_sessionmaker[AsyncSession]) -> list[KeyTeam]:
@@ -75,6 +92,7 @@ async def remove_key_team(sm: async_sessionmaker[AsyncSession], fingerprint: str
         result = await session.execute(
             delete(KeyTeam).where(KeyTeam.key_fingerprint == fingerprint)
         )
+        await _changed(session)
         return result.rowcount == 1
 
 
@@ -86,6 +104,7 @@ async def add_project_team(sm: async_sessionmaker[AsyncSession], project: str, t
         )
         stmt = stmt.on_conflict_do_update(index_elements=["project"], set_={"team": team})
         await session.execute(stmt)
+        await _changed(session)
 
 
 async def list_project_teams(sm: async_sessionmaker[AsyncSession]) -> list[ProjectTeam]:
@@ -98,4 +117,5 @@ async def remove_project_team(sm: async_sessionmaker[AsyncSession], project: str
     """True if a mapping was removed."""
     async with sm.begin() as session:
         result = await session.execute(delete(ProjectTeam).where(ProjectTeam.project == project))
+        await _changed(session)
         return result.rowcount == 1

@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AssistantName",
+    "AuditEntry",
     "Base",
     "BilledCost",
     "BillingKey",
@@ -32,10 +34,12 @@ __all__ = [
     "CodeInterpreterCall",
     "CollectionJob",
     "KeyTeam",
+    "MappingVersion",
     "Money",
     "ProjectTeam",
     "ProxySecret",
     "Reconciliation",
+    "ResponseContainer",
     "ThreadSession",
     "UTCDateTime",
     "UsageRecord",
@@ -150,7 +154,8 @@ class UsageRecord(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    usage_source: Mapped[str] = mapped_column(String(16))  # "reported" | "estimated"
+    # "reported", "estimated", "estimated_partial" (from part of an oversized request), "none"
+    usage_source: Mapped[str] = mapped_column(String(32))
     estimated_prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
     estimated_completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
     # Which estimator and constants made the estimate (e.g. "runs2-1a2b3c4d"), and its bases
@@ -162,6 +167,33 @@ class UsageRecord(Base):
     file_search_calls: Mapped[int] = mapped_column(Integer, default=0)
     web_search_calls: Mapped[int] = mapped_column(Integer, default=0)
     function_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # NULL: the model or a tool had no price in force when the row was recorded (unpriced).
+    cost_usd: Mapped[Decimal | None] = mapped_column(default=Decimal(0))
+
+
+class AssistantName(Base):
+    """The name of an assistant, from the assistant objects that passed through the proxy (a
+    create, a retrieve, a list): reports show it beside the id."""
+
+    __tablename__ = "assistant_names"
+
+    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    """One change made to recorded usage after the fact (a reassign, a reprice): when, what
+    (`action` and its `detail` as JSON: the selection and the change), how many rows, and the
+    money it moved or changed."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[Decimal] = mapped_column(default=Decimal(0))
 
 
@@ -224,6 +256,28 @@ class ProjectTeam(Base):
     project: Mapped[str] = mapped_column(String(255), primary_key=True)
     team: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ResponseContainer(Base):
+    """A code interpreter container of the Responses API and the response that is charged its
+    session: the first to be recorded, on any replica (insert or nothing decides)."""
+
+    __tablename__ = "response_containers"
+
+    container_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    response_id: Mapped[str] = mapped_column(String(255))
+    claimed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MappingVersion(Base):
+    """One row (id 1) whose version every change of key_teams or project_teams increments, in
+    the same transaction: replicas poll it (a primary-key read) and drop their cached teams
+    when it moves, so a mapping applies everywhere within a poll interval."""
+
+    __tablename__ = "mapping_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ThreadSession(Base):

@@ -12,20 +12,26 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, literal_column, select
+from sqlalchemy import ColumnElement, Select, case, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.engine import reading
-from proxy.db.models import UsageRecord
+from proxy.db.models import AssistantName, UsageRecord
 
 __all__ = ["EVENT_COLUMNS", "FILTERS", "GROUP_FIELDS", "SUMS", "usage_events", "usage_groups"]
 
 _U = UsageRecord
-EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in _U.__table__.columns if c.name != "id")
+_NAMES = AssistantName.__table__
+# Every column but the id, and `priced`: false when cost_usd is NULL (no price was in force).
+EVENT_COLUMNS: tuple[str, ...] = (
+    *(c.name for c in _U.__table__.columns if c.name != "id"),
+    "priced",
+)
 # group-by field -> the output columns it adds
 GROUP_FIELDS: dict[str, tuple[str, ...]] = {
     "team": ("team",),
-    "assistant": ("assistant_id",),
+    # The name is the latest seen in an assistant object through the proxy (assistant_names).
+    "assistant": ("assistant_id", "assistant_name"),
     # The Responses API's counterparts of a thread's assistant: a conversation, a stored prompt.
     "conversation": ("conversation_id",),
     "prompt": ("prompt_id",),
@@ -44,7 +50,13 @@ SUMS: tuple[str, ...] = (
     "total_tokens",
     "code_interpreter_sessions",
     "cost_usd",
+    "unpriced_events",
+    "unpriced_tokens",
+    "priced",
 )
+# cost_usd of a group sums its priced events; unpriced_events and unpriced_tokens count those
+# with no price (cost_usd NULL), and `priced` is false when there are any. A group whose events
+# are all unpriced has cost_usd None, not 0.
 # filter keyword -> column; None values are ignored
 FILTERS = {
     "team": _U.team,
@@ -82,12 +94,15 @@ async def usage_events(
 ) -> list[dict[str, Any]]:
     """One dict per usage row (keys: EVENT_COLUMNS), in occurred_at order.
     Filters: the keywords of FILTERS, each an exact match."""
-    cols = [_U.__table__.c[name] for name in EVENT_COLUMNS]
+    cols = [_U.__table__.c[name] for name in EVENT_COLUMNS if name != "priced"]
     stmt = _where(select(*cols), since, until, filters).order_by(_U.occurred_at, _U.id)
     if limit is not None:
         stmt = stmt.limit(limit)
     async with reading(sm) as session:
-        return [dict(row) for row in (await session.execute(stmt)).mappings()]
+        rows = [dict(row) for row in (await session.execute(stmt)).mappings()]
+    for row in rows:
+        row["priced"] = row["cost_usd"] is not None
+    return rows
 
 
 def _period(dialect: str, field: str) -> ColumnElement[str]:
@@ -120,11 +135,17 @@ async def usage_groups(
     async with reading(sm) as session:
         dialect = session.get_bind().dialect.name
         keys: list[ColumnElement[Any]] = []
+        joined = False
         selected: list[ColumnElement[Any]] = []
         for name in dict.fromkeys(group_by):
             if name in ("day", "month"):
                 keys.append(_period(dialect, name).label(name))
                 selected.append(keys[-1])
+            elif name == "assistant":
+                keys.append(_U.assistant_id.label("assistant_id"))
+                # One id has one name row; max() picks it without grouping on it.
+                selected += [keys[-1], func.max(_NAMES.c.name).label("assistant_name")]
+                joined = True
             elif name == "key":
                 keys.append(_U.key_fingerprint.label("key_fingerprint"))
                 # One key has one hint; max() picks it without grouping on it.
@@ -142,8 +163,17 @@ async def usage_groups(
                 "code_interpreter_sessions"
             ),
             func.sum(_U.cost_usd).label("cost_usd"),
+            func.count().filter(_U.cost_usd.is_(None)).label("unpriced_events"),
+            func.coalesce(
+                func.sum(case((_U.cost_usd.is_(None), _U.total_tokens), else_=0)), 0
+            ).label("unpriced_tokens"),
         ]
-        stmt = _where(select(*selected, *sums), since, until, filters)
+        stmt = select(*selected, *sums)
+        if joined:
+            stmt = stmt.select_from(
+                _U.__table__.outerjoin(_NAMES, _NAMES.c.assistant_id == _U.assistant_id)
+            )
+        stmt = _where(stmt, since, until, filters)
         if keys:
             stmt = stmt.group_by(*keys).order_by(*(key.asc().nulls_last() for key in keys))
         rows = (await session.execute(stmt)).mappings().all()
@@ -151,11 +181,12 @@ async def usage_groups(
     for row in rows:
         item = dict(row)
         for name in SUMS:
-            if name == "cost_usd":
-                # NULL only for the totals row of an empty selection.
-                item[name] = Decimal(0) if item[name] is None else item[name]
-            else:
+            if name not in ("cost_usd", "priced"):
                 # PostgreSQL's sum(bigint) is numeric: normalise to int.
                 item[name] = int(item[name])
+        unpriced = item["unpriced_events"]
+        if item["cost_usd"] is None and not (unpriced and unpriced == item["events"]):
+            item["cost_usd"] = Decimal(0)  # the totals row of an empty selection
+        item["priced"] = not unpriced
         out.append(item)
     return out

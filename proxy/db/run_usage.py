@@ -103,7 +103,8 @@ async def record_usage_many(
     calls, and a run's share is the thread's total with its calls minus the total without
     them, which is exact in any order of collection. Without call times,
     row.code_interpreter_sessions is stored as given. With `session_price`, cost_usd is
-    row.cost_usd + sessions * price, so the caller passes the cost without sessions.
+    row.cost_usd + sessions * price, so the caller passes the cost without sessions; without
+    one, a row with sessions is unpriced (cost_usd None).
 
     The threads' session rows are locked first (FOR UPDATE on PostgreSQL, in thread order so
     that concurrent batches cannot deadlock; SQLite has one writer), so a thread's runs are
@@ -191,12 +192,9 @@ class _Item:
 
     def values_at(self, now: dt.datetime) -> dict[str, Any]:
         v = self.values
-        cost = v["cost_usd"]
-        if self.price is not None:
-            cost = cost + self.sessions * self.price
         return v | {
             "code_interpreter_sessions": self.sessions,
-            "cost_usd": cost,
+            "cost_usd": _cost(self),
             "recorded_at": now,
         }
 
@@ -243,9 +241,13 @@ async def _reshare(
         await session.execute(_RESHARE, changed)
 
 
-def _cost(item: _Item) -> Decimal:
-    cost: Decimal = item.values["cost_usd"]
-    return cost + item.sessions * item.price if item.price is not None else cost
+def _cost(item: _Item) -> Decimal | None:
+    """The row's cost with its sessions. None (unpriced) when the row's cost is, or when it
+    has sessions and no session price is in force: a partial sum must not pass as the cost."""
+    cost: Decimal | None = item.values["cost_usd"]
+    if cost is None or not item.sessions:
+        return cost
+    return None if item.price is None else cost + item.sessions * item.price
 
 
 def _thread_states(

@@ -1,4 +1,4 @@
-"""GET /_proxy/usage: the report of `usage-proxy report` over HTTP, as JSON or CSV, with the
+"""GET /_proxy/usage: the report of `usage-proxy report` over HTTP, as JSON, CSV or FOCUS, with the
 same options as query parameters (proxy.reports). Needs the admin token and accounting."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from proxy.reports.run import run_report
 __all__ = ["Usage"]
 
 _log = logging.getLogger("proxy.admin")
-_CONTENT_TYPES = {"json": "application/json", "csv": "text/csv"}
+_CONTENT_TYPES = {"json": "application/json", "csv": "text/csv", "focus": "text/csv"}
+_FILENAMES = {"csv": "usage.csv", "focus": "usage-focus.csv"}
 
 
 class Usage:
@@ -40,6 +41,7 @@ class Usage:
             _log.warning("usage report failed: %s", type(exc).__name__)
             return error(503, "the usage database is not available", "database_unavailable")
         response = web.Response(text=text, content_type=_CONTENT_TYPES[query.fmt], charset="utf-8")
-        if query.fmt == "csv":
-            response.headers["Content-Disposition"] = 'attachment; filename="usage.csv"'
+        if query.fmt in _FILENAMES:
+            name = _FILENAMES[query.fmt]
+            response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
         return response

@@ -10,28 +10,42 @@ proxy.db.queries.GROUP_FIELDS; filters are team, kind and model, each an exact m
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.accounting.sources.events.rows import CHAT_KIND, EMBEDDING_KIND, RESPONSE_KIND
+from proxy.accounting.usage import ASSISTANTS_RUN
+from proxy.db.billing import ADJUSTMENT
 from proxy.db.queries import GROUP_FIELDS as _COLUMNS
+from proxy.reports.render import FORMATS
 
 __all__ = [
     "FILTERS",
     "GROUP_FIELDS",
     "HTTP_FORMATS",
+    "KINDS",
     "PARAMS",
+    "REPORT_FORMATS",
     "ReportError",
     "ReportQuery",
     "parse_group_by",
+    "parse_kind",
     "parse_month",
     "parse_when",
 ]
 
 GROUP_FIELDS: tuple[str, ...] = tuple(_COLUMNS)
 FILTERS = ("team", "kind", "model")
+# Every kind a usage row has: `--kind` takes one of these, so a typo is an error, not an
+# empty report.
+KINDS = (ASSISTANTS_RUN, RESPONSE_KIND, CHAT_KIND, EMBEDDING_KIND, ADJUSTMENT)
+_MONTH = re.compile(r"\d{4}-\d{2}")
+# Every format of a report: render's, and FOCUS 1.2 CSV (proxy.reports.focus).
+REPORT_FORMATS = (*FORMATS, "focus")
 # A report over HTTP is data for a program, so no text table there.
-HTTP_FORMATS = ("json", "csv")
+HTTP_FORMATS = ("json", "csv", "focus")
 PARAMS = frozenset({"since", "until", "month", "group_by", "format", *FILTERS})
 
 
@@ -56,13 +70,23 @@ def parse_when(text: str) -> dt.datetime:
 
 
 def parse_month(text: str) -> tuple[dt.datetime, dt.datetime]:
-    """A UTC month, YYYY-MM, as (its first instant, the next month's). Raises ValueError."""
+    """A UTC month, YYYY-MM (two-digit month), as (its first instant, the next month's).
+    Raises ValueError."""
+    if not _MONTH.fullmatch(text):
+        raise ValueError(f"{text!r} is not a month (YYYY-MM)")
     try:
         start = dt.datetime.strptime(text, "%Y-%m").replace(tzinfo=dt.UTC)
     except ValueError:
         raise ValueError(f"{text!r} is not a month (YYYY-MM)") from None
     end = (start + dt.timedelta(days=32)).replace(day=1)
     return start, end
+
+
+def parse_kind(text: str) -> str:
+    """One of KINDS. Raises ValueError."""
+    if text not in KINDS:
+        raise ValueError(f"unknown kind {text!r} (one of {', '.join(KINDS)})")
+    return text
 
 
 def parse_group_by(text: str) -> list[str]:
@@ -79,7 +103,7 @@ def parse_group_by(text: str) -> list[str]:
 @dataclass(frozen=True)
 class ReportQuery:
     """One report: every event in [since, until), or totals per group when `group_by` is set;
-    `filters` maps each of FILTERS to a value or None; `fmt` is one of render.FORMATS."""
+    `filters` maps each of FILTERS to a value or None; `fmt` is one of REPORT_FORMATS."""
 
     since: dt.datetime | None = None
     until: dt.datetime | None = None
@@ -131,6 +155,7 @@ class ReportQuery:
         since, until = _bounds(since, until, parsed("month", parse_month), str)
         group_by = parsed("group_by", parse_group_by)
         filters = {name: params.get(name) for name in FILTERS}
+        filters["kind"] = parsed("kind", parse_kind)
         return cls(since, until, tuple(group_by or ()), filters, fmt)
 
 
@@ -156,4 +181,10 @@ def _filters(given: Mapping[str, str | None]) -> dict[str, str | None]:
     unknown = set(given) - set(FILTERS)
     if unknown:
         raise ValueError(f"unknown filter {sorted(unknown)[0]!r} (one of {', '.join(FILTERS)})")
+    kind = given.get("kind")
+    if kind is not None:
+        try:
+            parse_kind(kind)
+        except ValueError as exc:
+            raise ReportError("kind", f"--kind: {exc}") from None
     return {name: given.get(name) for name in FILTERS}

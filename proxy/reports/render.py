@@ -14,7 +14,7 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -108,15 +108,24 @@ def _escape(ch: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def to_table(rows: Sequence[Row], columns: Sequence[str], *, totals: bool = True) -> str:
+def to_table(
+    rows: Sequence[Row],
+    columns: Sequence[str],
+    *,
+    totals: bool = True,
+    numeric: Collection[str] = (),
+) -> str:
     """Aligned columns under a header; numbers right-aligned with thousands separators. With
-    `totals` and more than one row, a last line sums every numeric column."""
+    `totals` and more than one row, or none, a last line sums every numeric column (those of
+    `numeric`, and any holding a number), so that an empty report still says "total 0"."""
     body = [[_cell(row.get(col)) for col in columns] for row in rows]
-    numeric = [any(_is_number(row.get(col)) for row in rows) for col in columns]
+    is_numeric = [
+        col in numeric or any(_is_number(row.get(col)) for row in rows) for col in columns
+    ]
     footer: list[str] | None = None
-    if totals and len(rows) > 1 and any(numeric):
+    if totals and len(rows) != 1 and any(is_numeric):
         footer = []
-        for col, is_num in zip(columns, numeric, strict=True):
+        for col, is_num in zip(columns, is_numeric, strict=True):
             values = [row.get(col) for row in rows if _is_number(row.get(col))]
             footer.append(_cell(sum(values)) if is_num else "")
         footer[0] = footer[0] or "total"
@@ -127,7 +136,7 @@ def to_table(rows: Sequence[Row], columns: Sequence[str], *, totals: bool = True
     def fmt(cells: Sequence[str]) -> str:
         parts = [
             cell.rjust(w) if num else cell.ljust(w)
-            for cell, w, num in zip(cells, widths, numeric, strict=True)
+            for cell, w, num in zip(cells, widths, is_numeric, strict=True)
         ]
         return "  ".join(parts).rstrip()
 
@@ -191,10 +200,12 @@ def render(
     *,
     table_columns: Sequence[str] | None = None,
     totals: bool = True,
+    numeric: Collection[str] = (),
 ) -> str:
-    """`rows` in format `fmt` (one of FORMATS). The table shows `table_columns` when given."""
+    """`rows` in format `fmt` (one of FORMATS). The table shows `table_columns` when given,
+    and totals `numeric` columns even when there are no rows."""
     if fmt == "table":
-        return to_table(rows, table_columns or columns, totals=totals)
+        return to_table(rows, table_columns or columns, totals=totals, numeric=numeric)
     if fmt == "csv":
         return to_csv(rows, columns)
     if fmt == "json":

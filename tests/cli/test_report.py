@@ -69,9 +69,9 @@ def test_report_month_groups_as_csv(capsys, seeded_url: str):
     assert code == 0, err
     assert out.splitlines() == [
         "team,month,events,prompt_tokens,completion_tokens,total_tokens,"
-        "code_interpreter_sessions,cost_usd",
-        "blue,2026-11,1,1000,47,1047,0,0.0000000001",
-        "red,2026-11,2,2000,94,2094,0,0.3",
+        "code_interpreter_sessions,cost_usd,unpriced_events,unpriced_tokens,priced",
+        "blue,2026-11,1,1000,47,1047,0,0.0000000001,0,0,true",
+        "red,2026-11,2,2000,94,2094,0,0.3,0,0,true",
     ]
 
 

@@ -35,3 +35,19 @@ async def test_key_and_project_mappings_upsert_list_and_remove(sm):
     assert [(p.project, p.team) for p in projects] == [("proj_a", "green"), ("proj_b", "blue")]
     assert await mappings.remove_project_team(sm, "proj_a")
     assert not await mappings.remove_project_team(sm, "proj_a")
+
+
+async def test_every_mapping_change_moves_the_version(sm):
+    from proxy.db.mappings import mapping_version
+
+    versions = [await mapping_version(sm)]
+    await mappings.add_key_team(sm, "fp-v", "sk-...vvvv", "red")
+    versions.append(await mapping_version(sm))
+    await mappings.remove_key_team(sm, "fp-v")
+    versions.append(await mapping_version(sm))
+    await mappings.add_project_team(sm, "proj_v", "blue")
+    versions.append(await mapping_version(sm))
+    await mappings.remove_project_team(sm, "proj_v")
+    versions.append(await mapping_version(sm))
+
+    assert versions == sorted(set(versions)) and len(versions) == 5

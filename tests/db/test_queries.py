@@ -136,6 +136,9 @@ async def test_an_empty_selection_has_zero_totals_and_no_groups(sm):
         "total_tokens": 0,
         "code_interpreter_sessions": 0,
         "cost_usd": Decimal(0),
+        "unpriced_events": 0,
+        "unpriced_tokens": 0,
+        "priced": True,
     }
     assert await queries.usage_groups(sm, ["team"]) == []
 

@@ -361,3 +361,33 @@ def test_sqlite_readers_query_the_views_while_the_proxy_writes(db_url):
     seen = asyncio.run(write_and_read())
     # Each read saw whole batches only, and every batch once it was committed.
     assert seen == list(range(20, 201, 20))
+
+
+MONTHLY = "SELECT month, team, unpriced_events, cost_usd FROM usage_monthly_team"
+
+
+def test_an_unpriced_row_has_no_cost_and_counts_as_unpriced(capsys, db_url: str):
+    unpriced = row(99, "red", at(5), "0", model="acme-llm-1", cost_usd=None)
+
+    async def seed() -> None:
+        engine = make_engine(db_url)
+        try:
+            await record_rows(make_sessionmaker(engine), [*ROWS, unpriced])
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    [got] = query(db_url, "SELECT cost_usd, cost_usd_exact FROM usage WHERE object_id = 'obj_99'")
+    assert got == {"cost_usd": None, "cost_usd_exact": None}
+    months = {
+        (r["month"], r["team"]): r
+        for r in query(
+            db_url, "SELECT month, team, unpriced_events, cost_usd FROM usage_monthly_team"
+        )
+    }
+    red = months[("2026-11", "red")]
+    assert red["unpriced_events"] == 1
+    priced = sum(r.cost_usd for r in ROWS if r.team == "red" and r.occurred_at.month == 11)
+    assert dollars(red["cost_usd"]) == dollars(priced)
+    [day] = query(db_url, "SELECT cost_usd FROM usage_daily WHERE model = 'acme-llm-1'")
+    assert day["cost_usd"] is None

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from proxy import cli
 from proxy.accounting.usage import UsageRow
@@ -132,6 +133,34 @@ async def test_without_a_token_the_admin_endpoints_do_not_exist(
 
 
 @pytest.mark.parametrize(
+    "path",
+    [
+        "/_Proxy/metrics",
+        "/_PROXY/usage",
+        "/_proxy/Metrics",
+        "/%5Fproxy/metrics",
+        "/%5fPROXY/metrics",
+        "/%255Fproxy/metrics",
+        "/_proxy;x/metrics",
+        "/_proxy%2Fmetrics",
+        "/_Proxy",
+        "/_pRoXy/",
+    ],
+)
+async def test_the_reserved_prefix_in_any_case_or_encoding_is_never_forwarded(
+    upstream: FakeUpstream, start_proxy, http, path: str
+) -> None:
+    proxy = await start_proxy(Settings(upstream=upstream.url, admin_token=TOKEN), accounting=False)
+    url = URL(proxy.url + path, encoded=True)
+    async with http.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+        # aiohttp routes a percent-encoded spelling as decoded: the endpoint itself answers.
+        if resp.status != 200:
+            assert resp.status == 404, await resp.text()
+            assert (await resp.json())["error"]["code"] == "not_found"
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
     "headers",
     [
         {},
@@ -184,10 +213,10 @@ async def test_usage_csv_grouped_by_team_and_month(admin_proxy: RunningProxy, ht
     assert headers["Content-Type"].startswith("text/csv")
     assert body.splitlines() == [
         "team,month,events,prompt_tokens,completion_tokens,total_tokens,"
-        "code_interpreter_sessions,cost_usd",
-        "blue,2026-11,1,1000,47,1047,0,0.0000000001",
-        "red,2026-11,2,2000,94,2094,0,0.3",
-        "red,2026-12,1,1000,47,1047,0,5",
+        "code_interpreter_sessions,cost_usd,unpriced_events,unpriced_tokens,priced",
+        "blue,2026-11,1,1000,47,1047,0,0.0000000001,0,0,true",
+        "red,2026-11,2,2000,94,2094,0,0.3,0,0,true",
+        "red,2026-12,1,1000,47,1047,0,5,0,0,true",
     ]
 
 

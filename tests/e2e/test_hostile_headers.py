@@ -129,12 +129,16 @@ async def test_any_header_bytes_give_one_row_per_completed_request(
 async def test_a_bad_byte_key_does_not_poison_the_collector_process(
     proxy: RunningProxy, upstream: FakeUpstream, sm
 ) -> None:
-    """The issue's case: `api-key: \\xff...` beside a real Authorization. Six completions, six
-    rows; then the collector child is killed, and its replacement (told every live key at
-    start) stays up and collects a run."""
+    """The issue's case: `api-key: \\xff...` beside a real Authorization is two different keys,
+    refused before anything is sent. A key of bad bytes alone is forwarded and recorded: six
+    completions, six rows; then the collector child is killed, and its replacement (told every
+    live key at start) stays up and collects a run."""
     upstream.require_beta = True
+    seen = len(upstream.requests)
+    got = await chat(proxy, bearer(KEY), b"api-key: \xff\xfe" + b"k" * 30)
+    assert got.status == 400 and len(upstream.requests) == seen, got
     for _ in range(6):
-        got = await chat(proxy, bearer(KEY), b"api-key: \xff\xfe" + b"k" * 30)
+        got = await chat(proxy, b"Authorization: Bearer sk-\xff\xfe" + b"k" * 30)
         assert got.status == 200, got
     await settle(proxy)
     assert len(await rows(sm, "chat.completion")) == 6

@@ -46,11 +46,13 @@ async def test_one_access_line_per_request_and_no_secret(
 ) -> None:
     settings = Settings(upstream=upstream.url, admin_token=TOKEN, log_format=log_format)
     proxy = await start_proxy(settings, accounting=False)
-    secrets = {"Authorization": f"Bearer {KEY}", "api-key": AZURE_KEY}
+    bearer, azure = {"Authorization": f"Bearer {KEY}"}, {"api-key": AZURE_KEY}
+    secrets = {**bearer, **azure}  # two different keys: refused, and logged without either
     requests = [
-        ("GET", f"/v1/models?api_key={KEY}&x=1", secrets, 200),
-        ("POST", "/v1/chat/completions", secrets, 200),
-        ("GET", "/v1/nowhere", secrets, 404),
+        ("GET", f"/v1/models?api_key={KEY}&x=1", bearer, 200),
+        ("POST", "/v1/chat/completions", azure, 200),
+        ("POST", "/v1/chat/completions", secrets, 400),
+        ("GET", "/v1/nowhere", bearer, 404),
         ("GET", "/_proxy/health", secrets, 200),
         ("GET", "/_proxy/metrics", {"Authorization": f"Bearer {TOKEN}"}, 200),
         ("GET", "/_proxy/metrics", {"Authorization": "Bearer wrong-admin-token"}, 401),

@@ -192,7 +192,8 @@ async def _hostile_traffic(proxy: ProxyProcess) -> None:
     assert await _raw(proxy, POST_CHAT + b"\r\nAuthorization: Bearer " + raw_key, CHAT) == 200
     decoy = b"\r\napi-key: \xff" + BYTES_DECOY.encode()
     real = b"\r\nAuthorization: Bearer " + OPENAI_KEY.encode()
-    assert await _raw(proxy, POST_CHAT + real + decoy, CHAT) == 200
+    # Two different keys: refused before anything is sent, and never logged.
+    assert await _raw(proxy, POST_CHAT + real + decoy, CHAT) == 400
     # A decoy named in Connection, beside the real key: neither forwarded nor billed.
     decoy = b"\r\nAuthorization: Bearer " + DECOY_KEY.encode() + b"\r\nConnection: Authorization"
     assert await _raw(proxy, POST_CHAT + b"\r\napi-key: " + AZURE_KEY.encode() + decoy, CHAT) == 200

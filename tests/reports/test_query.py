@@ -52,6 +52,8 @@ def test_a_month_ends_where_the_next_begins():
         ({"month": "2026-11", "until": "2026-12-01"}, "month", "month cannot be combined"),
         ({"since": "2026-12-01", "until": "2026-11-01"}, "since", "since must be before until"),
         ({"group_by": "team,colour"}, "group_by", "group_by: unknown field 'colour'"),
+        ({"kind": "run"}, "kind", "kind: unknown kind 'run' (one of assistants.run,"),
+        ({"month": "2026-1"}, "month", "month: '2026-1' is not a month (YYYY-MM)"),
     ],
 )
 def test_http_parameters_are_named_as_sent(params: dict, param: str, message: str):

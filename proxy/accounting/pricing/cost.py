@@ -7,9 +7,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from proxy.accounting.pricing.table import TOOLS, ModelPrice, PriceTable, Rates
+from proxy.accounting.pricing.table import ModelPrice, PriceTable, Rates
 
-__all__ = ["Cost", "Usage", "cost_of", "token_cost"]
+__all__ = ["Cost", "Usage", "cost_of", "session_tool", "token_cost"]
 
 _MTOK = Decimal(1_000_000)
 _PLACES = Decimal("1e-10")  # the usage table stores money as Numeric(20, 10)
@@ -30,6 +30,16 @@ class Usage(NamedTuple):
     code_interpreter_sessions: int = 0
     file_search_calls: int = 0
     web_search_calls: int = 0
+    # web_search_preview on a non-reasoning model: its own per-call rate.
+    web_search_preview_calls: int = 0
+    # The code interpreter container's memory_limit ("1g", "4g", "16g", "64g"): the session
+    # price follows it.
+    container_memory: str = "1g"
+
+
+def session_tool(memory: str) -> str:
+    """The price table's name for a code interpreter session of a `memory` container."""
+    return "code_interpreter_session" if memory == "1g" else f"code_interpreter_session_{memory}"
 
 
 class Cost(NamedTuple):
@@ -49,6 +59,12 @@ class Cost(NamedTuple):
     def known(self) -> bool:
         return not self.missing
 
+    @property
+    def billed(self) -> Decimal | None:
+        """What a usage row records: the total, or None when a part had no price (a row
+        must never claim a partial sum as the whole cost)."""
+        return self.total if not self.missing else None
+
 
 def token_cost(
     table: PriceTable,
@@ -57,14 +73,17 @@ def token_cost(
     prompt: int = 0,
     cached: int = 0,
     completion: int = 0,
-) -> Decimal:
-    """`cost_of(table, model, at, Usage(prompt, cached, completion)).total`, without building
-    either tuple: the price of a chat completion or an embedding. Never raises."""
+) -> Decimal | None:
+    """`cost_of(table, model, at, Usage(prompt, cached, completion)).billed`, without building
+    either tuple: the price of a chat completion or an embedding. None when tokens were used
+    and `model` has no price in force. Never raises."""
     price, rates = table._priced(model, at)
     if rates is not None:
         units = _units(rates, prompt, cached, completion)
         if units is not None:
             return Decimal(units).scaleb(-10)
+    if price is None and (prompt or completion):
+        return None
     return _tokens(price, prompt, cached, completion)
 
 
@@ -107,11 +126,16 @@ def cost_of(table: PriceTable, model: str | None, at: datetime, usage: Usage) ->
         if price is None and (prompt or completion):
             missing.append("tokens")
         tokens = _tokens(price, prompt, cached, completion)
-    counts = (usage.code_interpreter_sessions, usage.file_search_calls, usage.web_search_calls)
-    if not any(counts):  # most events: no tool to look up
+    counts = (
+        (session_tool(usage.container_memory), usage.code_interpreter_sessions),
+        ("file_search_call", usage.file_search_calls),
+        ("web_search_call", usage.web_search_calls),
+        ("web_search_preview_call", usage.web_search_preview_calls),
+    )
+    if not any(count for _, count in counts):  # most events: no tool to look up
         return Cost(tokens, tokens, _ZERO, price, tuple(missing))
     tools = Decimal(0)
-    for tool, count in zip(TOOLS, counts, strict=True):
+    for tool, count in counts:
         if not count:
             continue
         unit = table.tool_price(tool, at)

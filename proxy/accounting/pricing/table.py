@@ -39,7 +39,16 @@ __all__ = [
 ]
 
 _UNPRICED: tuple[None, None] = (None, None)
-TOOLS = ("code_interpreter_session", "file_search_call", "web_search_call")
+TOOLS = (
+    "code_interpreter_session",
+    "file_search_call",
+    "web_search_call",
+    "web_search_preview_call",
+    # Containers of more memory than the default 1 GB, per 20-minute session.
+    "code_interpreter_session_4g",
+    "code_interpreter_session_16g",
+    "code_interpreter_session_64g",
+)
 _SNAPSHOT = re.compile(r"(?P<alias>.+)-\d{4}-\d{2}-\d{2}")
 Lookup = Callable[[str, datetime], "ModelPrice | None"]
 _CACHE_SIZE = 4096

@@ -5,10 +5,10 @@ an argument or an environment variable, and no line of it is ever logged).
 To the collector: `{"settings": {...}}` first, then `{"key": [fingerprint, [[name, value],
 ...]]}` whenever a key is new, changes or is still in use, and `{"wake": 1}` when jobs were
 written. From the collector: `{"ready": 1}` once it collects, then `{"recorded": [[kind,
-usage_source, team, model, events, prompt, completion, cost], ...]}` after each transaction that
-recorded runs (a proxy.accounting.usage.UsageRecorded, which the serving process hands to its
-subscribers, the metrics among them) and `{"failed": [reason, count]}` when collection fails.
-Encoding and decoding are pure; `messages` reads them off either end.
+usage_source, team, model, events, prompt, completion, cost, unpriced], ...]}` after each
+transaction that recorded runs (a proxy.accounting.usage.UsageRecorded, which the serving
+process hands to its subscribers, the metrics among them) and `{"failed": [reason, count]}`
+when collection fails. Encoding and decoding are pure; `messages` reads them off either end.
 """
 
 from __future__ import annotations
@@ -127,18 +127,33 @@ def _recorded(payload: object) -> UsageRecorded:
 
 def _total(item: object) -> UsageTotal:
     match item:
-        case [str(kind), str(source), str(team), model, events, prompt, completion, str(cost)] if (
+        case [
+            str(kind),
+            str(source),
+            str(team),
+            model,
+            events,
+            prompt,
+            completion,
+            str(cost),
+            unpriced,
+        ] if (
             (model is None or isinstance(model, str))
             and _count(events)
             and _count(prompt)
             and _count(completion)
+            and _count(unpriced)
         ):
             try:
                 exact = Decimal(cost)
             except ArithmeticError:
                 raise WireError("recorded: a cost is not a number") from None
-            return UsageTotal(kind, source, team, model, events, prompt, completion, exact)
-    raise WireError("recorded: not [kind, source, team, model, events, prompt, completion, cost]")
+            return UsageTotal(
+                kind, source, team, model, events, prompt, completion, exact, unpriced
+            )
+    raise WireError(
+        "recorded: not [kind, source, team, model, events, prompt, completion, cost, unpriced]"
+    )
 
 
 def _failed(payload: object) -> tuple[str, int]:

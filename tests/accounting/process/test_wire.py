@@ -29,7 +29,7 @@ def test_settings_keys_wake_ups_usage_and_failures_round_trip() -> None:
     event = UsageRecorded(
         (
             UsageTotal("assistants.run", "estimated", "red", "gpt-4o", 64, 10, 20, cost),
-            UsageTotal("assistants.run", "reported", "unassigned", None, 1, 0, 0, Decimal(0)),
+            UsageTotal("assistants.run", "reported", "unassigned", None, 1, 0, 0, Decimal(0), 1),
         )
     )
     kind, got = wire.decode(wire.recorded_line(event))
@@ -51,10 +51,14 @@ def test_settings_keys_wake_ups_usage_and_failures_round_trip() -> None:
         (b'{"failed": ["a", -1]}', "failed: not [reason, count]"),
         (b'{"failed": ["a", true]}', "failed: not [reason, count]"),
         (b'{"recorded": {"a": 1}}', "recorded: not a list"),
-        (b'{"recorded": [["k", "s", "t", "m", 1, 2, 3]]}', "recorded: not [kind"),
-        (b'{"recorded": [["k", "s", "t", 5, 1, 2, 3, "1"]]}', "recorded: not [kind"),
-        (b'{"recorded": [["k", "s", "t", "m", 1, -2, 3, "1"]]}', "recorded: not [kind"),
-        (b'{"recorded": [["k", "s", "t", "m", 1, 2, 3, "' + KEY.encode() + b'"]]}', "cost is not"),
+        (b'{"recorded": [["k", "s", "t", "m", 1, 2, 3, "1"]]}', "recorded: not [kind"),
+        (b'{"recorded": [["k", "s", "t", 5, 1, 2, 3, "1", 0]]}', "recorded: not [kind"),
+        (b'{"recorded": [["k", "s", "t", "m", 1, -2, 3, "1", 0]]}', "recorded: not [kind"),
+        (b'{"recorded": [["k", "s", "t", "m", 1, 2, 3, "1", -1]]}', "recorded: not [kind"),
+        (
+            b'{"recorded": [["k", "s", "t", "m", 1, 2, 3, "' + KEY.encode() + b'", 0]]}',
+            "cost is not",
+        ),
         (b'{"settings": {"api_key": "' + KEY.encode() + b'"}}', "unknown names ['api_key']"),
     ],
 )

@@ -17,25 +17,32 @@ from proxy.accounting.pricing import PriceTable, Usage, cost_of
 from proxy.accounting.usage import UsageRow
 from proxy.db.run_usage import RunUsage
 
-__all__ = ["RunRow", "occurred_at", "run_row", "to_datetime"]
+__all__ = ["RunRow", "occurred_at", "run_row", "to_datetime", "to_second"]
 
 _TIME_FIELDS = ("completed_at", "failed_at", "cancelled_at", "expired_at", "incomplete_at")
 
 
 def to_datetime(value: object) -> dt.datetime | None:
+    """A Unix time in whole seconds (the API's precision), or None."""
     # A tuple, not `int | float`: that union would be built anew on every call.
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         return None
-    return dt.datetime.fromtimestamp(value, dt.UTC)
+    return dt.datetime.fromtimestamp(int(value), dt.UTC)
+
+
+def to_second(now: dt.datetime) -> dt.datetime:
+    """`now` in whole seconds. occurred_at has the API's precision on every kind, also where
+    the proxy's clock stands in for it, so that rows of all kinds sort and group alike."""
+    return now.replace(microsecond=0)
 
 
 def occurred_at(obj: Mapping[str, Any], now: dt.datetime) -> dt.datetime:
-    """When a run ended: its completed/failed/cancelled/expired time, else now."""
+    """When a run ended: its completed/failed/cancelled/expired time, else now (in seconds)."""
     for name in _TIME_FIELDS:
         when = to_datetime(obj.get(name))
         if when is not None:
             return when
-    return now
+    return to_second(now)
 
 
 def _int(value: object) -> int:
@@ -110,7 +117,7 @@ def run_row(
         code_interpreter_calls=estimate.code_interpreter_calls if estimate else 0,
         file_search_calls=file_search,
         function_calls=estimate.function_calls if estimate else 0,
-        cost_usd=cost.total,
+        cost_usd=cost.billed,
     )
     times = tuple(
         t

@@ -8,7 +8,11 @@ What is recorded, and when (recognition is by content: see proxy.accounting.sour
   a finished response costs no write; the unique (kind, object_id) decides.
 - A chat completion: a 2xx POST answered with a `chat.completion` body, or a stream of
   `chat.completion.chunk` events once it ends. A stream without usage is estimated
-  (proxy.accounting.estimate.chat) and marked usage_source "estimated".
+  (proxy.accounting.estimate.chat) and marked usage_source "estimated"; when its request was
+  larger than `max_observed_request`, the prompt is estimated from the part kept (a lower
+  bound, proxy.accounting.estimate.partial), marked "estimated_partial", logged with the
+  request id and counted (`usage_proxy_estimated_partial_total`). Other kinds report their
+  usage, so a cut request costs them nothing but ids (conversation, prompt) read from it.
 - Embeddings: a 2xx POST answered with a list of embeddings. The list has no id, so object_id
   is the upstream's `x-request-id` header (Azure: `apim-request-id`), else a generated
   "proxy-<uuid4 hex>", unique per request.
@@ -28,17 +32,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
 from typing import Any, Protocol
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.estimate.chat import ChatStream, estimate_chat_stream
+from proxy.accounting.estimate.chat import ChatStream, TokenCounter, estimate_chat_stream
+from proxy.accounting.estimate.partial import estimate_partial_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
+from proxy.accounting.pricing.cost import session_tool
+from proxy.accounting.sources.events.cut import cut_embedding_row, is_cut_embeddings
 from proxy.accounting.sources.events.rows import (
     TERMINAL_RESPONSE_EVENTS,
     chat_row,
@@ -51,6 +60,7 @@ from proxy.accounting.sources.events.rows import (
     response_row,
     terminal_response,
 )
+from proxy.accounting.sources.events.tools import container_memory
 from proxy.accounting.usage import UsageRow
 from proxy.errors import AccountingError
 from proxy.forwarding.decode import DecodeError, SSEEvent
@@ -85,7 +95,8 @@ class Attribute(Protocol):
 class EventObserver:
     """Records responses, chat completions and embeddings: `attribute` says who pays for a
     request, `prices` prices the usage, `submit` takes each row to write (and keeps
-    it while the database is down), `api_error` counts an upstream error by team and status."""
+    it while the database is down), `api_error` counts an upstream error by team and status,
+    `partial` (if given) a row whose prompt was estimated from part of its request, by kind."""
 
     def __init__(
         self,
@@ -94,8 +105,12 @@ class EventObserver:
         submit: Callable[[UsageRow], None],
         *,
         api_error: Callable[[str | None, int], None],
+        partial: Callable[[str], None] | None = None,
+        containers: Callable[[str, tuple[str, ...], Decimal | None], None] | None = None,
         seen_capacity: int = 100_000,
     ) -> None:
+        self._partial = partial
+        self._claim = containers
         self._attribute = attribute
         self._prices = prices
         self._submit = submit
@@ -144,6 +159,13 @@ class EventObserver:
             body = await asyncio.get_running_loop().run_in_executor(None, exchange.json)
         if (response := terminal_response(body)) is not None:
             await self._response(exchange, response)
+        elif (
+            body is None
+            and exchange.response_truncated
+            and exchange.method == "POST"
+            and is_cut_embeddings(exchange.raw_response_body)
+        ):
+            await self._cut_embeddings(exchange)
         elif exchange.method != "POST" or not isinstance(body, dict):
             return  # a GET of a stored chat completion was billed when it was created
         elif is_chat_completion(body):
@@ -170,29 +192,70 @@ class EventObserver:
             return
         who = await self._who(exchange)
         request = exchange.request_json() if exchange.method == "POST" else None
+        request = request if isinstance(request, dict) else None
+        containers = response_containers(response)
+        # With a claim (the row writer's), the database decides which response a container's
+        # session is charged to, across replicas; without, this process's memory does.
+        known = containers if self._claim is not None else self._containers.keys()
         row = response_row(
-            response,
-            who,
-            self._prices,
-            _now(),
-            request=request if isinstance(request, dict) else None,
-            known_containers=self._containers.keys(),
+            response, who, self._prices, _now(), request=request, known_containers=known
         )
-        for container in response_containers(response):
+        if self._claim is not None and containers:
+            tool = session_tool(container_memory(response, request))
+            price = self._prices.tool_price(tool, row.occurred_at)
+            self._claim(rid, tuple(sorted(containers)), price)
+        for container in containers:
             self._remember(self._containers, container)
         self._record(row)
         self._remember(self._seen, rid)
+
+    async def _cut_embeddings(self, exchange: Exchange) -> None:
+        """An embeddings answer larger than max_observed_body: estimated from the request
+        rather than lost (cut.py), with a warning naming the request."""
+        request = exchange.request_json()
+        request = request if isinstance(request, dict) else None
+        model = _str(request.get("model")) if request else None
+        who = await self._who(exchange)
+        # Counting up to max_observed_request of inputs takes a while: off the loop.
+        row = await asyncio.get_running_loop().run_in_executor(
+            None,
+            functools.partial(
+                cut_embedding_row,
+                request,
+                counter_for_model(model),
+                who,
+                self._prices,
+                _now(),
+                object_id=_request_id(exchange),
+            ),
+        )
+        _log.warning(
+            "request %s: an embeddings answer larger than max_observed_body; its usage is "
+            "estimated from the request (usage_source %r)",
+            exchange.request_id,
+            row.usage_source,
+        )
+        if row.usage_source == "estimated_partial" and self._partial is not None:
+            self._partial(row.kind)
+        self._record(row)
 
     async def _chat_stream(self, exchange: Exchange, stream: ChatStream) -> None:
         request = exchange.request_json()
         request = request if isinstance(request, dict) else None
         model = stream.model or (_str(request.get("model")) if request else None)
         estimate = None
+        # Larger than max_observed_request: only a cut copy, which JSON cannot parse.
+        partial = request is None and exchange.request_body_truncated
         if stream.usage is None:
             try:
                 # Tokenizing a long stream takes a while: off the loop, as the collector does.
                 estimate = await asyncio.get_running_loop().run_in_executor(
-                    None, estimate_chat_stream, request, stream, counter_for_model(model)
+                    None,
+                    _estimate,
+                    request,
+                    exchange.request_body if partial else b"",
+                    stream,
+                    counter_for_model(model),
                 )
             except AccountingError:
                 # The row is still written, with usage_source "none", so the event is counted.
@@ -207,7 +270,19 @@ class EventObserver:
             object_id=oid,
             estimate=estimate,
             model=model,
+            partial=partial,
         )
+        if row.usage_source == "estimated_partial":
+            _log.warning(
+                "request %s (chat completion %s) is larger than max_observed_request: its "
+                "prompt is estimated from the first %d bytes, a lower bound "
+                '(usage_source "estimated_partial")',
+                exchange.request_id,
+                oid,
+                len(exchange.request_body),
+            )
+            if self._partial is not None:
+                self._partial(row.kind)
         self._record(row)
 
     def _record(self, row: UsageRow) -> None:
@@ -233,6 +308,15 @@ class EventObserver:
         seen.move_to_end(key)
         if len(seen) > self._capacity:
             seen.popitem(last=False)
+
+
+def _estimate(
+    request: dict[str, Any] | None, prefix: bytes, stream: ChatStream, count: TokenCounter
+) -> tuple[int, int]:
+    prompt, completion = estimate_chat_stream(request, stream, count)
+    if request is None and prefix:
+        prompt = estimate_partial_prompt(prefix, count)
+    return prompt, completion
 
 
 def _ok(status: int | None) -> bool:

@@ -11,7 +11,8 @@ Recognition never looks at the path, so Azure's /openai/deployments/{d}/... work
 
 Rows: `kind` is "response", "chat.completion" or "embedding" and `object_id` the upstream's id.
 `usage_source` is "reported" when the upstream's usage is used, "estimated" for a chat stream
-without usage, and "none" when the upstream reported none and nothing can be estimated (a
+without usage ("estimated_partial" when its request was larger than the proxy keeps, so its
+prompt is a lower bound), and "none" when the upstream reported none and nothing can be estimated (a
 response that failed before its usage was known): such a row counts the event at zero tokens.
 """
 
@@ -24,7 +25,8 @@ from typing import Any
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import CHAT_ESTIMATOR, ChatStream
 from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
-from proxy.accounting.sources.assistants.rows import to_datetime
+from proxy.accounting.sources.assistants.rows import to_datetime, to_second
+from proxy.accounting.sources.events.tools import container_memory, uses_search_preview
 from proxy.accounting.usage import UsageRow, row_from, row_template
 
 __all__ = [
@@ -153,16 +155,22 @@ def response_row(
     new = [c for c in response_containers(response) if c not in known_containers]
     sessions = len(new) + unnamed
     when = (
-        to_datetime(response.get("completed_at")) or to_datetime(response.get("created_at")) or now
+        to_datetime(response.get("completed_at"))
+        or to_datetime(response.get("created_at"))
+        or to_second(now)
     )
     model = _str(response.get("model"))
+    searches = types.count("web_search_call")
+    preview = uses_search_preview(response, request, model)
     billed = Usage(
         prompt_tokens=prompt,
         cached_tokens=cached,
         completion_tokens=completion,
         code_interpreter_sessions=sessions,
         file_search_calls=types.count("file_search_call"),
-        web_search_calls=types.count("web_search_call"),
+        web_search_calls=0 if preview else searches,
+        web_search_preview_calls=searches if preview else 0,
+        container_memory=container_memory(response, request) if sessions else "1g",
     )
     req = _dict(request)
     return UsageRow(
@@ -183,9 +191,9 @@ def response_row(
         code_interpreter_calls=ci_calls,
         code_interpreter_sessions=sessions,
         file_search_calls=billed.file_search_calls,
-        web_search_calls=billed.web_search_calls,
+        web_search_calls=searches,
         function_calls=types.count("function_call"),
-        cost_usd=cost_of(prices, model, when, billed).total,
+        cost_usd=cost_of(prices, model, when, billed).billed,
     )
 
 
@@ -212,7 +220,7 @@ def _when(created: object, now: dt.datetime) -> dt.datetime:
     # A positive int is the common case; to_datetime decides all the others.
     if type(created) is int and created > 0:
         return _fromtimestamp(created, _UTC)
-    return to_datetime(created) or now
+    return to_datetime(created) or to_second(now)
 
 
 def _count(value: object) -> int:
@@ -292,10 +300,12 @@ def chat_stream_row(
     object_id: str,
     estimate: tuple[int, int] | None,
     model: str | None = None,
+    partial: bool = False,
 ) -> UsageRow:
     """The row of a stream: its reported usage, else `estimate` (None: the estimate failed, and
-    the row counts the event at zero tokens). Status "completed" once the usage or a finish
-    reason arrived, else "incomplete" (the stream broke off)."""
+    the row counts the event at zero tokens), "estimated_partial" when the estimate could see
+    only part of the request (`partial`). Status "completed" once the usage or a finish reason
+    arrived, else "incomplete" (the stream broke off)."""
     done = stream.usage is not None or stream.finished
     values = _row(_CHAT, who)
     values["status"] = "completed" if done else "incomplete"
@@ -307,8 +317,10 @@ def chat_stream_row(
         values["usage_source"] = "reported"
     else:
         tokens = (*(estimate or (0, 0)), 0, 0)
-        values["usage_source"] = "estimated" if estimate is not None else "none"
-        if estimate is not None:
+        if estimate is None:
+            values["usage_source"] = "none"
+        else:
+            values["usage_source"] = "estimated_partial" if partial else "estimated"
             values["estimator"] = CHAT_ESTIMATOR
     when = _when(stream.created, now)
     return _chat(values, object_id, stream.model or model, when, prices, tokens)
@@ -329,7 +341,7 @@ def embedding_row(
     values = _row(_EMBEDDING, who)
     values["object_id"] = object_id
     values["model"] = model
-    values["occurred_at"] = now
+    values["occurred_at"] = now = to_second(now)
     values["prompt_tokens"] = values["total_tokens"] = prompt
     values["cost_usd"] = token_cost(prices, model, now, prompt)
     return row_from(values)
