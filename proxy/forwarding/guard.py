@@ -312,7 +312,9 @@ class _Refused(asyncio.Protocol):
 class GuardedSite(web.TCPSite):
     """aiohttp's TCPSite with a ConnectionGuard as the protocol factory."""
 
-    __slots__ = ("guard",)
+    # aiohttp 3.14's TCPSite keeps the port it bound in `_bound_port`; 3.13's has no such slot.
+    # Declared here too, so the site can record it on either (a re-declared slot shadows).
+    __slots__ = ("_bound_port", "guard")
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ The internals, each for speed or for transparency (bench/README.md has the figur
 - the client connection guard (proxy/forwarding/guard.py) subclasses
   `web_protocol.RequestHandler`, reading its `_messages`, `_waiter`, `_task_handler`,
   `_request_in_progress` and `_loop`, measures heads as `http_parser.RawRequestMessage`, and
-  starts a TCPSite of its own (`_host`, `_port`, `_backlog`, `_server`, `_bound_port`).
+  starts a TCPSite of its own (`_host`, `_port`, `_backlog`, `_server`).
 
 `checked()`, called when the forwarder and the site start, looks at each and says which may be
 used. When one is not as this code expects (a newer aiohttp changed it), the proxy does
@@ -83,7 +83,7 @@ except ImportError:  # pragma: no cover - an aiohttp that moved them: check() sa
 
 # What the guard reads of RequestHandler, and what its site sets of TCPSite.
 _HANDLER_ATTRS = ("_messages", "_waiter", "_task_handler", "_request_in_progress", "_loop")
-_SITE_SLOTS = ("_host", "_port", "_backlog", "_server", "_bound_port")
+_SITE_SLOTS = ("_host", "_port", "_backlog", "_server")
 
 # The headers aiohttp's client adds to a request unless told not to.
 SKIPPED_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE, hdrs.USER_AGENT)
