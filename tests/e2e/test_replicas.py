@@ -54,15 +54,32 @@ class Replica:
         return self.proc.pid
 
     def pids(self) -> list[int]:
-        """The serving process and its collector process."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        return [self.pid, *map(int, children)]
+        """The serving process and its collector process: every process whose parent it is,
+        read from each process's own /proc/PID/stat. (/proc/PID/task/TID/children lists only
+        the children of one thread, and the kernel documents it as unreliable while children
+        come and go.)"""
+        return [self.pid, *_children(self.pid)]
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(api_key=KEY, base_url=self.url + "/v1", max_retries=0)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited while the folder was read
+        # The fields after the command name, which may hold spaces and parentheses.
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 async def _healthy(replica: Replica, session: aiohttp.ClientSession) -> bool:
@@ -209,11 +226,12 @@ async def test_a_replica_killed_mid_collection_strands_nothing(
     await wait_for(lambda: any(r["path"] == steps_path for r in upstream.requests), timeout=10)
     (job,) = await _jobs(sm)
     holder = int(job["claimed_by"].rsplit(":", 2)[1])
-    assert holder in a.pids() + b.pids()
-    dead, survivor = (a, b) if holder in a.pids() else (b, a)
+    a_pids, b_pids = a.pids(), b.pids()
+    assert holder in a_pids + b_pids, (holder, a_pids, b_pids)
+    dead, survivor, dead_pids = (a, b, a_pids) if holder in a_pids else (b, a, b_pids)
 
     # The machine goes: both of its processes at once, so nothing gives the job back.
-    for pid in dead.pids():
+    for pid in dead_pids:
         os.kill(pid, signal.SIGKILL)
     assert await dead.proc.wait() == -signal.SIGKILL
     upstream.faults.fetch_gate.set()
