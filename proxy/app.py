@@ -18,7 +18,7 @@ from proxy.forwarding.rewrite import IncludeUsage
 from proxy.gc_settings import collect_less
 from proxy.http.metrics import MetricsObserver
 from proxy.http.routes import install as install_admin
-from proxy.logs import ACCESS_LOGGER, AccessLogger
+from proxy.logs import ACCESS_LOGGER, AccessLogger, log_client_gone
 from proxy.metrics import Metrics
 from proxy.settings import Settings, mask_url
 
@@ -75,6 +75,7 @@ def make_app(
         max_observed_body=settings.max_observed_body,
         max_observed_request=settings.max_observed_request,
         rewriter=IncludeUsage() if settings.chat_include_usage else None,
+        on_client_gone=log_client_gone,
     )
     if service is not None:
         service.attach_forwarder(forwarder)

@@ -57,6 +57,8 @@ class Faults:
     drop_connections: int = 0
     # When set, fetches wait until the event is set (a collection caught mid-fetch).
     fetch_gate: asyncio.Event | None = None
+    # When set, a streamed chat completion's body ends only once it is set, after `[DONE]`.
+    hold_stream_end: asyncio.Event | None = None
     rate_429: float = 0.0
     rate_500: float = 0.0
     rate_drop: float = 0.0
@@ -285,6 +287,8 @@ class FakeUpstream:
         if include:
             await resp.write(_sse({**base, "choices": [], "usage": usage}))
         await resp.write(b"data: [DONE]\n\n")
+        if self.faults.hold_stream_end is not None:
+            await self.faults.hold_stream_end.wait()
         return resp
 
     async def embeddings(self, request: web.Request, key: str) -> web.Response:
