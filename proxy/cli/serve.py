@@ -31,12 +31,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + opt.name.replace("_", "-")
         if opt.type is bool:
+            # A setting that is on by default has a flag that turns it off, and says so.
             serve.add_argument(
                 flag if not opt.default else "--no-" + flag[2:],
                 dest=opt.name,
                 action="store_const",
                 const=not opt.default,
-                help=opt.help,
+                help=opt.help if not opt.default else f"do not {opt.help}",
             )
         else:
             serve.add_argument(flag, dest=opt.name, type=opt.type, help=opt.help)
