@@ -4,6 +4,7 @@ import. Each resource has its own cleanup_ctx, so start-up and shutdown are symm
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from proxy.accounting.process.supervisor import Forked, fork_collector
 from proxy.accounting.service import Accounting
+from proxy.errors import ConfigError
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.forward import Forwarder
 from proxy.forwarding.rewrite import IncludeUsage
@@ -28,6 +30,7 @@ __all__ = [
     "FORWARDER",
     "METRICS",
     "SETTINGS",
+    "listen_error",
     "make_app",
     "serve",
     "start_site",
@@ -119,8 +122,24 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        # The port was taken after `serve` checked it: close what setup opened (the upstream
+        # pool, the database, the collector), so the error is one line and not a trail of
+        # "Unclosed client session" warnings.
+        await runner.cleanup()
+        raise listen_error(host, port, exc) from None
     return runner
+
+
+def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """The one line for an address the proxy cannot listen on."""
+    hint = " (another process listens there: stop it, or choose another --port)"
+    in_use = exc.errno == errno.EADDRINUSE
+    return ConfigError(
+        f"port: cannot listen on {host}:{port}: {exc.strerror or exc}" + (hint if in_use else "")
+    )
 
 
 def serve(settings: Settings) -> None:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from proxy.cli.common import settings_of
+from proxy.cli.startup import require_bindable, warn_unknown_environment
 from proxy.settings import OPTIONS, mask_url
 
 __all__ = ["DB_WAIT", "add_commands", "upgrade_when_reachable"]
@@ -54,6 +55,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     restore_logging = configure_logging(settings)
     try:
+        warn_unknown_environment()
+        # Before the migration: a port in use is one line, with the database untouched.
+        require_bindable(settings.host, settings.port)
         if settings.migrate:
             asyncio.run(upgrade_when_reachable(settings.database_url, DB_WAIT))
         # Imported here: the other commands need neither aiohttp's server nor the accounting.
