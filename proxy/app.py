@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.accounting.process.supervisor import Forked, fork_collector
 from proxy.accounting.service import Accounting
+from proxy.db.engine import describe_url
 from proxy.errors import ConfigError
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.forward import Forwarder
@@ -22,7 +23,7 @@ from proxy.http.metrics import MetricsObserver
 from proxy.http.routes import install as install_admin
 from proxy.logs import ACCESS_LOGGER, AccessLogger, log_client_gone
 from proxy.metrics import Metrics
-from proxy.settings import Settings, mask_url
+from proxy.settings import Settings
 
 __all__ = [
     "ACCOUNTING",
@@ -160,7 +161,7 @@ async def _serve(settings: Settings, forked: Forked | None = None) -> None:
     runner = await start_site(app, settings.host, settings.port)
     print(
         f"usage-proxy listening on http://{settings.host}:{settings.port}, "
-        f"forwarding to {settings.upstream}, database {mask_url(settings.database_url)}",
+        f"forwarding to {settings.upstream}, database {describe_url(settings.database_url)}",
         flush=True,
     )
     stop = asyncio.Event()

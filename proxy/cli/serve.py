@@ -121,9 +121,10 @@ def _unreachable(exc: BaseException, url: str) -> bool:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from proxy.db.engine import describe_url
     from proxy.db.migrate import head, upgrade
 
     settings = settings_of(args)
     asyncio.run(upgrade(settings.database_url))
-    print(f"{mask_url(settings.database_url)}: at revision {head()}")
+    print(f"{describe_url(settings.database_url)}: at revision {head()}")
     return 0
