@@ -93,7 +93,14 @@ def make_app(
     if service is not None:
         app.cleanup_ctx.append(service.context)
     app.cleanup_ctx.append(_dispatcher_ctx)
-    install_admin(app, settings, metrics=metrics, dispatcher=dispatcher, accounting=service)
+    install_admin(
+        app,
+        settings,
+        metrics=metrics,
+        dispatcher=dispatcher,
+        accounting=service,
+        reachability=forwarder.reachability,
+    )
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
 
@@ -164,6 +171,12 @@ async def _serve(settings: Settings, forked: Forked | None = None) -> None:
         f"forwarding to {settings.upstream}, database {describe_url(settings.database_url)}",
         flush=True,
     )
+    if not settings.admin_token:
+        # They answer 404 like any unknown path, which alone does not say why.
+        _log.info(
+            "the admin endpoints /_proxy/usage and /_proxy/metrics are off until "
+            "USAGE_PROXY_ADMIN_TOKEN (or admin_token in the config file) is set"
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -22,6 +22,7 @@ from yarl import URL
 from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from proxy.forwarding.deadlines import HeaderDeadlines
 from proxy.forwarding.exchange import Dispatcher, Exchange
+from proxy.forwarding.reachability import Reachability
 from proxy.forwarding.rewrite import IncludeUsage
 from proxy.forwarding.taps import CopyTap, SSETap
 from proxy.forwarding.targets import filter_headers, unsafe_target
@@ -92,6 +93,8 @@ class Forwarder:
         # The one change the proxy may make to traffic, opt-in: see proxy.forwarding.rewrite.
         self._rewriter = rewriter
         self._on_client_gone = on_client_gone
+        # Kept from the traffic, for /_proxy/health.
+        self.reachability = Reachability()
         self._session = SessionTransport(
             str(self._origin) + self._base_path, connect_timeout=connect_timeout, limit=limit
         )
@@ -155,6 +158,7 @@ class Forwarder:
             raise
         except UpstreamError as exc:
             exchange.error = str(exc)
+            self.reachability.failed(time.time(), exc.code)
             done = True
             return error_response(exc.status, str(exc), exc.code)
         finally:
@@ -217,7 +221,7 @@ class Forwarder:
             raise self._timed_out() from None
         finally:
             deadlines.discard(task)
-        exchange.response_started_at = time.time()
+        exchange.response_started_at = self.reachability.last_success = time.time()
         try:
             return await self._relay(request, upstream, exchange, rewritten)
         finally:

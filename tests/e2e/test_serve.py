@@ -72,6 +72,14 @@ async def test_serve_prints_where_it_listens_forwards_and_stops_on_sigterm(
                 assert (await resp.json())["data"][0]["id"] == "gpt-4o"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert proc.stderr is not None
+        err = (await proc.stderr.read()).decode()
+        # No admin token: the admin endpoints answer 404, and the log said why, once.
+        off = (
+            "INFO proxy: the admin endpoints /_proxy/usage and /_proxy/metrics are off until "
+            "USAGE_PROXY_ADMIN_TOKEN (or admin_token in the config file) is set"
+        )
+        assert err.count(off) == 1, err
     finally:
         if proc.returncode is None:
             proc.kill()
