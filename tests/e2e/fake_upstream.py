@@ -57,6 +57,9 @@ class Faults:
     drop_connections: int = 0
     # When set, fetches wait until the event is set (a collection caught mid-fetch).
     fetch_gate: asyncio.Event | None = None
+    # The next this many fetches never answer: the client times out and gives up, and the
+    # handler is cancelled with its connection, so it never counts as a fetch.
+    hang_fetches: int = 0
     # When set, a streamed chat completion's body ends only once it is set, after `[DONE]`.
     hold_stream_end: asyncio.Event | None = None
     rate_429: float = 0.0
@@ -891,6 +894,9 @@ class FakeUpstream:
     async def _fault(self, request: web.Request) -> web.Response | None:
         if self.faults.fetch_gate is not None:
             await self.faults.fetch_gate.wait()
+        if self.faults.hang_fetches > 0:
+            self.faults.hang_fetches -= 1
+            await asyncio.Event().wait()
         if self.faults.drop_connections > 0:
             self.faults.drop_connections -= 1
             assert request.transport is not None
