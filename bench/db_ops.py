@@ -72,10 +72,10 @@ async def _main(url: str, n: int) -> None:
     async def enqueue(lo: int) -> None:
         for i in range(lo, lo + n):
             job = jobs.NewJob(
-                run_id=f"run_{i}",
+                object_id=f"run_{i}",
                 thread_id=f"t{i}",
                 api_prefix="/v1",
-                run_json="{}",
+                object_json="{}",
                 key_fingerprint=_FP,
             )
             await jobs.enqueue(sm, job)
@@ -110,10 +110,10 @@ async def _main(url: str, n: int) -> None:
 
     def _job(i: int) -> jobs.NewJob:
         return jobs.NewJob(
-            run_id=f"run_{i}",
+            object_id=f"run_{i}",
             thread_id=f"t{i}",
             api_prefix="/v1",
-            run_json="{}",
+            object_json="{}",
             key_fingerprint=_FP,
         )
 

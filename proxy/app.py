@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Sequence
 
@@ -17,16 +18,21 @@ from proxy.db.engine import describe_url
 from proxy.errors import ConfigError
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.forward import Forwarder
+from proxy.forwarding.guard import ClientLimits, GuardedSite
 from proxy.forwarding.rewrite import IncludeUsage
+from proxy.forwarding.upstream.compat import checked
 from proxy.gc_settings import collect_less
 from proxy.http.metrics import MetricsObserver
 from proxy.http.routes import install as install_admin
 from proxy.logs import ACCESS_LOGGER, AccessLogger, log_client_gone
 from proxy.metrics import Metrics
+from proxy.reconcile.admin_api import ENV as ADMIN_KEY_ENV
+from proxy.reconcile.schedule import BillingSchedule
 from proxy.settings import Settings
 
 __all__ = [
     "ACCOUNTING",
+    "BILLING",
     "DISPATCHER",
     "FORWARDER",
     "METRICS",
@@ -45,6 +51,8 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 METRICS = web.AppKey("metrics", Metrics)
 # The accounting, when the app has one (make_app(accounting=True)).
 ACCOUNTING = web.AppKey("accounting", Accounting)
+# The scheduled billing pull, when billing_pull_interval and an admin key are given.
+BILLING = web.AppKey("billing", BillingSchedule)
 
 
 def make_app(
@@ -53,11 +61,14 @@ def make_app(
     *,
     accounting: bool = True,
     collector: Forked | None = None,
+    admin_key: str | None = None,
 ) -> web.Application:
     """Build the proxy. `observers=None` means the built-in accounting observers; a list
     replaces them (tests pass recording observers). `accounting=False` runs a bare proxy with no
-    database and no collector. `collector`: a collector process `serve` forked already."""
-    app = web.Application(client_max_size=0, handler_args={"max_field_size": 65536})
+    database and no collector. `collector`: a collector process `serve` forked already.
+    `admin_key`: the OpenAI admin key for the scheduled billing pull (`serve` passes
+    $OPENAI_ADMIN_KEY); it pulls when `billing_pull_interval` is set too."""
+    app = web.Application(client_max_size=0)
     app[SETTINGS] = settings
     service = None
     if accounting:
@@ -93,6 +104,21 @@ def make_app(
     if service is not None:
         app.cleanup_ctx.append(service.context)
     app.cleanup_ctx.append(_dispatcher_ctx)
+    if service is not None and settings.billing_pull_interval > 0:
+        if admin_key:
+            billing = BillingSchedule(
+                service.sessionmaker,
+                metrics,
+                billing_url=settings.billing_url,
+                admin_key=admin_key,
+                interval=settings.billing_pull_interval,
+            )
+            app[BILLING] = billing
+            app.cleanup_ctx.append(billing.context)
+        else:
+            _log.warning(
+                "billing_pull_interval is set but %s is not: no billing pulls", ADMIN_KEY_ENV
+            )
     install_admin(
         app,
         settings,
@@ -121,15 +147,31 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
 async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving `app`; the caller owns the runner. Disconnects cancel the handler, which
     is how a client that goes away mid-stream closes the upstream connection. Each request
-    gets one line on the `proxy.access` logger (see proxy.logs.AccessLogger)."""
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log_class=AccessLogger,
-        access_log=logging.getLogger(ACCESS_LOGGER),
-    )
+    gets one line on the `proxy.access` logger (see proxy.logs.AccessLogger). Client
+    connections are held to the settings' limits (proxy.forwarding.guard), or, when this
+    aiohttp lacks what the guard needs (compat.py logs it), to aiohttp's own: each header line
+    within client_max_header_bytes and the keep-alive timeout."""
+    access = {"access_log_class": AccessLogger, "access_log": logging.getLogger(ACCESS_LOGGER)}
+    limits = client_limits(app[SETTINGS])
+    if not checked().guard:
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            keepalive_timeout=limits.keepalive_timeout,
+            max_line_size=limits.max_header_bytes,
+            max_field_size=limits.max_header_bytes,
+            **access,
+        )
+        await runner.setup()
+        await _listen(runner, web.TCPSite(runner, host, port, reuse_address=True), host, port)
+        return runner
+    runner = web.AppRunner(app, handler_cancellation=True, **access)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await _listen(runner, GuardedSite(runner, host, port, limits, **access), host, port)
+    return runner
+
+
+async def _listen(runner: web.AppRunner, site: web.BaseSite, host: str, port: int) -> None:
     try:
         await site.start()
     except OSError as exc:
@@ -138,7 +180,6 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
         # "Unclosed client session" warnings.
         await runner.cleanup()
         raise listen_error(host, port, exc) from None
-    return runner
 
 
 def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
@@ -147,6 +188,16 @@ def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
     in_use = exc.errno == errno.EADDRINUSE
     return ConfigError(
         f"port: cannot listen on {host}:{port}: {exc.strerror or exc}" + (hint if in_use else "")
+    )
+
+
+def client_limits(settings: Settings) -> ClientLimits:
+    return ClientLimits(
+        header_timeout=settings.client_header_timeout,
+        body_timeout=settings.client_body_timeout,
+        keepalive_timeout=settings.client_keepalive_timeout,
+        max_header_bytes=settings.client_max_header_bytes,
+        max_connections=settings.client_max_connections,
     )
 
 
@@ -164,7 +215,8 @@ def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, forked: Forked | None = None) -> None:
-    app = make_app(settings, collector=forked)
+    # The admin key is read here, from the environment only: never a setting or a flag.
+    app = make_app(settings, collector=forked, admin_key=os.environ.get(ADMIN_KEY_ENV))
     runner = await start_site(app, settings.host, settings.port)
     print(
         f"usage-proxy listening on http://{settings.host}:{settings.port}, "
@@ -174,8 +226,8 @@ async def _serve(settings: Settings, forked: Forked | None = None) -> None:
     if not settings.admin_token:
         # They answer 404 like any unknown path, which alone does not say why.
         _log.info(
-            "the admin endpoints /_proxy/usage and /_proxy/metrics are off until "
-            "USAGE_PROXY_ADMIN_TOKEN (or admin_token in the config file) is set"
+            "the admin endpoints /_proxy/usage, /_proxy/metrics and /_proxy/reconcile are off "
+            "until USAGE_PROXY_ADMIN_TOKEN (or admin_token in the config file) is set"
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

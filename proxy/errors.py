@@ -4,6 +4,7 @@ ProxyError
 ├── ConfigError        a bad setting; names the key and the value (never a secret)
 ├── UpstreamError      no response from the upstream; 502 or 504 at the boundary
 │   ├── UpstreamUnreachable   refused, reset, DNS failure    -> 502 upstream_unreachable
+│   ├── UpstreamBadResponse   a response that is not HTTP    -> 502 upstream_bad_response
 │   └── UpstreamTimeout       no headers in upstream_timeout -> 504 upstream_timeout
 └── AccountingError    collecting or recording failed; logged, retried, never shown
     ├── FetchError          a steps/messages fetch failed (status, retry_after)
@@ -18,6 +19,7 @@ __all__ = [
     "FetchError",
     "MissingCredential",
     "ProxyError",
+    "UpstreamBadResponse",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
@@ -40,6 +42,11 @@ class UpstreamError(ProxyError):
 class UpstreamUnreachable(UpstreamError):
     status = 502
     code = "upstream_unreachable"
+
+
+class UpstreamBadResponse(UpstreamError):
+    status = 502
+    code = "upstream_bad_response"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, Request, StreamResponse
 
 from proxy.forwarding.forward import REQUEST_ID
+from proxy.redact import redact
 from proxy.settings import Settings
 
 __all__ = [
@@ -39,12 +39,6 @@ __all__ = [
 
 ACCESS_LOGGER = "proxy.access"
 
-_SECRET = re.compile(
-    r"\b(sk-)[A-Za-z0-9_\-]{6,}"
-    r"|\b(Bearer\s+)[^\s\"',;&]+"
-    r"|\b(api[-_]key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+",
-    re.IGNORECASE,
-)
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # aiohttp makes one access logger per connection: ids are counted per process, and the random
 # prefix tells replicas (all pid 1 in their containers) apart.
@@ -58,11 +52,6 @@ _CHATTY = ("alembic.runtime.plugins",)
 _REDACTED = "_redacted"
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-
-def redact(text: str) -> str:
-    """`text` with API keys, bearer tokens and api-key values replaced by ***."""
-    return _SECRET.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "***", text)
 
 
 class RedactingFilter(logging.Filter):
@@ -201,7 +190,8 @@ class AccessLogger(AbstractAccessLogger):
         request_id = request.get(REQUEST_ID) or f"{_ID_PREFIX}-{next(_ids)}"
         upstream_id = response.headers.get("x-request-id")
         # The client and the upstream choose these three; the rest is the proxy's own.
-        if _SECRET.search(f"{method} {path} {upstream_id}"):
+        seen = f"{method} {path} {upstream_id}"
+        if redact(seen) != seen:
             method, path = redact(method), redact(path)
             upstream_id = redact(upstream_id) if upstream_id else upstream_id
         fields = {

@@ -69,6 +69,9 @@ class Metrics:
         self.observer_failures = Gauge(
             "usage_proxy_observer_failures", "Observer calls that raised", registry=r
         )
+        self.credentials_held = Gauge(
+            "usage_proxy_credentials_held", "API keys held in memory for collection", registry=r
+        )
         self._team = _Bounded()
         self._model = _Bounded()
         # Children by label values: `labels()` costs microseconds per call. The label values

@@ -18,9 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.config_values import USERINFO, coerce, families, flatten, mask_url
 from proxy.errors import ConfigError
 
 __all__ = ["OPTIONS", "Option", "Settings", "load_settings", "mask_url"]
+
+
+def _est(help: str) -> Any:
+    # An estimator constant: -1 leaves it to the fitted table (proxy/accounting/estimate/).
+    return _opt(-1, f"{help} (-1: the fitted table)", flag=False)
 
 
 def _opt(default: Any, help: str, *, secret: bool = False, flag: bool = True) -> Any:
@@ -35,7 +41,9 @@ class Settings:
 
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8080, "port to listen on (1-65535)")
-    upstream: str = _opt("https://api.openai.com", "the API server to forward to")
+    upstream: str = _opt(
+        "https://api.openai.com", "the API server to forward to (user:password@ is refused)"
+    )
     database_url: str = _opt("sqlite+aiosqlite:///usage.db", "SQLAlchemy async database URL")
     upstream_timeout: float = _opt(600.0, "seconds to wait for the upstream's response headers")
     upstream_connect_timeout: float = _opt(30.0, "seconds to wait for a connection to the upstream")
@@ -47,6 +55,24 @@ class Settings:
     )
     max_observed_body: int = _opt(8 * 1024 * 1024, "bytes of a response body observers see")
     max_observed_request: int = _opt(4 * 1024 * 1024, "bytes of a request body observers see")
+    # Client connections (proxy/forwarding/guard.py): what a slow or half-open client may hold.
+    client_header_timeout: float = _opt(
+        30.0, "seconds a client has to send a request's headers, from their first byte", flag=False
+    )
+    client_body_timeout: float = _opt(
+        120.0, "seconds a request body may pause while the proxy waits for it", flag=False
+    )
+    client_keepalive_timeout: float = _opt(
+        75.0, "seconds an idle kept-alive client connection stays open", flag=False
+    )
+    client_max_header_bytes: int = _opt(
+        65536, "bytes of a request's line and headers in all (more: 431)", flag=False
+    )
+    client_max_connections: int = _opt(
+        1024,
+        "client connections at once (more: 503); lowered to what the open-file limit allows",
+        flag=False,
+    )
     migrate: bool = _opt(True, "upgrade the database schema on start")
     key_secret: str = _opt(
         "",
@@ -77,7 +103,11 @@ class Settings:
     collector_retry_base: float = _opt(
         1.0, "first retry delay in seconds; doubles per attempt", flag=False
     )
-    collector_max_backoff: float = _opt(300.0, "cap on retry backoff, in seconds", flag=False)
+    collector_max_backoff: float = _opt(
+        14400.0,
+        "cap on retry backoff, in seconds (with the defaults, collector_max_attempts span a day)",
+        flag=False,
+    )
     collector_fetch_timeout: float = _opt(60.0, "seconds per steps/messages fetch", flag=False)
     reported_usage_wait: float = _opt(
         600.0,
@@ -88,71 +118,57 @@ class Settings:
     credential_ttl: float = _opt(
         86400.0, "seconds a key stays in memory after it was last seen", flag=False
     )
-    estimate_base_prompt: int = _opt(
-        -1,
-        "system prompt of a run with no tools and no instructions (-1: the fitted table)",
+    # Hardening of credentials and collection (issue 20).
+    credential_limit: int = _opt(
+        10_000,
+        "most keys held in memory; beyond it the least recently used is forgotten",
         flag=False,
     )
-    estimate_per_user_message: int = _opt(
-        -1, "prompt overhead of a user message (-1: the fitted table)", flag=False
-    )
-    estimate_per_assistant_message: int = _opt(
-        -1, "prompt overhead of an assistant message (-1: the fitted table)", flag=False
-    )
-    estimate_answer_completion: int = _opt(
-        -1, "completion overhead of an answer (-1: the fitted table)", flag=False
-    )
-    estimate_code_interpreter_tool: int = _opt(
-        -1, "system prompt the code interpreter tool adds (-1: the fitted table)", flag=False
-    )
-    estimate_code_interpreter_file: int = _opt(
-        -1,
-        "system prompt per file listed to code interpreter, beside its path (-1: fitted)",
+    collector_max_attempts: int = _opt(
+        20,
+        "failed attempts after which a run is recorded from itself alone (usage_source gave_up)",
         flag=False,
     )
-    estimate_file_search_tool: int = _opt(
-        -1, "system prompt the file search tool adds (-1: the fitted table)", flag=False
+    estimate_base_prompt: int = _est("system prompt of a run with no tools and no instructions")
+    estimate_per_user_message: int = _est("prompt overhead of a user message")
+    estimate_per_assistant_message: int = _est("prompt overhead of an assistant message")
+    estimate_answer_completion: int = _est("completion overhead of an answer")
+    estimate_code_interpreter_tool: int = _est("system prompt the code interpreter tool adds")
+    estimate_code_interpreter_file: int = _est(
+        "system prompt per file listed to code interpreter, beside its path"
     )
-    estimate_function_tool: int = _opt(
-        -1, "system prompt function calling adds (-1: the fitted table)", flag=False
+    estimate_file_search_tool: int = _est("system prompt the file search tool adds")
+    estimate_function_tool: int = _est("system prompt function calling adds")
+    estimate_per_function_definition: int = _est(
+        "overhead per function definition, beside its rendering"
     )
-    estimate_per_function_definition: int = _opt(
-        -1,
-        "overhead per function definition, beside its rendering (-1: the fitted table)",
-        flag=False,
+    estimate_code_interpreter_prompt: int = _est("prompt overhead of a code interpreter call")
+    estimate_code_interpreter_completion: int = _est(
+        "completion overhead of a code interpreter call"
     )
-    estimate_code_interpreter_prompt: int = _opt(
-        -1, "prompt overhead of a code interpreter call (-1: the fitted table)", flag=False
+    estimate_per_code_interpreter_output: int = _est("prompt overhead per code interpreter output")
+    estimate_function_call_prompt: int = _est("prompt overhead of a function call")
+    estimate_function_call_completion: int = _est("completion overhead of a function call")
+    estimate_file_search_prompt: int = _est("prompt overhead of a file search call and its query")
+    estimate_file_search_completion: int = _est(
+        "completion tokens of a file search call (its query is unseen)"
     )
-    estimate_code_interpreter_completion: int = _opt(
-        -1, "completion overhead of a code interpreter call (-1: the fitted table)", flag=False
-    )
-    estimate_per_code_interpreter_output: int = _opt(
-        -1, "prompt overhead per code interpreter output (-1: the fitted table)", flag=False
-    )
-    estimate_function_call_prompt: int = _opt(
-        -1, "prompt overhead of a function call (-1: the fitted table)", flag=False
-    )
-    estimate_function_call_completion: int = _opt(
-        -1, "completion overhead of a function call (-1: the fitted table)", flag=False
-    )
-    estimate_file_search_prompt: int = _opt(
-        -1, "prompt overhead of a file search call and its query (-1: the fitted table)", flag=False
-    )
-    estimate_file_search_completion: int = _opt(
-        -1,
-        "completion tokens of a file search call (its query is unseen) (-1: the fitted table)",
-        flag=False,
-    )
-    estimate_per_file_search_result: int = _opt(
-        -1, "prompt overhead per file search result (-1: the fitted table)", flag=False
-    )
-    estimate_image_tiles: int = _opt(
-        -1, "512-pixel tiles of an image whose size is unknown (-1: the fitted table)", flag=False
-    )
+    estimate_per_file_search_result: int = _est("prompt overhead per file search result")
+    estimate_image_tiles: int = _est("512-pixel tiles of an image whose size is unknown")
     estimate_families: str = _opt(
         "",
         "per-family constants as JSON, {family: {name: value}}; in the file, [estimate.FAMILY]",
+        flag=False,
+    )
+    billing_url: str = _opt(
+        "https://api.openai.com",
+        "the OpenAI admin API that `billing pull` reads billed costs from",
+        flag=False,
+    )
+    billing_pull_interval: float = _opt(
+        0.0,
+        "seconds between billing pulls of the last 3 days by `serve` (0: never); needs "
+        "OPENAI_ADMIN_KEY in the environment",
         flag=False,
     )
     config: str = _opt("", "TOML config file")
@@ -183,7 +199,7 @@ class Settings:
 
     def estimate_family_constants(self) -> dict[str, dict[str, Any]]:
         """The per-family tables of ``estimate_families`` (validated by __post_init__)."""
-        return _families(self.estimate_families)
+        return families(self.estimate_families)
 
 
 @dataclass(frozen=True)
@@ -221,12 +237,24 @@ def _validate(s: Settings) -> None:
     if not 1 <= s.port <= 65535:
         raise ConfigError(f"port: {s.port} is out of range (1-65535)")
     parts = urlsplit(s.upstream)
+    shown = repr(USERINFO.sub("//***@", s.upstream, count=1))  # no part of user:password
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"upstream: {s.upstream!r} is not an http(s) URL with a host")
+        raise ConfigError(f"upstream: {shown} is not an http(s) URL with a host")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        raise ConfigError(f"upstream: {s.upstream!r} has a bad port") from exc
+        raise ConfigError(f"upstream: {shown} has a bad port") from exc
+    if "@" in parts.netloc:
+        # Refused, not used: the upstream authenticates each request by the client's own key,
+        # in the client's Authorization header, which Basic auth from the URL would collide
+        # with; and never silently dropped either.
+        raise ConfigError(
+            f"upstream: {shown} carries user info (user:password@), which the proxy does not"
+            " send; clients authenticate with their own keys"
+        )
+    billing = urlsplit(s.billing_url)
+    if billing.scheme not in ("http", "https") or not billing.hostname:
+        raise ConfigError(f"billing_url: {s.billing_url!r} is not an http(s) URL with a host")
     if "://" not in s.database_url:
         # Shown only when it cannot hold credentials (user:password@host).
         shown = "the value" if "@" in s.database_url else repr(s.database_url)
@@ -241,6 +269,9 @@ def _validate(s: Settings) -> None:
         "collector_lease",
         "collector_poll_interval",
         "collector_fetch_timeout",
+        "client_header_timeout",
+        "client_body_timeout",
+        "client_keepalive_timeout",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be > 0")
@@ -251,84 +282,27 @@ def _validate(s: Settings) -> None:
         "reported_usage_wait",
         "collector_max_backoff",
         "credential_ttl",
+        "billing_pull_interval",
     ):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 0")
+    for name in ("client_max_header_bytes", "client_max_connections"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 1")
     if s.collector_workers < 1:
         raise ConfigError(f"collector_workers: {s.collector_workers!r} must be >= 1")
+    for name in ("credential_limit", "collector_max_attempts"):  # issue 20
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 1")
     for name, value in s.estimate_constants().items():
         if value < 0:
             raise ConfigError(f"estimate_{name}: {value!r} must be >= 0 (or -1: the fitted table)")
-    _families(s.estimate_families)
-
-
-def _families(text: str) -> dict[str, dict[str, Any]]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise ConfigError(f"estimate_families: {text[:80]!r} is not JSON") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(f, str) and isinstance(t, dict) for f, t in value.items()
-    ):
-        raise ConfigError("estimate_families: must be an object of {family: {name: value}}")
-    for family, table in value.items():
-        for name, number in table.items():
-            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-                raise ConfigError(
-                    f"estimate.{family}.{name}: {number!r} must be a whole number >= 0"
-                )
-    return value
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and the start-up line."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    families(s.estimate_families)
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     opt = _BY_NAME[name]
-    shown = "***" if opt.secret else repr(value)
-    try:
-        if opt.type is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if opt.type is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if opt.type is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if not isinstance(value, str):
-            raise ValueError
-        return value
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{name}: {shown} from {source} is not a valid {opt.type.__name__}"
-        ) from None
-
-
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "_"))
-        else:
-            out[name] = value
-    return out
+    return coerce(name, opt.type, value, source, secret=opt.secret)
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -346,7 +320,7 @@ def _read_file(path: str) -> dict[str, Any]:
         raw = {**raw, "estimate": {k: v for k, v in estimate.items() if k not in families}}
         if families:
             raw["estimate"]["families"] = json.dumps(families, sort_keys=True)
-    values = _flatten(raw)
+    values = flatten(raw)
     for key in values:
         if key not in _BY_NAME:
             raise ConfigError(f"config: unknown key {key!r} in {path!r}")

@@ -5,29 +5,12 @@ import logging
 
 import pytest
 
-from proxy.logs import JsonFormatter, RedactingFilter, configure_logging, redact
+from proxy.logs import JsonFormatter, RedactingFilter, configure_logging
+from proxy.redact import redact
 from proxy.settings import Settings
 from tests.fake_keys import fake_key
 
 KEY = fake_key("logs", "9876")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (f"key {KEY} seen", "key sk-*** seen"),
-        (f"Authorization: Bearer {KEY}", "Authorization: Bearer ***"),
-        ("authorization: bearer admin-token-1", "authorization: bearer ***"),
-        ("api-key: 0123456789abcdef0123456789abcdef", "api-key: ***"),
-        ('{"api_key": "azure-secret"}', '{"api_key": "***"}'),
-        ("api-key=abc&x=1", "api-key=***&x=1"),
-        ("task-force and disk-usage are words", "task-force and disk-usage are words"),
-        ("sk-1 is too short to be a key", "sk-1 is too short to be a key"),
-        ("GET /v1/models 200 1.2ms", "GET /v1/models 200 1.2ms"),
-    ],
-)
-def test_redact(text: str, expected: str) -> None:
-    assert redact(text) == expected
 
 
 def _record(msg: str, *args: object, exc: BaseException | None = None, **extra: object):

@@ -113,6 +113,11 @@ def test_numbers_from_environment_and_file(config) -> None:
         ({"log_format": "xml"}, {}, None, "log_format", "xml"),
         ({"log_level": "LOUD"}, {}, None, "log_level", "LOUD"),
         ({"collector_workers": 0}, {}, None, "collector_workers", "0"),
+        ({"client_header_timeout": 0}, {}, None, "client_header_timeout", "0"),
+        ({"client_body_timeout": -1}, {}, None, "client_body_timeout", "-1"),
+        ({"client_keepalive_timeout": 0}, {}, None, "client_keepalive_timeout", "0"),
+        ({"client_max_header_bytes": 0}, {}, None, "client_max_header_bytes", "0"),
+        ({"client_max_connections": 0}, {}, None, "client_max_connections", "0"),
         ({}, {}, "[estimate]\nbase_prompt = -2\n", "estimate_base_prompt", "-2"),
         ({}, {}, "[estimate]\nbase_prompt = 'many'\n", "estimate_base_prompt", "many"),
         ({}, {}, "[estimate]\nno_such_constant = 1\n", "estimate_no_such_constant", ""),
@@ -204,3 +209,30 @@ def test_settings_are_frozen_and_replace_validates() -> None:
     assert s.replace(port=1234).port == 1234
     with pytest.raises(ConfigError, match="port"):
         s.replace(port=70000)
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        "http://user:hunter2-upstream-pw@upstream.test",
+        "https://user:hunter2-upstream-pw@upstream.test:8443/base",
+        "http://hunter2-upstream-pw@upstream.test",  # a token as the user name
+        "http://user:hunter2-upstream-pw@upstream.test:99999",  # and a bad port
+        "ftp://user:hunter2-upstream-pw@upstream.test",  # and a bad scheme
+    ],
+)
+def test_an_upstream_with_credentials_is_refused_and_never_echoed(upstream: str) -> None:
+    """Issue 20: user info in the upstream URL is refused with one clear line (the client's own
+    key is what the upstream authenticates; Basic auth beside it cannot work), and no part of
+    it is shown."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"upstream": upstream}, {})
+    message = str(info.value)
+    assert message.startswith("upstream: ") and "hunter2" not in message
+    assert "***@upstream.test" in message
+
+
+def test_no_settings_can_hold_an_upstream_with_credentials() -> None:
+    """So neither the start line nor /_proxy/health, which show `upstream`, can show one."""
+    with pytest.raises(ConfigError):
+        Settings(upstream="http://user:hunter2-upstream-pw@upstream.test")

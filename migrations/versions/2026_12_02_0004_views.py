@@ -93,7 +93,7 @@ SELECT month, team,
     sum(r.cost_usd) / 1e10 AS cost_usd,
     sum(CASE WHEN r.cost_usd IS NULL THEN 1 ELSE 0 END) AS unpriced_events,
     CASE WHEN sum(r.cost_usd) = 0 THEN 0.0 ELSE
-        1.0 * sum(CASE WHEN usage_source LIKE 'estimated%' THEN r.cost_usd ELSE 0 END)
+        1.0 * sum(CASE WHEN usage_source <> 'reported' THEN r.cost_usd ELSE 0 END)
         / sum(r.cost_usd)
     END AS estimated_share
 FROM (SELECT substr(occurred_at, 1, 7) AS month, * FROM usage_records) AS r
@@ -110,7 +110,7 @@ SELECT month, team,
     sum(cost_usd) AS cost_usd,
     count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_events,
     CASE WHEN coalesce(sum(cost_usd), 0) = 0 THEN 0 ELSE
-        coalesce(sum(cost_usd) FILTER (WHERE usage_source LIKE 'estimated%'), 0) / sum(cost_usd)
+        coalesce(sum(cost_usd) FILTER (WHERE usage_source <> 'reported'), 0) / sum(cost_usd)
     END AS estimated_share
 FROM usage
 GROUP BY month, team

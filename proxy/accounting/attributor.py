@@ -21,23 +21,24 @@ from proxy.accounting.usage import UsageRow
 from proxy.db import mappings
 from proxy.db import secrets as db_secrets
 from proxy.db.errors import DB_ERRORS
-from proxy.keys import CredentialStore, extract_key, fingerprint, hint
+from proxy.keys import CredentialStore, fingerprint, hint, split_query, used_credential
 
 __all__ = ["Attributor"]
 
 _log = logging.getLogger("proxy.accounting")
 
 _TEAM_TTL = 60.0
-# The request headers attribution depends on (see Attributor.attribute).
-_ATTRIBUTED_BY = (
-    "Authorization",
-    "api-key",
-    "OpenAI-Project",
-    "OpenAI-Organization",
-    "X-Usage-Team",
-    "X-Usage-Tag",
-)
+# The headers attribution depends on (see Attributor.attribute): those sent upstream, and the
+# proxy's own, which never are.
+_ATTRIBUTED_BY = ("Authorization", "api-key", "OpenAI-Project", "OpenAI-Organization")
+_OWN = ("X-Usage-Team", "X-Usage-Tag")
+_NOTHING_SENT: Mapping[str, str] = {}
 _FP_CACHE = 10_000
+
+
+def _secret_params(query: str) -> tuple[tuple[str, str], ...]:
+    # Only the query's credential parameters tell requests apart for attribution.
+    return split_query(query)[1] if query else ()
 
 
 class Attributor:
@@ -61,10 +62,11 @@ class Attributor:
         self._secret_ready = asyncio.Event() if self._secret is None else None
         self._fps: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._teams: dict[tuple[str | None, str | None], tuple[str, float]] = {}
-        self._attributions: dict[tuple[str | None, ...], tuple[Attribution, float]] = {}
+        self._attributions: dict[tuple[object, ...], tuple[Attribution, float]] = {}
         self._remembering: set[asyncio.Future[None]] = set()
-        # (Authorization, api-key) as sent -> fingerprint: remember_key runs on every response.
-        self._fp_by_headers: dict[tuple[str | None, str | None], str] = {}
+        # (Authorization, api-key, the query's credential parameters) as sent -> fingerprint:
+        # remember_key runs on every response.
+        self._fp_by_headers: dict[tuple[object, ...], str] = {}
 
     @property
     def needs_secret(self) -> bool:
@@ -108,73 +110,91 @@ class Attributor:
             self._fps.popitem(last=False)
         return fp
 
-    def remember_key(self, headers: Mapping[str, str]) -> None:
+    def remember_key(self, headers: Mapping[str, str], query: str = "") -> None:
         """Keep this request's credential in memory: a job waiting for this key (after a
-        restart, or from another replica's sighting) can now be collected here. Called for
-        every response, so a known key costs a few dictionary lookups; a new one is
-        fingerprinted on a task (its secret may still be loading)."""
-        sent = (headers.get("Authorization"), headers.get("api-key"))
+        restart, or from another replica's sighting) can now be collected here. `headers` are
+        the request's as sent upstream. Called for every response, so a known key costs a few
+        dictionary lookups; a new one is fingerprinted on a task (its secret may still be
+        loading)."""
+        sent = (headers.get("Authorization"), headers.get("api-key"), _secret_params(query))
         fp = self._fp_by_headers.get(sent)
         if fp is None:
-            key = extract_key(headers)
-            if key is not None:
-                task = asyncio.ensure_future(self._remember_new(sent, key, headers))
+            used = used_credential(headers, query)
+            if used is not None:
+                task = asyncio.ensure_future(self._remember_new(sent, used.key, headers, query))
                 self._remembering.add(task)
                 task.add_done_callback(self._remembering.discard)
         else:
-            self._keep(fp, headers)
+            self._keep(fp, headers, query)
 
     async def _remember_new(
-        self, sent: tuple[str | None, str | None], key: str, headers: Mapping[str, str]
+        self, sent: tuple[object, ...], key: str, headers: Mapping[str, str], query: str
     ) -> None:
         fp = await self._fingerprint(key)
         if len(self._fp_by_headers) >= _FP_CACHE:
             self._fp_by_headers.clear()
         self._fp_by_headers[sent] = fp
-        self._keep(fp, headers)
+        self._keep(fp, headers, query)
 
-    def _keep(self, fp: str, headers: Mapping[str, str]) -> None:
-        if self.credentials.remember(fp, headers):
+    def _keep(self, fp: str, headers: Mapping[str, str], query: str) -> None:
+        if self.credentials.remember(fp, headers, query):
             self._on_key()  # jobs waiting for this key can be collected now
 
-    async def attribute(self, headers: Mapping[str, str]) -> Attribution:
+    async def attribute(
+        self,
+        sent: Mapping[str, str] | None,
+        own: Mapping[str, str],
+        *,
+        keep: bool = True,
+        query: str = "",
+    ) -> Attribution:
         """Who pays for a request: the key's fingerprint, team, tag, project and organization.
-        Also keeps the credential in memory for collection.
+        Also keeps the credential in memory for collection, unless not `keep` (the upstream
+        refused the key).
+
+        `sent` are the request's headers as sent upstream (None: nothing was sent), which
+        alone say which key and project the request used; `own` are the headers as received,
+        for the proxy's own X-Usage-* headers, which are never forwarded; `query` is the query
+        string as sent, whose credential parameters count as the key when no header has one.
 
         Remembered per combination of the headers it depends on, for as long as a team lookup
         is: most traffic comes from a few keys, and working it out again cost more than the
         rest of a request's accounting (bench/README.md)."""
         now = time.monotonic()
-        seen = tuple(map(headers.get, _ATTRIBUTED_BY))
+        sent = _NOTHING_SENT if sent is None else sent
+        seen = (*map(sent.get, _ATTRIBUTED_BY), *map(own.get, _OWN), _secret_params(query))
         hit = self._attributions.get(seen)
         if hit is not None and hit[1] > now:
             # The credential itself is refreshed by remember_key, which sees every response.
             return hit[0]
-        who = await self._attribute(headers)
+        who = await self._attribute(sent, own, keep, query)
         if who.team is not None:  # None: the database is down; the write resolves it later
             if len(self._attributions) >= _FP_CACHE:
                 self._attributions.clear()
             self._attributions[seen] = (who, now + _TEAM_TTL)
         return who
 
-    async def _attribute(self, headers: Mapping[str, str]) -> Attribution:
-        key = extract_key(headers)
+    async def _attribute(
+        self, sent: Mapping[str, str], own: Mapping[str, str], keep: bool, query: str
+    ) -> Attribution:
+        used = used_credential(sent, query)
+        key = used.key if used is not None else None
         fp = await self._fingerprint(key) if key else None
-        if key and fp:
-            self.credentials.remember(fp, headers)
-        project = Attribution.header(headers, "OpenAI-Project")
+        if key and fp and keep:
+            self.credentials.remember(fp, sent, query)
+        project = Attribution.header(sent, "OpenAI-Project")
         team = None
         if self._allow_client_team:
-            team = Attribution.header(headers, "X-Usage-Team")
+            team = Attribution.header(own, "X-Usage-Team")
         if team is None:
             team = await self._team(fp, project)
         return Attribution(
             key_fingerprint=fp,
             key_hint=hint(key) if key else None,
             team=team,
-            tag=Attribution.header(headers, "X-Usage-Tag"),
+            tag=Attribution.header(own, "X-Usage-Tag"),
             project=project,
-            organization=Attribution.header(headers, "OpenAI-Organization"),
+            organization=Attribution.header(sent, "OpenAI-Organization"),
         )
 
     async def _team(self, fp: str | None, project: str | None) -> str | None:

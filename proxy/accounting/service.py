@@ -11,9 +11,8 @@ them; fail open for traffic either way).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -26,11 +25,11 @@ from proxy.accounting.sources.assistants.collector import RunCollector
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
 from proxy.accounting.sources.events.observer import EventObserver
-from proxy.accounting.usage import UsageRow, UsageSignal
+from proxy.accounting.usage import ASSISTANTS_RUN, UsageSignal
 from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.accounting.writing.outbox import JobWriter
 from proxy.accounting.writing.row_writer import RowWriter
-from proxy.db import jobs, mappings
+from proxy.db import jobs
 from proxy.db import secrets as db_secrets
 from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.db.errors import DB_ERRORS
@@ -58,7 +57,8 @@ class Accounting:
             self.constants = table_from_settings(settings)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        self.credentials = CredentialStore(settings.credential_ttl)
+        self.credentials = CredentialStore(settings.credential_ttl, limit=settings.credential_limit)
+        self.metrics.credentials_held.set_function(lambda: len(self.credentials.fingerprints()))
         # "Usage was recorded", from both writers, after they commit.
         self.recorded = UsageSignal()
         self.recorded.subscribe(UsageMetrics(self.metrics))
@@ -195,14 +195,17 @@ class Accounting:
     async def open_job(self, sighting: RunSighting) -> None:
         """A run was seen finished: queue its collection job for the outbox writer, which
         inserts it with the jobs that came meanwhile (or keeps it until the DB is back)."""
-        who = await self.attribute(sighting.request_headers)
+        who = await self.attribute(
+            sighting.upstream_headers, sighting.request_headers, query=sighting.query_string
+        )
         run = sighting.run
         job = jobs.NewJob(
-            run_id=run["id"],
+            source=ASSISTANTS_RUN,
+            object_id=run["id"],
             thread_id=run["thread_id"],
             api_prefix=sighting.api_prefix,
             api_query=sighting.api_query,
-            run_json=sighting.run_json,
+            object_json=sighting.run_json,
             **who.columns(),
             has_reported_usage=isinstance(run.get("usage"), dict),
         )
@@ -215,28 +218,6 @@ class Accounting:
     def _wake_collector(self) -> None:
         if self.collector is not None:
             self.collector.wake()
-
-    async def resolve_team(self, row: UsageRow) -> UsageRow:
-        """The row with its team looked up now, if it could not be when the request was seen."""
-        [resolved] = await self.resolve_teams([row])
-        return resolved
-
-    async def resolve_teams(self, rows: Sequence[UsageRow]) -> list[UsageRow]:
-        """`resolve_team` for many rows: one lookup per distinct (fingerprint, project)."""
-        teams: dict[tuple[str | None, str | None], str] = {}
-        out: list[UsageRow] = []
-        for row in rows:
-            if row.team is not None:
-                out.append(row)
-                continue
-            who = (row.key_fingerprint, row.project)
-            team = teams.get(who)
-            if team is None:
-                team = teams[who] = await mappings.team_for(
-                    self.sessionmaker(), fingerprint=who[0], project=who[1]
-                )
-            out.append(dataclasses.replace(row, team=team))
-        return out
 
     def _show_backlog(self) -> None:
         # Jobs and usage rows waiting in the writers: during an outage they are held there.

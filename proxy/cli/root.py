@@ -8,13 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from proxy import __version__
-from proxy.cli import calibration, mappings, report, serve, sql
+from proxy.cli import billing, calibration, mappings, reconcile, report, serve, sql
 from proxy.cli.common import PROG, Parser, UsageError
 from proxy.errors import ConfigError
 
 __all__ = ["main"]
 
-_GROUPS = (serve, report, mappings, sql, calibration)
+_GROUPS = (serve, report, mappings, sql, calibration, billing, reconcile)
 
 
 def _build_parser() -> Parser:

@@ -1,4 +1,5 @@
-"""The outbox of finished Assistants runs (table collection_jobs).
+"""The outbox of objects still to collect, per usage source (table collection_jobs): finished
+Assistants runs, so far.
 
 Every function takes the async_sessionmaker and runs one short transaction of its own, so a
 caller never holds a transaction open across an upstream fetch.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.engine import reading
 from proxy.db.models import CollectionJob, utcnow
+from proxy.redact import redact
 
 __all__ = [
+    "ASSISTANTS_SOURCE",
     "ClaimedJob",
     "NewJob",
     "backoff",
@@ -52,20 +54,23 @@ __all__ = [
 ]
 
 _jobs: Table = CollectionJob.__table__  # type: ignore[assignment]
+# The source of every job written before jobs named theirs (and the only one so far).
+ASSISTANTS_SOURCE = "assistants.run"
 _MAX_ERROR = 2000
 # Defence in depth: callers pass safe text, but an upstream error body could echo a key.
-_SECRETS = re.compile(r"(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]+|(Bearer\s+)\S+", re.IGNORECASE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class NewJob:
     """The content of a collection job; never a credential (only its fingerprint and hint)."""
 
-    run_id: str
-    thread_id: str
+    # The usage source that collects the job: the kind of the row it becomes.
+    source: str = ASSISTANTS_SOURCE
+    object_id: str
+    thread_id: str | None = None
     api_prefix: str
     api_query: str = ""
-    run_json: str
+    object_json: str
     key_fingerprint: str | None = None
     key_hint: str | None = None
     team: str | None = None
@@ -92,7 +97,11 @@ _CLAIMED_FIELDS = tuple(f.name for f in dataclasses.fields(ClaimedJob))
 # Statements are built once, at import, and executed with parameters: building one per call
 # costs more CPU than the database spends on it (bench/README.md, finding 2).
 def _enqueue(insert: Callable[[Table], Any]) -> Any:
-    return insert(_jobs).on_conflict_do_nothing(index_elements=["run_id"]).returning(_jobs.c.run_id)
+    return (
+        insert(_jobs)
+        .on_conflict_do_nothing(index_elements=["source", "object_id"])
+        .returning(_jobs.c.object_id)
+    )
 
 
 def _claim(*, skip_locked: bool) -> Any:
@@ -101,10 +110,17 @@ def _claim(*, skip_locked: bool) -> Any:
     eligible = or_(
         _jobs.c.key_fingerprint.in_(bindparam("fingerprints", expanding=True)),
         and_(_jobs.c.has_reported_usage.is_(True), _jobs.c.created_at <= bindparam("cutoff")),
+        # Out of attempts: recorded from the run alone, which needs no key.
+        _jobs.c.attempts >= bindparam("max_attempts", type_=Integer),
     )
     pick = (
         select(_jobs.c.id)
-        .where(_jobs.c.next_attempt_at <= now, unclaimed, eligible)
+        .where(
+            _jobs.c.source == bindparam("of_source"),
+            _jobs.c.next_attempt_at <= now,
+            unclaimed,
+            eligible,
+        )
         .order_by(_jobs.c.next_attempt_at, _jobs.c.id)
         .limit(bindparam("limit", type_=Integer))
     )
@@ -138,7 +154,7 @@ def _dialect(session: AsyncSession) -> str:
 async def enqueue(
     sm: async_sessionmaker[AsyncSession], job: NewJob, *, now: dt.datetime | None = None
 ) -> bool:
-    """Insert the job unless one exists for its run_id. True if this call inserted it."""
+    """Insert the job unless its source has one for its object. True if this call inserted it."""
     return await enqueue_many(sm, [job], now=now) == 1
 
 
@@ -148,16 +164,17 @@ async def enqueue_many(
     *,
     now: dt.datetime | None = None,
 ) -> int:
-    """Insert, in one transaction, the jobs whose run_id has no job yet (a run_id repeated in
-    `new_jobs` counts once, from its first job); how many this call inserted. All or nothing:
-    a job the database refuses fails the whole call."""
+    """Insert, in one transaction, the jobs whose (source, object_id) has no job yet (one
+    repeated in `new_jobs` counts once, from its first job); how many this call inserted. All
+    or nothing: a job the database refuses fails the whole call."""
     now = now or utcnow()
-    params: dict[str, dict[str, Any]] = {}
+    params: dict[tuple[str, str], dict[str, Any]] = {}
     for job in new_jobs:
-        if job.run_id not in params:
+        key = (job.source, job.object_id)
+        if key not in params:
             values = {name: getattr(job, name) for name in _NEW_FIELDS}
             values.update(created_at=now, next_attempt_at=now, attempts=0)
-            params[job.run_id] = values
+            params[key] = values
     if not params:
         return 0
     async with sm.begin() as session:
@@ -173,14 +190,17 @@ async def claim(
     reported_wait: float,
     lease: float,
     limit: int,
+    max_attempts: int = 2**31 - 1,
+    source: str = ASSISTANTS_SOURCE,
     now: dt.datetime | None = None,
 ) -> list[ClaimedJob]:
-    """Claim up to `limit` due jobs for `worker`, oldest due first.
+    """Claim up to `limit` due jobs of `source` for `worker`, oldest due first.
 
     Due: next_attempt_at <= now and not claimed (or the claim's lease has run out). Eligible:
     the job's key fingerprint is in `fingerprints` (this process holds the credential), or the
-    run reported its usage and the job is at least `reported_wait` seconds old (recorded
-    without fetching). The claim lasts `lease` seconds; attempts is not changed. One statement
+    object reported its usage and the job is at least `reported_wait` seconds old (recorded
+    without fetching), or the job has failed `max_attempts` times (recorded from the object
+    alone). The claim lasts `lease` seconds; attempts is not changed. One statement
     in one transaction, whatever `limit` is.
     """
     if limit <= 0:
@@ -193,6 +213,8 @@ async def claim(
         "fingerprints": list(fingerprints),
         "limit": limit,
         "worker": worker,
+        "max_attempts": max_attempts,
+        "of_source": source,
     }
     async with sm.begin() as session:
         rows = (await session.execute(_CLAIM[_dialect(session)], params)).all()
@@ -314,5 +336,5 @@ def backoff(
 
 
 def _safe_error(error: str) -> str:
-    text = _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "***", error)
+    text = redact(error)
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."

@@ -26,12 +26,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
+    "BilledCost",
+    "BillingKey",
+    "BillingLease",
     "CodeInterpreterCall",
     "CollectionJob",
     "KeyTeam",
     "Money",
     "ProjectTeam",
     "ProxySecret",
+    "Reconciliation",
     "ThreadSession",
     "UTCDateTime",
     "UsageRecord",
@@ -162,24 +166,33 @@ class UsageRecord(Base):
 
 
 class CollectionJob(Base):
-    """The outbox: a run seen in a terminal status, still to be collected and recorded.
+    """The outbox: an object of a usage source (an Assistants run) seen in a terminal status,
+    still to be collected and recorded. `source` names the source that collects it (the kind
+    of the usage row it becomes); a new source adds its jobs here and its columns by migration.
 
     Written before any fetch, so a restart loses nothing. The credential is not here (never at
-    rest): a replica only claims jobs whose key fingerprint it holds in memory, or jobs whose run
-    carried reported usage once `reported_usage_wait` has passed.
+    rest): a replica only claims jobs whose key fingerprint it holds in memory, or jobs whose
+    object carried reported usage once `reported_usage_wait` has passed.
     """
 
     __tablename__ = "collection_jobs"
-    __table_args__ = (Index("ix_collection_jobs_next_attempt_at", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_collection_jobs_next_attempt_at", "next_attempt_at"),
+        UniqueConstraint("source", "object_id", name="uq_collection_jobs_source_object_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    run_id: Mapped[str] = mapped_column(String(255), unique=True)
-    thread_id: Mapped[str] = mapped_column(String(255))
-    # Follow-up URLs are built from these: the path prefix before /threads/ and the query string
-    # (Azure's api-version) of the request in which the run was seen.
+    source: Mapped[str] = mapped_column(
+        String(64), default="assistants.run", server_default="assistants.run"
+    )
+    object_id: Mapped[str] = mapped_column(String(255))
+    thread_id: Mapped[str | None] = mapped_column(String(255))  # an Assistants run's thread
+    # Follow-up URLs are built from these: the path prefix before the object's own path (for a
+    # run, before /threads/) and the query string (Azure's api-version) of the request in
+    # which the object was seen.
     api_prefix: Mapped[str] = mapped_column(String(512))
     api_query: Mapped[str] = mapped_column(String(1024), default="")
-    run_json: Mapped[str] = mapped_column(Text)
+    object_json: Mapped[str] = mapped_column(Text)
     key_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
     key_hint: Mapped[str | None] = mapped_column(String(32))
     team: Mapped[str | None] = mapped_column(String(128))
@@ -246,3 +259,64 @@ class ProxySecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class BilledCost(Base):
+    """What the provider billed: one row per UTC day, project, key and line item, as its costs
+    API (or an Azure cost export) reports it. A pull replaces the days it covers, so a day that
+    was still open when it was first pulled ends up as billed."""
+
+    __tablename__ = "billed_costs"
+    __table_args__ = (
+        UniqueConstraint(
+            "source", "day", "project", "api_key_id", "line_item", name="uq_billed_costs_source"
+        ),
+        Index("ix_billed_costs_day", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # "openai" | "azure"
+    day: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, UTC
+    project: Mapped[str] = mapped_column(String(255), default="")
+    api_key_id: Mapped[str] = mapped_column(String(255), default="")
+    line_item: Mapped[str] = mapped_column(String(255), default="")
+    amount: Mapped[Decimal]
+    currency: Mapped[str] = mapped_column(String(8), default="usd")
+    pulled_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class BillingKey(Base):
+    """An API key as the provider's admin API lists it: its id, project, name and redacted
+    value (`sk-...abcd`): never the key."""
+
+    __tablename__ = "billing_keys"
+
+    api_key_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    project: Mapped[str] = mapped_column(String(255))
+    project_name: Mapped[str | None] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(255))
+    redacted_value: Mapped[str | None] = mapped_column(String(64))
+    seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Reconciliation(Base):
+    """One true-up of a month: its adjustment rows (usage_records of kind `adjustment`) carry
+    its id in their object_id and tag, and go with it on undo."""
+
+    __tablename__ = "reconciliations"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), unique=True)
+    adjusted_usd: Mapped[Decimal]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class BillingLease(Base):
+    """Which replica runs the scheduled billing pull, until when: taken by a conditional
+    UPDATE, so exactly one holds it, and another takes over when it runs out."""
+
+    __tablename__ = "billing_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime]

@@ -47,14 +47,20 @@ class BodyTooLarge(DecodeError):
 class Decompressor:
     """Incremental decoder for one Content-Encoding value (possibly a list, applied in order).
 
-    With `limit`, no stage may produce more than `limit` bytes: DecodeError is raised instead,
-    before a decompression bomb can take the memory.
+    With `limit`, no stage produces more than `limit` bytes, and no call more than a few MiB,
+    before a decompression bomb can take the memory: the call that reaches the limit returns
+    the output up to it and sets `over`, and later calls raise BodyTooLarge.
     """
 
     def __init__(self, content_encoding: str | None, *, limit: int | None = None) -> None:
         codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
         # Encodings are listed in the order they were applied, so they are undone in reverse.
         self._stages = [_stage(c, limit) for c in reversed(codings) if c != "identity"]
+
+    @property
+    def over(self) -> bool:
+        """Whether a stage reached the limit: the output so far is cut there."""
+        return any(stage.over for stage in self._stages)
 
     def feed(self, data: bytes) -> bytes:
         for stage in self._stages:
@@ -72,6 +78,7 @@ class _Stage:
     def __init__(self, limit: int | None) -> None:
         self._limit = limit
         self._produced = 0
+        self.over = False
 
     def feed(self, data: bytes) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError
@@ -84,10 +91,16 @@ class _Stage:
         return 0 if self._limit is None else self._limit - self._produced + 1
 
     def _count(self, out: bytes) -> bytes:
+        """`out`, cut where the limit is reached (and `over` set)."""
         self._produced += len(out)
         if self._limit is not None and self._produced > self._limit:
-            raise BodyTooLarge(f"decoded body exceeds the limit of {self._limit} bytes")
+            self.over = True
+            return out[: len(out) - (self._produced - self._limit)]
         return out
+
+    def _check(self) -> None:
+        if self.over:
+            raise BodyTooLarge(f"decoded body exceeds the limit of {self._limit} bytes")
 
 
 class _Zlib(_Stage):
@@ -103,6 +116,7 @@ class _Zlib(_Stage):
         self._done = False
 
     def feed(self, data: bytes) -> bytes:
+        self._check()
         if not data:
             return b""
         if self._head is not None:
@@ -123,7 +137,7 @@ class _Zlib(_Stage):
                 self._d = zlib.decompressobj(-zlib.MAX_WBITS)
                 return self._decompress(head)
             raise DecodeError(f"bad compressed data: {exc}") from exc
-        if self._d.eof and self._d.unused_data:
+        if self._d.eof and self._d.unused_data and not self.over:
             rest = self._d.unused_data
             if self._wbits > zlib.MAX_WBITS:
                 self._d = zlib.decompressobj(self._wbits)
@@ -132,6 +146,7 @@ class _Zlib(_Stage):
         return out
 
     def flush(self) -> bytes:
+        self._check()
         if not self._d.eof:
             raise DecodeError("compressed body is truncated")
         return b""
@@ -143,13 +158,14 @@ class _Brotli(_Stage):
         self._d = _brotli.Decompressor()
 
     def feed(self, data: bytes) -> bytes:
+        self._check()
         if not data:
             return b""
         try:
             if self._limit is None:
                 return self._count(self._d.process(data))
             out = self._count(self._d.process(data, output_buffer_limit=self._room()))
-            while not self._d.can_accept_more_data():
+            while not self.over and not self._d.can_accept_more_data():
                 out += self._count(self._d.process(b"", output_buffer_limit=self._room()))
             return out
         except DecodeError:
@@ -158,36 +174,42 @@ class _Brotli(_Stage):
             raise DecodeError(f"bad brotli data: {exc}") from exc
 
     def flush(self) -> bytes:
+        self._check()
         if not self._d.is_finished():
             raise DecodeError("brotli body is truncated")
         return b""
 
 
 class _Zstd(_Stage):
-    # zstandard's decompressobj has no output bound, so a limited stage feeds it in slices.
-    _SLICE = 16 * 1024
+    # zstandard's decompressobj has no output bound, so a limited stage feeds it in slices
+    # small enough to bound each call's output too: a zstd block decodes to 128 KiB at most,
+    # and takes 4 bytes at least (RLE), so 256 bytes make 8 MiB at most.
+    _SLICE = 256
 
     def __init__(self, limit: int | None) -> None:
         super().__init__(limit)
         self._d = _zstd.ZstdDecompressor().decompressobj()
 
     def feed(self, data: bytes) -> bytes:
+        self._check()
         if not data:
             return b""  # a decompressobj at its end refuses even empty input
         if self._limit is None:
             return self._decompress(data)
         view = memoryview(data)
-        return b"".join(
-            self._decompress(bytes(view[i : i + self._SLICE]))
-            for i in range(0, len(view), self._SLICE)
-        )
+        out = []
+        for i in range(0, len(view), self._SLICE):
+            out.append(self._decompress(bytes(view[i : i + self._SLICE])))
+            if self.over:
+                break
+        return b"".join(out)
 
     def _decompress(self, data: bytes) -> bytes:
         try:
             out = self._count(self._d.decompress(data))
         except _zstd.ZstdError as exc:
             raise DecodeError(f"bad zstd data: {exc}") from exc
-        if self._d.eof and self._d.unused_data:
+        if self._d.eof and self._d.unused_data and not self.over:
             # Concatenated frames are one stream (RFC 8878 section 3.1).
             rest = self._d.unused_data
             self._d = _zstd.ZstdDecompressor().decompressobj()
@@ -195,6 +217,7 @@ class _Zstd(_Stage):
         return out
 
     def flush(self) -> bytes:
+        self._check()
         if not self._d.eof:
             raise DecodeError("zstd body is truncated")
         return b""
@@ -216,7 +239,10 @@ def decode_body(body: bytes, content_encoding: str | None, *, limit: int | None 
     """Undo Content-Encoding on a whole body. Raises DecodeError when it can't, or when the
     decoded body would be larger than `limit` bytes."""
     d = Decompressor(content_encoding, limit=limit)
-    return d.feed(body) + d.flush()
+    out = d.feed(body)
+    if d.over:
+        raise BodyTooLarge(f"decoded body exceeds the limit of {limit} bytes")
+    return out + d.flush()
 
 
 # orjson reads an integer beyond 64 bits as a float; 20 digits is the shortest such literal.

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.forwarding.decode import BodyTooLarge, DecodeError, SSEEvent, decode_body, parse_json
 
@@ -47,6 +47,10 @@ class Exchange:
     path: str
     query_string: str
     request_headers: CIMultiDictProxy[str]
+    # As sent upstream: hop-by-hop headers, those named in Connection and X-Usage-* removed.
+    # None when nothing was sent. The credential a request used is read from these
+    # (proxy.keys.used_credential), never from a header the upstream did not get.
+    upstream_headers: CIMultiDict[str] | None = None
     request_body: bytes = b""
     request_body_truncated: bool = False
     started_at: float = field(default_factory=time.time)

@@ -17,19 +17,26 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import (
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from proxy.forwarding.deadlines import HeaderDeadlines
 from proxy.forwarding.exchange import Dispatcher, Exchange
 from proxy.forwarding.reachability import Reachability
 from proxy.forwarding.rewrite import IncludeUsage
 from proxy.forwarding.taps import CopyTap, SSETap
-from proxy.forwarding.targets import filter_headers, unsafe_target
+from proxy.forwarding.targets import filter_headers, reserved, unsafe_target
 from proxy.forwarding.upstream import Body, Response
 from proxy.forwarding.upstream.compat import Internals, checked, request_key, response_class
 from proxy.forwarding.upstream.lean import UpstreamClient
 from proxy.forwarding.upstream.session import SessionTransport
+from proxy.keys import conflicting_keys
 
 __all__ = ["REQUEST_ID", "ClientGone", "Forwarder", "error_response"]
 
@@ -133,6 +140,18 @@ class Forwarder:
         why = unsafe_target(raw_path)
         if why is not None or request.method == "CONNECT":
             return error_response(400, why or "CONNECT is not supported", "bad_request_target")
+        if reserved(raw_path):
+            # The admin routes are matched as written; any other spelling is not an API path.
+            return error_response(404, f"no such proxy endpoint: {request.path}", "not_found")
+        sent = filter_headers(request.headers, request=True)
+        if conflicting_keys(sent):
+            # Fail closed: forwarded, the request would be billed to one key and recorded
+            # against the other, whichever the upstream reads.
+            return error_response(
+                400,
+                "the request carries two different API keys (Authorization and api-key)",
+                "ambiguous_credentials",
+            )
         exchange = Exchange(
             request_id=f"{_ID_PREFIX}-{next(_ids)}",
             method=request.method,
@@ -145,7 +164,7 @@ class Forwarder:
         request[REQUEST_ID] = exchange.request_id
         done = False
         try:
-            response = await self._forward(request, raw_path, exchange)
+            response = await self._forward(request, raw_path, exchange, sent)
             done = True
             return response
         except asyncio.CancelledError:
@@ -169,9 +188,9 @@ class Forwarder:
             self._dispatcher.submit("on_error" if exchange.error else "on_response", exchange)
 
     async def _forward(
-        self, request: web.Request, raw_path: str, exchange: Exchange
+        self, request: web.Request, raw_path: str, exchange: Exchange, sent: CIMultiDict[str]
     ) -> web.StreamResponse:
-        headers = filter_headers(request.headers, request=True)
+        headers = exchange.upstream_headers = sent
         data: Body = None
         rewritten, rw = False, self._rewriter
         if (
@@ -197,16 +216,18 @@ class Forwarder:
         assert task is not None
         deadlines.add(task)
         lean = self._lean
-        # The lean client takes a body in hand, and no 100-continue (aiohttp's client does).
+        # The lean client takes a body in hand. (Expect is never forwarded: targets.py.)
         transport = (
-            lean
-            if lean is not None
-            and (data is None or type(data) is bytes)
-            and hdrs.EXPECT not in headers
-            else self._session
+            lean if lean is not None and (data is None or type(data) is bytes) else self._session
         )
         try:
             upstream = await transport.send(request.method, raw_path, headers, data)
+        except aiohttp.ClientResponseError as exc:
+            # The parser refused the response. Named by type only: its bytes are the
+            # upstream's, and nothing of them goes into an error or a log line.
+            raise UpstreamBadResponse(
+                f"the upstream sent a malformed response: {type(exc).__name__}"
+            ) from exc
         except aiohttp.ClientError as exc:
             # Before TimeoutError: a connect timeout is both, and it means "unreachable".
             raise UpstreamUnreachable(
@@ -222,12 +243,17 @@ class Forwarder:
         finally:
             deadlines.discard(task)
         exchange.response_started_at = self.reachability.last_success = time.time()
+        # The upstream answered before it had the whole body (a streamed one): it may never
+        # read the rest, so the connection is not reused, nor is its writer waited for.
+        streamed = data is not None and type(data) is not bytes
+        early = streamed and data.ag_frame is not None  # type: ignore[union-attr]
         try:
             return await self._relay(request, upstream, exchange, rewritten)
         finally:
             # Closing (not releasing) an unfinished response drops its connection, so a client
-            # that went away also stops the upstream's generation.
-            if not upstream.content.at_eof():
+            # that went away also stops the upstream's generation. A released one goes back to
+            # its pool only if the exchange ended cleanly (upstream/checked.py).
+            if early or not upstream.content.at_eof():
                 upstream.close()
             else:
                 upstream.release()

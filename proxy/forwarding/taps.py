@@ -54,20 +54,26 @@ class SSETap:
         )
         if encoding:
             try:
-                self._decoder = Decompressor(encoding)
+                # Capped like the JSON copy: a small compressed stream may decode to gigabytes.
+                self._decoder = Decompressor(encoding, limit=limit)
             except DecodeError:
                 self._parser = None
 
     def feed(self, chunk: bytes) -> None:
         if self._parser is None:
             return
+        decoder = self._decoder
         try:
-            if self._decoder is not None:
-                chunk = self._decoder.feed(chunk)
+            if decoder is not None:
+                chunk = decoder.feed(chunk)
         except DecodeError:
             self._parser = None  # unreadable copy: the client's bytes are unaffected
             return
         self._events(self._parser.feed(chunk), len(chunk))
+        if decoder is not None and decoder.over and self._parser is not None:
+            # The cap: observers see the events before it, and no more is decoded.
+            self._parser = None
+            self._exchange.response_truncated = True
 
     def close(self) -> None:
         if self._parser is None or self._decoder is None:

@@ -1,6 +1,7 @@
 """Which request targets may be forwarded, and which headers cross: hop-by-hop headers
 (RFC 9110 section 7.6.1, plus Proxy-* and those a Connection header names) never do, nor the
-X-Usage-* request headers addressed to this proxy."""
+X-Usage-* request headers addressed to this proxy, nor Expect (the proxy meets it). Nothing
+under /_proxy/, however spelled, is forwarded."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from urllib.parse import unquote
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["filter_headers", "unsafe_target"]
+__all__ = ["filter_headers", "reserved", "unsafe_target"]
 
 # RFC 9110 section 7.6.1, plus Proxy-* (matched by prefix below).
 _HOP_BY_HOP = frozenset(
@@ -37,7 +38,10 @@ def _dropped(name: str, request: bool) -> bool:
     low = name.lower()
     if low in _HOP_BY_HOP or low.startswith("proxy-"):
         return True
-    return request and low.startswith("x-usage-")  # addressed to this proxy only
+    # X-Usage-* is addressed to this proxy only. Expect is met here, once: aiohttp's server
+    # answers 100 Continue before the handler reads the body, so the upstream gets a plain
+    # request (waiting for its 100 as well hung until upstream_timeout when it sent none).
+    return request and (low.startswith("x-usage-") or low == "expect")
 
 
 # Verdicts per header name as spelled on the wire: the same few dozen names arrive on every
@@ -82,3 +86,15 @@ def unsafe_target(raw_path: str) -> str | None:
     if decoded is not path and any(c in decoded for c in "\r\n\0"):
         return "control characters are not allowed in the path"
     return None
+
+
+def reserved(raw_path: str) -> bool:
+    """Whether a request target is under the proxy's own /_proxy/ prefix, in any case or
+    encoding: such a request is never forwarded (it may carry the admin token)."""
+    path = raw_path.partition("?")[0]
+    for _ in range(8):  # as in unsafe_target: %255F and deeper
+        if "%" not in path:
+            break
+        path = unquote(path)
+    first = path.replace("\\", "/").lstrip("/").partition("/")[0]
+    return first.partition(";")[0].lower() == "_proxy"

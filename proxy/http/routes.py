@@ -4,6 +4,8 @@
 - GET /_proxy/usage: the report of `usage-proxy report` over HTTP, as JSON or CSV. Needs the
   admin token and accounting (usage.py).
 - GET /_proxy/metrics: Prometheus text. Needs the admin token (metrics.py).
+- GET /_proxy/reconcile: recorded beside billed cost, as `usage-proxy reconcile` gives it.
+  Needs the admin token and accounting (reconcile.py).
 
 Without a configured admin_token, usage and metrics are not routed at all and answer 404 like
 any unknown /_proxy/ path: a proxy nobody configured for it exposes no billing data. With one,
@@ -22,6 +24,7 @@ from proxy.forwarding.reachability import Reachability
 from proxy.http.auth import AdminToken, error
 from proxy.http.health import Health
 from proxy.http.metrics import MetricsEndpoint
+from proxy.http.reconcile import Reconcile
 from proxy.http.usage import Usage
 from proxy.metrics import Metrics
 from proxy.settings import Settings
@@ -53,4 +56,7 @@ def install(
         )
         if accounting is not None:
             app.router.add_get("/_proxy/usage", Usage(token, accounting.sessionmaker).handle)
+            app.router.add_get(
+                "/_proxy/reconcile", Reconcile(token, accounting.sessionmaker).handle
+            )
     app.router.add_route("*", "/_proxy/{tail:.*}", _not_found)

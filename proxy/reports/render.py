@@ -84,7 +84,28 @@ def _cell(value: Any) -> str:
         return _money(value)
     if isinstance(value, dt.datetime):
         return iso_utc(value)
-    return str(value)
+    return _printable(str(value))
+
+
+_NAMED_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _printable(text: str) -> str:
+    """`text` with every character that is not printable (ESC and the other controls, line
+    and paragraph separators, bidi overrides, bytes that were not UTF-8) escaped as Python
+    writes it: a value a client chose cannot move the cursor or forge a line of a report."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def to_table(rows: Sequence[Row], columns: Sequence[str], *, totals: bool = True) -> str:

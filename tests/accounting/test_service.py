@@ -28,7 +28,8 @@ KEY = {"Authorization": "Bearer sk-test-aaaaaaaaaaaaaaaaaaaa1234"}
 
 def sighting(run_id: str, headers: dict[str, str] | None = None) -> RunSighting:
     run = {"id": run_id, "object": "thread.run", "thread_id": f"t_{run_id}", "status": "completed"}
-    return RunSighting(run, "/v1", "api-version=1", headers if headers is not None else KEY)
+    sent = headers if headers is not None else KEY
+    return RunSighting(run, "/v1", "api-version=1", sent, sent)
 
 
 class Collector:
@@ -49,7 +50,7 @@ def accounting_on(sm: Any) -> Accounting:
 
 async def stored(sm: SM) -> dict[str, CollectionJob]:
     async with sm() as session:
-        return {j.run_id: j for j in await session.scalars(select(CollectionJob))}
+        return {j.object_id: j for j in await session.scalars(select(CollectionJob))}
 
 
 def backlog(acc: Accounting) -> float:

@@ -124,6 +124,7 @@ def test_bad_arguments_subprocess_one_line(tmp_path: Path):
         ["serve", "--port", "70000"],
         ["serve", "--port", "eighty"],
         ["serve", "--upstream", "ftp://example.com"],
+        ["serve", "--upstream", "http://user:s3cret@example.com"],
         ["serve", "--key-secret", "s3cret"],
         ["frobnicate"],
         ["keys"],

@@ -18,10 +18,10 @@ T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
 def make_job(run_id: str = "run_1", **overrides) -> NewJob:
     fields = {
-        "run_id": run_id,
+        "object_id": run_id,
         "thread_id": "thread_1",
         "api_prefix": "/v1",
-        "run_json": json.dumps({"id": run_id, "object": "thread.run"}),
+        "object_json": json.dumps({"id": run_id, "object": "thread.run"}),
         "key_fingerprint": "fp-a",
         "key_hint": "sk-...aaaa",
         "team": "red",
@@ -34,15 +34,26 @@ def claim(sm, worker: str = "w1", *, fingerprints=("fp-a",), now=T0, **kwargs):
     return jobs.claim(sm, worker=worker, fingerprints=fingerprints, now=now, **options)
 
 
-async def test_enqueue_is_idempotent_on_run_id(sm):
+async def test_enqueue_is_idempotent_on_source_and_object_id(sm):
     assert await jobs.enqueue(sm, make_job(), now=T0)
     assert not await jobs.enqueue(sm, make_job(team="other"), now=T0)
     assert await jobs.pending_count(sm) == 1
     [claimed] = await claim(sm)
     assert claimed.team == "red"
-    assert claimed.run_json == make_job().run_json
+    assert claimed.object_json == make_job().object_json
     assert (claimed.attempts, claimed.created_at) == (0, T0)
     assert claimed.claimed_until == T0 + dt.timedelta(seconds=120)
+
+
+async def test_each_source_has_its_own_jobs_and_claims_only_its_own(sm):
+    assert await jobs.enqueue(sm, make_job(), now=T0)
+    batch = make_job(source="batch", thread_id=None, object_json='{"id": "run_1"}')
+    assert await jobs.enqueue(sm, batch, now=T0)  # the same id, another source: its own job
+    assert await jobs.pending_count(sm) == 2
+    [claimed] = await claim(sm, source="batch")
+    assert (claimed.source, claimed.object_id, claimed.thread_id) == ("batch", "run_1", None)
+    [claimed] = await claim(sm)
+    assert claimed.source == jobs.ASSISTANTS_SOURCE
 
 
 async def test_claim_takes_only_jobs_whose_key_is_held(sm):
@@ -50,8 +61,8 @@ async def test_claim_takes_only_jobs_whose_key_is_held(sm):
     await jobs.enqueue(sm, make_job("run_b", key_fingerprint="fp-b"), now=T0)
     await jobs.enqueue(sm, make_job("run_none", key_fingerprint=None), now=T0)
     assert await claim(sm, fingerprints=()) == []
-    assert [j.run_id for j in await claim(sm, fingerprints={"fp-b", "fp-x"})] == ["run_b"]
-    assert [j.run_id for j in await claim(sm, fingerprints=["fp-a", "fp-b"])] == ["run_a"]
+    assert [j.object_id for j in await claim(sm, fingerprints={"fp-b", "fp-x"})] == ["run_b"]
+    assert [j.object_id for j in await claim(sm, fingerprints=["fp-a", "fp-b"])] == ["run_a"]
 
 
 async def test_reported_usage_jobs_are_claimed_without_the_key_after_the_wait(sm):
@@ -61,7 +72,7 @@ async def test_reported_usage_jobs_are_claimed_without_the_key_after_the_wait(sm
     await jobs.enqueue(sm, make_job("run_u", key_fingerprint="fp-gone"), now=T0)
     assert await claim(sm, now=T0 + dt.timedelta(seconds=599), fingerprints=()) == []
     later = await claim(sm, now=T0 + dt.timedelta(seconds=600), fingerprints=())
-    assert [j.run_id for j in later] == ["run_r"]
+    assert [j.object_id for j in later] == ["run_r"]
     assert later[0].has_reported_usage
 
 
@@ -116,8 +127,8 @@ async def test_claim_limit_takes_the_oldest_due_first(sm):
         await jobs.enqueue(sm, make_job(f"run_{i}"), now=T0 + dt.timedelta(seconds=i))
     first = await claim(sm, limit=2, now=T0 + dt.timedelta(seconds=10))
     rest = await claim(sm, limit=10, now=T0 + dt.timedelta(seconds=10))
-    assert [j.run_id for j in first] == ["run_0", "run_1"]
-    assert [j.run_id for j in rest] == ["run_2", "run_3", "run_4"]
+    assert [j.object_id for j in first] == ["run_0", "run_1"]
+    assert [j.object_id for j in rest] == ["run_2", "run_3", "run_4"]
     assert await claim(sm, limit=0, now=T0 + dt.timedelta(seconds=10)) == []
 
 
@@ -127,7 +138,7 @@ async def test_complete_deletes_only_the_claimed_job(sm):
     [one, _two] = await claim(sm)
     assert await jobs.complete(sm, one.id, "w1")
     async with sm() as session:
-        left = (await session.scalars(select(CollectionJob.run_id))).all()
+        left = (await session.scalars(select(CollectionJob.object_id))).all()
     assert left == ["run_2"]
 
 
@@ -187,7 +198,7 @@ def test_backoff(attempts: int, kwargs: dict, expected: float):
 # --- batches (the outbox writer and the collector) -----------------------------------------
 async def stored_jobs(sm) -> dict[str, CollectionJob]:
     async with sm() as session:
-        return {j.run_id: j for j in await session.scalars(select(CollectionJob))}
+        return {j.object_id: j for j in await session.scalars(select(CollectionJob))}
 
 
 async def test_enqueue_many_inserts_new_run_ids_once_in_one_call(sm):
@@ -221,10 +232,10 @@ async def test_a_large_claim_takes_the_oldest_due_jobs_in_one_call(sm):
     await jobs.enqueue_many(sm, [make_job(f"run_{i:03}") for i in range(150)], now=T0)
     later = T0 + dt.timedelta(seconds=1)
     first = await claim(sm, limit=100, now=later)
-    assert [j.run_id for j in first] == [f"run_{i:03}" for i in range(100)]
+    assert [j.object_id for j in first] == [f"run_{i:03}" for i in range(100)]
     assert {j.claimed_until for j in first} == {later + dt.timedelta(seconds=120)}
     rest = await claim(sm, "w2", limit=100, now=later)
-    assert [j.run_id for j in rest] == [f"run_{i:03}" for i in range(100, 150)]
+    assert [j.object_id for j in rest] == [f"run_{i:03}" for i in range(100, 150)]
     assert await claim(sm, "w3", limit=100, now=later) == []
 
 
@@ -233,8 +244,8 @@ async def test_complete_many_deletes_only_the_jobs_the_worker_still_holds(sm):
     mine = await claim(sm, "w1", limit=3, lease=30)
     # w1's lease on run_0 ran out and w2 took it over; run_3 was never w1's.
     [taken] = await claim(sm, "w2", limit=1, now=T0 + dt.timedelta(seconds=31))
-    assert taken.run_id == "run_0"
-    ids = {j.run_id: j.id for j in mine}
+    assert taken.object_id == "run_0"
+    ids = {j.object_id: j.id for j in mine}
     got = await stored_jobs(sm)
     done = await jobs.complete_many(sm, [*ids.values(), got["run_3"].id], "w1")
     assert done == {ids["run_1"], ids["run_2"]}
@@ -263,6 +274,6 @@ async def test_release_many_gives_back_only_held_jobs_without_an_attempt(sm):
     assert await jobs.release_many(sm, [j.id for j in mine], "w2") == set()  # not w2's
     assert await jobs.release_many(sm, [j.id for j in mine], "w1") == {j.id for j in mine}
     again = await claim(sm, "w2", limit=10)
-    assert [j.run_id for j in again] == ["run_0", "run_1", "run_2"]
+    assert [j.object_id for j in again] == ["run_0", "run_1", "run_2"]
     assert {j.attempts for j in again} == {0}
     assert await jobs.release_many(sm, [], "w1") == set()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from alembic.util.exc import CommandError
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from proxy.db import migrate
 from proxy.db.engine import make_engine, split_url
@@ -123,3 +123,37 @@ async def test_a_missing_postgresql_database_says_how_to_create_it():
         assert f"the database '{name}' does not exist on {host}:{port}" in str(info.value)
         assert f"createdb -h {host} -p {port} -U {parsed.username} {name}" in str(info.value)
         assert f'CREATE DATABASE "{name}";' in str(info.value)
+
+
+async def test_jobs_waiting_before_0005_become_assistants_jobs(empty_db_url: str):
+    await migrate.upgrade(empty_db_url, "0004")
+    engine = make_engine(empty_db_url)
+    waiting = {
+        "run_id": "run_1",
+        "thread_id": "thread_1",
+        "api_prefix": "/v1",
+        "api_query": "",
+        "run_json": '{"id": "run_1"}',
+        "has_reported_usage": False,
+        "attempts": 0,
+    }
+    columns = ", ".join(waiting)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    f"INSERT INTO collection_jobs ({columns}, created_at, next_attempt_at) "
+                    f"VALUES (:{', :'.join(waiting)}, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                waiting,
+            )
+        await migrate.upgrade(empty_db_url)
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT source, object_id, thread_id, object_json FROM collection_jobs")
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    assert tuple(row) == ("assistants.run", "run_1", "thread_1", '{"id": "run_1"}')

@@ -85,6 +85,8 @@ ROWS = [
         assistant_id="asst_a",
         usage_source="estimated",
     ),
+    # Recorded from the run alone after its collection gave up: not reported either.
+    row(9, "blue", at(-30), "0.05", kind="assistants.run", usage_source="gave_up"),
 ]
 
 
@@ -209,10 +211,12 @@ def test_example_estimated_share(seeded):
         month, team = key
         rows = [r for r in ROWS if r.team == team and r.occurred_at.strftime("%Y-%m") == month]
         total = sum(r.cost_usd for r in rows)
-        estimated = sum(r.cost_usd for r in rows if r.usage_source == "estimated")
+        estimated = sum(r.cost_usd for r in rows if r.usage_source != "reported")
         share = Decimal(0) if total == 0 else estimated / total
         assert abs(Decimal(str(got[key]["estimated_share"])) - share) < Decimal("1e-9"), key
     assert Decimal(str(got[("2026-10", "red")]["estimated_share"])) == 1
+    blue = Decimal(str(got[("2026-10", "blue")]["estimated_share"]))
+    assert abs(blue - Decimal("0.05") / Decimal("12.0500000005")) < Decimal("1e-9")
 
 
 def test_example_code_interpreter_sessions(capsys, seeded):
@@ -293,14 +297,14 @@ def test_sql_runs_a_query_in_every_format(capsys, seeded):
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
     assert json.loads(out) == [
-        {"team": "blue", "events": 3},
+        {"team": "blue", "events": 4},
         {"team": "green", "events": 1},
         {"team": "red", "events": 4},
     ]
     assert cli.main(["sql", "--database-url", seeded, statement, "--format", "csv"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["team,events", "blue,3", "green,1", "red,4"]
+    assert capsys.readouterr().out.splitlines() == ["team,events", "blue,4", "green,1", "red,4"]
     assert cli.main(["sql", "--database-url", seeded, statement]) == 0
-    assert capsys.readouterr().out.splitlines()[2].split() == ["blue", "3"]
+    assert capsys.readouterr().out.splitlines()[2].split() == ["blue", "4"]
 
 
 @pytest.mark.parametrize(

@@ -953,7 +953,8 @@ def _key(request: web.Request) -> str | None:
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.headers.get("api-key")
+    # As some gateways do: a key in the query string.
+    return request.headers.get("api-key") or request.query.get("api-key")
 
 
 def _page(

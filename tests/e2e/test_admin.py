@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from proxy import cli
 from proxy.accounting.usage import UsageRow
@@ -67,10 +68,10 @@ async def _seed(url: str) -> None:
         await enqueue(
             sm,
             NewJob(
-                run_id="run_waiting",
+                object_id="run_waiting",
                 thread_id="thread_waiting",
                 api_prefix="/v1",
-                run_json="{}",
+                object_json="{}",
                 key_fingerprint=FINGERPRINT,
             ),
         )
@@ -129,6 +130,34 @@ async def test_without_a_token_the_admin_endpoints_do_not_exist(
     status, _, _ = await _get(http, proxy.url + "/_proxy/health")
     assert status == 200
     _assert_nothing_reached(upstream)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_Proxy/metrics",
+        "/_PROXY/usage",
+        "/_proxy/Metrics",
+        "/%5Fproxy/metrics",
+        "/%5fPROXY/metrics",
+        "/%255Fproxy/metrics",
+        "/_proxy;x/metrics",
+        "/_proxy%2Fmetrics",
+        "/_Proxy",
+        "/_pRoXy/",
+    ],
+)
+async def test_the_reserved_prefix_in_any_case_or_encoding_is_never_forwarded(
+    upstream: FakeUpstream, start_proxy, http, path: str
+) -> None:
+    proxy = await start_proxy(Settings(upstream=upstream.url, admin_token=TOKEN), accounting=False)
+    url = URL(proxy.url + path, encoded=True)
+    async with http.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+        # aiohttp routes a percent-encoded spelling as decoded: the endpoint itself answers.
+        if resp.status != 200:
+            assert resp.status == 404, await resp.text()
+            assert (await resp.json())["error"]["code"] == "not_found"
+    assert upstream.requests == []
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ async def jobs(sm: SM, run_id: str | None = None) -> list[dict[str, Any]]:
     table = CollectionJob.__table__
     stmt = select(table)
     if run_id is not None:
-        stmt = stmt.where(table.c.run_id == run_id)
+        stmt = stmt.where(table.c.object_id == run_id)
     async with reading(sm) as session:
         return [dict(r) for r in (await session.execute(stmt)).mappings()]
 
@@ -644,7 +644,7 @@ async def test_shutdown_mid_collection_gives_every_run_back(
     # Every run is still a job (the outbox was written before shutdown ended), and none is
     # left claimed: the jobs held, fetched or queued, were given back.
     left = await jobs(sm)
-    assert sorted(j["run_id"] for j in left) == sorted(run.id for run in runs)
+    assert sorted(j["object_id"] for j in left) == sorted(run.id for run in runs)
     assert {(j["claimed_by"], j["attempts"]) for j in left} == {(None, 0)}
     assert await usage_rows(sm) == []
     upstream.faults.fetch_gate = None

@@ -192,6 +192,7 @@ async def test_chat_stream_without_usage_is_estimated(proxy_for: Start, sm: SM, 
     )
     assert (row["prompt_tokens"], row["completion_tokens"]) == expected
     assert (row["estimated_prompt_tokens"], row["estimated_completion_tokens"]) == expected
+    assert row["estimator"] == "chat1"
     assert row["function_calls"] == calls
     # gpt-4o-mini: $0.15 per million prompt tokens, $0.60 per million completion tokens.
     prompt, completion = expected

@@ -12,6 +12,7 @@ import logging
 import random
 import socket
 import time
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable
 
@@ -451,6 +452,48 @@ async def test_gzip_copy_decoding_past_the_limit_is_truncated(
     assert not exchange.response_truncated  # the wire copy fitted ...
     assert exchange.json() is None  # ... the decoded body does not
     assert exchange.response_truncated
+
+
+_BOMB_CAP = 64 * 1024
+_BOMB_PEAK = 8 * 1024 * 1024
+
+
+def _compress(encoding: str, data: bytes) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data, 9, mtime=0)
+    if encoding == "deflate":
+        return zlib.compress(data, 9)
+    if encoding == "br":
+        return brotli.compress(data, quality=5)
+    return zstandard.ZstdCompressor(level=19).compress(data)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+async def test_a_compressed_event_stream_bomb_is_decoded_only_up_to_the_cap(
+    upstream: FakeUpstream, start_proxy, recorder, http, encoding: str
+) -> None:
+    # 24 MB of events in 0.1-30 KB on the wire; observers may see 64 KiB of it.
+    wire = _compress(encoding, (b"data: " + b"x" * 1000 + b"\n\n") * 24_000)
+    upstream.canned["sse-bomb"] = Canned(
+        headers={"Content-Type": "text/event-stream", "Content-Encoding": encoding},
+        chunks=[wire],
+    )
+    proxy = await start_proxy(
+        Settings(upstream=upstream.url, max_observed_body=_BOMB_CAP),
+        observers=[recorder],
+        accounting=False,
+    )
+    tracemalloc.start()
+    try:
+        async with http.get(f"{proxy.base_url}/canned/sse-bomb", headers=AUTH) as resp:
+            assert await resp.read() == wire  # the client gets the stream as sent
+        exchange = await _one_response(recorder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert exchange.response_truncated
+    assert 0 < sum(len(e.data) for e in exchange.events) <= _BOMB_CAP
+    assert peak < _BOMB_PEAK, f"decoding took {peak / 2**20:.0f} MiB at peak"
 
 
 # --- headers ---------------------------------------------------------------------------------
@@ -949,3 +992,37 @@ async def test_client_gone_mid_download_is_quiet(
     assert exchange.client_disconnected
     assert recorder.responses == []
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+# --- two keys in one request ------------------------------------------------------------------
+
+
+async def test_two_different_keys_are_refused_and_never_forwarded(
+    sdk: Callable[..., openai.AsyncOpenAI],
+    bare_proxy: RunningProxy,
+    upstream: FakeUpstream,
+    recorder,
+) -> None:
+    # OpenAI bills the Bearer key, Azure the api-key: forwarded, the request would be billed to
+    # one and could be recorded against the other.
+    other = fake_key("other", "9999")
+    client = sdk(bare_proxy, default_headers={"api-key": other})
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert refused.value.code == "ambiguous_credentials"
+    assert upstream.requests == []
+    assert recorder.responses == recorder.errors == []
+    # The same key in both headers is one credential, and a decoy that is not sent (named in
+    # Connection) is no second key.
+    same = sdk(bare_proxy, default_headers={"api-key": KEY})
+    await same.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    decoy = sdk(bare_proxy, default_headers={"api-key": other, "Connection": "api-key"})
+    await decoy.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert len(upstream.requests) == 2
+    assert "api-key" not in {k.lower() for k in upstream.requests[-1]["headers"]}

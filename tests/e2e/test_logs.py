@@ -48,11 +48,13 @@ async def test_one_access_line_per_request_and_no_secret(
 ) -> None:
     settings = Settings(upstream=upstream.url, admin_token=TOKEN, log_format=log_format)
     proxy = await start_proxy(settings, accounting=False)
-    secrets = {"Authorization": f"Bearer {KEY}", "api-key": AZURE_KEY}
+    bearer, azure = {"Authorization": f"Bearer {KEY}"}, {"api-key": AZURE_KEY}
+    secrets = {**bearer, **azure}  # two different keys: refused, and logged without either
     requests = [
-        ("GET", f"/v1/models?api_key={KEY}&x=1", secrets, 200),
-        ("POST", "/v1/chat/completions", secrets, 200),
-        ("GET", "/v1/nowhere", secrets, 404),
+        ("GET", f"/v1/models?api_key={KEY}&x=1", bearer, 200),
+        ("POST", "/v1/chat/completions", azure, 200),
+        ("POST", "/v1/chat/completions", secrets, 400),
+        ("GET", "/v1/nowhere", bearer, 404),
         ("GET", "/_proxy/health", secrets, 200),
         ("GET", "/_proxy/metrics", {"Authorization": f"Bearer {TOKEN}"}, 200),
         ("GET", "/_proxy/metrics", {"Authorization": "Bearer wrong-admin-token"}, 401),
@@ -190,3 +192,35 @@ async def test_a_client_gone_before_the_response_began_is_logged_as_499(
         upstream.faults.fetch_gate.set()
         undo()
     assert [(e["method"], e["status"]) for e in entries] == [("GET", 499)]
+
+
+# Header lines aiohttp's parser refuses, and so logs with the offending bytes in its error
+# trace (issue 20): the key may follow a tab, a control character or a DEL, where neither a
+# literal space nor a word boundary precedes it.
+GET = b"GET /v1/models HTTP/1.1\r\n"
+MALFORMED = [
+    GET + b"Authorization: Bearer\x01" + KEY.encode(),
+    GET + b"Authorization: Bearer\x0b" + AZURE_KEY.encode(),
+    GET + b"api-key: \x01" + AZURE_KEY.encode(),
+    GET + b"Authorization: Token\x7f" + AZURE_KEY.encode() + b"\x01",
+    GET + b"X-Anything: " + KEY.encode() + b"\x01",
+    b"GET /v1/models?key=" + AZURE_KEY.encode() + b"\x7f HTTP/1.1\r\nHost: x",
+]
+
+
+@pytest.mark.parametrize("head", MALFORMED)
+async def test_aiohttps_error_traces_carry_no_key(
+    upstream: FakeUpstream, start_proxy, capsys, log_format: str, head: bytes
+) -> None:
+    proxy = await start_proxy(Settings(upstream=upstream.url, log_level="DEBUG"), accounting=False)
+    port = int(proxy.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + b"\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400", answer
+    stderr = _Stderr(capsys)
+    await wait_for(lambda: any("Error handling request" in x or "Bad" in x for x in stderr.lines()))
+    assert KEY not in stderr.text and AZURE_KEY not in stderr.text
+    assert AZURE_KEY[:8] not in stderr.text and KEY[-12:] not in stderr.text

@@ -76,8 +76,9 @@ async def test_serve_prints_where_it_listens_forwards_and_stops_on_sigterm(
         err = (await proc.stderr.read()).decode()
         # No admin token: the admin endpoints answer 404, and the log said why, once.
         off = (
-            "INFO proxy: the admin endpoints /_proxy/usage and /_proxy/metrics are off until "
-            "USAGE_PROXY_ADMIN_TOKEN (or admin_token in the config file) is set"
+            "INFO proxy: the admin endpoints /_proxy/usage, /_proxy/metrics and /_proxy/reconcile "
+            "are off "
+            "until USAGE_PROXY_ADMIN_TOKEN (or admin_token in the config file) is set"
         )
         assert err.count(off) == 1, err
     finally:

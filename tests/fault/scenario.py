@@ -287,7 +287,7 @@ class Scenario:
             return []
         async with self._engine.connect() as conn:
             known = set(
-                (await conn.execute(text("SELECT run_id FROM collection_jobs"))).scalars()
+                (await conn.execute(text("SELECT object_id FROM collection_jobs"))).scalars()
             ) | set(
                 (
                     await conn.execute(

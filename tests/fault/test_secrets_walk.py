@@ -9,6 +9,12 @@ logging in text and in JSON (DEBUG), then every place a key could land is read b
 - `usage-proxy report` in table, csv and json, with group-bys, `keys list`, `projects list`,
   `keys add`, and /_proxy/usage, /_proxy/metrics, /_proxy/health.
 
+Beyond SDK traffic (issue 20), each proxy also gets, on raw sockets where a client library
+would refuse: malformed requests with keys in the bad header lines and the request line (which
+aiohttp's parser logs as reprs); keys in query strings (an Assistants run and a chat whose only
+key is `?api-key=`); headers that are not valid UTF-8 (a key with such bytes, and such a decoy
+beside a real key); and a decoy key named in `Connection`. Both proxies log at DEBUG.
+
 No API key may appear there whole or in part (any 8-character run of its secret part: see
 tests/fault/leaks.py), nor the admin token or the HMAC secret. The walk is not vacuous: it also
 checks that the texts hold what they should (each kind of row, each key's hint, access lines).
@@ -20,6 +26,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
@@ -33,11 +40,26 @@ from tests.fault.leaks import dump_tables, find_leaks
 from tests.fault.outcome import make_keys
 
 OPENAI_KEY, LEGACY_SUFFIX, AZURE_KEY = make_keys(3, seed=3)
+QUERY_KEY, MALFORMED_KEY, BYTES_KEY, DECOY_KEY, BYTES_DECOY = make_keys(5, seed=20)
 LEGACY_KEY = "sk-" + LEGACY_SUFFIX.removeprefix("sk-proj-")
 AZURE_KEY = AZURE_KEY.removeprefix("sk-proj-")  # Azure keys have no prefix
 ADMIN_TOKEN = "walk-admin-token-QRSTUVWXYZqrstuvwxyz"
 HMAC_SECRET = "walk-hmac-secret-GHIJKLMNOPghijklmnop"
-SECRETS = [OPENAI_KEY, LEGACY_KEY, AZURE_KEY, ADMIN_TOKEN, HMAC_SECRET]
+# A key with bytes that are not UTF-8 is searched for as the text on either side of them.
+BYTES_AT = 24
+SECRETS = [
+    OPENAI_KEY,
+    LEGACY_KEY,
+    AZURE_KEY,
+    ADMIN_TOKEN,
+    HMAC_SECRET,
+    QUERY_KEY,
+    MALFORMED_KEY,
+    BYTES_KEY[:BYTES_AT],
+    BYTES_KEY[BYTES_AT:],
+    DECOY_KEY,
+    BYTES_DECOY,
+]
 AZURE_VERSION = "2024-05-01-preview"
 _ENV = {
     "USAGE_PROXY_KEY_SECRET": HMAC_SECRET,
@@ -47,6 +69,7 @@ _ENV = {
     "USAGE_PROXY_COLLECTOR_MAX_BACKOFF": "0.5",
     "USAGE_PROXY_CHAT_INCLUDE_USAGE": "true",
 }
+_DEBUG = {"USAGE_PROXY_LOG_LEVEL": "DEBUG"}
 KINDS = ("assistants.run", "chat.completion", "embedding", "response")
 
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
@@ -111,6 +134,69 @@ async def _azure_traffic(proxy: ProxyProcess) -> None:
         assistant_id=assistant.id, thread={"messages": hi}, poll_interval_ms=5
     )
     await c.close()
+
+
+async def _raw(proxy: ProxyProcess, head: bytes, body: bytes = b"") -> int:
+    """Send `head` (request line and header lines, CRLF-separated) and `body` as they are;
+    the status answered (the proxy's, or the upstream's through it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        length = b"Content-Length: %d\r\n" % len(body) if body else b""
+        writer.write(head + b"\r\n" + length + b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    return int(answer.split(b" ", 2)[1])
+
+
+CHAT = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+POST_CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+
+
+async def _hostile_traffic(proxy: ProxyProcess) -> None:
+    """Requests no SDK would send: see the module docstring."""
+    bad = MALFORMED_KEY.encode()
+    malformed = [
+        b"GET /v1/models HTTP/1.1\r\nAuthorization: Bearer\x01" + bad,
+        b"GET /v1/models HTTP/1.1\r\nAuthorization: Bearer\x0b" + bad,
+        b"GET /v1/models HTTP/1.1\r\napi-key: \x01" + bad,
+        b"GET /v1/models HTTP/1.1\r\nX-Whatever: " + bad + b"\x7f\x01",
+        b"GET /v1/models HTTP/1.1\r\nAuthorization Bearer " + bad,  # no colon
+        b"GET /v1/models?key=" + bad + b"\x7f HTTP/1.1\r\nHost: x",
+        b"GET /v1/models?api-key=" + bad + b" HTTP/1.1 extra\r\nHost: x",
+    ]
+    for head in malformed:
+        assert await _raw(proxy, head) == 400, head
+
+    # The only key in the query string, on every call of an Assistants run and a chat.
+    async def no_header(request: Any) -> None:
+        del request.headers["Authorization"]
+
+    c = openai.AsyncOpenAI(
+        api_key="unused",
+        base_url=proxy.url + "/v1",
+        default_query={"api-key": QUERY_KEY},
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [no_header]}),
+    )
+    hi = [{"role": "user", "content": "hi"}]
+    await c.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    assistant = await c.beta.assistants.create(model="gpt-4o", metadata={"usage": "no"})
+    await c.beta.threads.create_and_run_poll(
+        assistant_id=assistant.id, thread={"messages": hi}, poll_interval_ms=5
+    )
+    await c.close()
+    # Not UTF-8: a key with such bytes, and such a decoy beside a real key.
+    raw_key = BYTES_KEY[:BYTES_AT].encode() + b"\xff\xfe" + BYTES_KEY[BYTES_AT:].encode()
+    assert await _raw(proxy, POST_CHAT + b"\r\nAuthorization: Bearer " + raw_key, CHAT) == 200
+    decoy = b"\r\napi-key: \xff" + BYTES_DECOY.encode()
+    real = b"\r\nAuthorization: Bearer " + OPENAI_KEY.encode()
+    # Two different keys: refused before anything is sent, and never logged.
+    assert await _raw(proxy, POST_CHAT + real + decoy, CHAT) == 400
+    # A decoy named in Connection, beside the real key: neither forwarded nor billed.
+    decoy = b"\r\nAuthorization: Bearer " + DECOY_KEY.encode() + b"\r\nConnection: Authorization"
+    assert await _raw(proxy, POST_CHAT + b"\r\napi-key: " + AZURE_KEY.encode() + decoy, CHAT) == 200
 
 
 async def _admin(proxy: ProxyProcess) -> dict[str, str]:
@@ -199,10 +285,10 @@ async def test_no_secret_in_any_table_log_line_or_report(
                                    "--database-url", db_url),
     }  # fmt: skip
     proxies = [
-        ProxyProcess("text", fake.url, db_url, tmp_path, env=_ENV),
+        ProxyProcess("text", fake.url, db_url, tmp_path, env={**_ENV, **_DEBUG}),
         ProxyProcess(
             "json", fake.url, db_url, tmp_path,
-            env={**_ENV, "USAGE_PROXY_LOG_FORMAT": "json", "USAGE_PROXY_LOG_LEVEL": "DEBUG"},
+            env={**_ENV, **_DEBUG, "USAGE_PROXY_LOG_FORMAT": "json"},
         ),
     ]  # fmt: skip
     await asyncio.gather(*(p.start() for p in proxies))
@@ -210,6 +296,8 @@ async def test_no_secret_in_any_table_log_line_or_report(
         await _traffic(proxies[0], OPENAI_KEY)
         await _traffic(proxies[1], LEGACY_KEY)
         await _azure_traffic(proxies[1])
+        for proxy in proxies:
+            await _hostile_traffic(proxy)
         await wait_until(
             lambda: _kinds_all_there(db_url), 30, interval=0.1, what="every kind recorded"
         )
@@ -234,6 +322,10 @@ async def test_no_secret_in_any_table_log_line_or_report(
     for key in (OPENAI_KEY, LEGACY_KEY):
         assert f"sk-...{key[-4:]}" in texts["table usage_records"], key[-4:]
     assert f"...{AZURE_KEY[-4:]}" in texts["table usage_records"]
+    for key in (QUERY_KEY, BYTES_KEY):  # the hostile traffic was recorded, each by its key
+        assert f"sk-...{key[-4:]}" in texts["table usage_records"], key[-4:]
+    assert f"sk-...{DECOY_KEY[-4:]}" not in everything  # never forwarded, never billed
+    assert "Error handling request" in texts["log text"] + texts["log json"]
     assert all(kind in texts["table usage_records"] for kind in KINDS)
     assert "POST /v1/chat/completions 200" in texts["log text"]
     assert '"path": "/v1/chat/completions"' in texts["log json"]

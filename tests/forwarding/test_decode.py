@@ -337,3 +337,21 @@ def test_parse_json_refuses_what_is_not_json(text: bytes) -> None:
 
 def test_parse_json_reads_utf16_as_the_standard_library_does() -> None:
     assert parse_json('{"a": "b"}'.encode("utf-16")) == {"a": "b"}
+
+
+@pytest.mark.parametrize("name", ["gzip", "deflate", "br", "zstd"])
+def test_an_incremental_decoder_stops_at_its_limit(name: str) -> None:
+    # 64 MiB of zeros, a few KiB on the wire: the decoder hands back the first MiB, no more.
+    zeros = b"\0" * (64 * 1024 * 1024)
+    wire = {
+        "gzip": lambda: gzip.compress(zeros, mtime=0),
+        "deflate": lambda: zlib.compress(zeros),
+        "br": lambda: brotli.compress(zeros, quality=5),
+        "zstd": lambda: zstandard.ZstdCompressor().compress(zeros),
+    }[name]()
+    d = Decompressor(name, limit=1024 * 1024)
+    out = d.feed(wire[: len(wire) // 2])
+    assert d.over
+    assert out == b"\0" * (1024 * 1024)
+    with pytest.raises(DecodeError, match="limit"):
+        d.feed(wire[len(wire) // 2 :])

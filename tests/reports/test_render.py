@@ -110,3 +110,23 @@ def test_render_dispatches_and_rejects_unknown_formats():
     assert [table[0], table[2]] == ["team", "red"]
     with pytest.raises(ValueError, match="unknown format"):
         render(ROWS, COLUMNS, "xml")
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("gpt-4o\x1b[2J\x1b[31mred", "gpt-4o\\x1b[2J\\x1b[31mred"),  # ESC codes
+        ("two\nlines\r", "two\\nlines\\r"),
+        ("tab\there\x7f\x00", "tab\\there\\x7f\\x00"),
+        ("\u202eevil\u2028", "\\u202eevil\\u2028"),  # bidi override, line separator
+        ("\x9b31m", "\\x9b31m"),  # the 8-bit CSI
+        ("blue ünïcode", "blue ünïcode"),  # printable text stays as it is
+    ],
+)
+def test_table_escapes_control_characters(value: str, shown: str):
+    """Issue 20: a model name (any string a client or upstream chose) cannot move the
+    terminal's cursor, colour it, or forge a line of the report."""
+    table = to_table([{"model": value, "team": "red"}], ["model", "team"])
+    lines = table.splitlines()
+    assert len(lines) == 3 and lines[2].startswith(shown), table
+    assert all(ch == "\n" or ch.isprintable() for ch in table)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "CHAT_ESTIMATOR",
     "ChatEstimateConstants",
     "ChatStream",
     "TokenCounter",
@@ -61,6 +62,9 @@ class ChatEstimateConstants:
 
 
 _DEFAULT = ChatEstimateConstants()
+# Names the method and its constants on every row it estimated (the `estimator` column), as
+# the run estimator's version does; bumped when either changes.
+CHAT_ESTIMATOR = "chat1"
 # Generated text a stream may hold for its estimate; the rest is counted at 4 characters a token.
 _MAX_STREAM_CHARS = 4_000_000
 _STRING_FIELDS = ("role", "content", "name", "tool_call_id", "refusal")

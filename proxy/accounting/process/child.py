@@ -78,7 +78,7 @@ async def _run(fd: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    credentials = CredentialStore(settings.credential_ttl)
+    credentials = CredentialStore(settings.credential_ttl, limit=settings.credential_limit)
     engine = make_engine(settings.database_url)
     sm = make_sessionmaker(engine)
     # The same upstream pool settings as forwarding, with no observers.

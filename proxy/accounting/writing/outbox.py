@@ -1,7 +1,7 @@
 """Write-behind for collection jobs (the outbox): observers hand sightings over and go on;
-proxy.accounting.writing.write_behind inserts them in batches, with one multi-row INSERT ... ON
-CONFLICT (run_id) DO NOTHING (jobs.enqueue_many) each, and keeps them while the database is
-down; `retry_now` ends a backoff wait early.
+proxy.accounting.writing.write_behind inserts them in batches, with one multi-row INSERT ...
+ON CONFLICT (source, object_id) DO NOTHING (jobs.enqueue_many) each, and keeps them while the
+database is down; `retry_now` ends a backoff wait early.
 
 A transaction per sighting, on the dispatcher's task, capped the runs observed at ~240/s
 (bench/README.md, finding 2). No gather wait: a job is written as soon as the previous
@@ -45,7 +45,7 @@ class JobWriter(WriteBehind[jobs.NewJob]):
             self._enqueue,
             metrics,
             noun="collection jobs",
-            describe=lambda job: f"the job of run {job.run_id}",
+            describe=lambda job: f"the job of {job.source} {job.object_id}",
             log=_log,
             batch=batch,
             limit=limit,

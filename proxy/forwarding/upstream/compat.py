@@ -11,12 +11,23 @@ The internals, each for speed or for transparency (bench/README.md has the figur
   so aiohttp's ClientSession adds no header of its own to the client's;
 - Relayed overrides `StreamResponse._prepare_headers` and sets `_send_headers_immediately`,
   so aiohttp's server adds no Content-Type or Server the upstream left out, and sends a
-  body that is in hand with its headers in one write.
+  body that is in hand with its headers in one write;
+- CheckedConnection (checked.py), the protocol of every upstream connection, overrides
+  `ResponseHandler.should_close` and reads its `_payload`; in aiohttp's pool it is put in
+  through the connector's `_factory` (`install_protocol`), for which aiohttp has no public
+  switch;
+- the client connection guard (proxy/forwarding/guard.py) subclasses
+  `web_protocol.RequestHandler`, reading its `_messages`, `_waiter`, `_task_handler`,
+  `_request_in_progress` and `_loop`, measures heads as `http_parser.RawRequestMessage`, and
+  starts a TCPSite of its own (`_host`, `_port`, `_backlog`, `_server`, `_bound_port`).
 
-`checked()`, called when the forwarder starts, looks at each and says which may be used. When
-one is not as this code expects (a newer aiohttp changed it), the forwarder does without: every
-request through aiohttp's ClientSession (session.py), the session's public
-`skip_auto_headers`, or a plain StreamResponse; and one warning says what is missing.
+`checked()`, called when the forwarder and the site start, looks at each and says which may be
+used. When one is not as this code expects (a newer aiohttp changed it), the proxy does
+without: every request through aiohttp's ClientSession (session.py), the session's public
+`skip_auto_headers`, or a plain StreamResponse; a session pool that never reuses a connection
+(safe without the checked protocol, if slower); a plain TCPSite with aiohttp's own per-line
+header limit and keep-alive timeout in place of the guard; and one warning says what is
+missing.
 """
 
 from __future__ import annotations
@@ -37,11 +48,14 @@ __all__ = [
     "HttpProcessingError",
     "Internals",
     "QuietRequest",
+    "RawRequestMessage",
     "Relayed",
+    "RequestHandler",
     "ResponseHandler",
     "check",
     "checked",
     "connection_key",
+    "install_protocol",
     "request_key",
     "response_class",
 ]
@@ -60,6 +74,16 @@ try:
 except ImportError:  # pragma: no cover - an aiohttp that moved them: check() says so
     ResponseHandler = ConnectionKey = None  # type: ignore[assignment,misc]
     HttpProcessingError = _Missing  # type: ignore[assignment,misc]
+
+try:
+    from aiohttp.http_parser import RawRequestMessage
+    from aiohttp.web_protocol import RequestHandler
+except ImportError:  # pragma: no cover - an aiohttp that moved them: check() says so
+    RawRequestMessage = RequestHandler = None  # type: ignore[assignment,misc]
+
+# What the guard reads of RequestHandler, and what its site sets of TCPSite.
+_HANDLER_ATTRS = ("_messages", "_waiter", "_task_handler", "_request_in_progress", "_loop")
+_SITE_SLOTS = ("_host", "_port", "_backlog", "_server", "_bound_port")
 
 # The headers aiohttp's client adds to a request unless told not to.
 SKIPPED_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE, hdrs.USER_AGENT)
@@ -135,13 +159,16 @@ class Internals:
     lean_client: bool
     quiet_request: bool
     relayed: bool
+    checked_pool: bool = False  # CheckedConnection can go into aiohttp's pool
+    guard: bool = False  # the client connection guard can be used
     missing: tuple[str, ...] = ()
 
 
 def check() -> Internals:
     """Look at aiohttp's internals (no I/O)."""
     missing: list[str] = []
-    lean = ResponseHandler is not None and ConnectionKey is not None
+    conn = _checked_connection(missing)
+    lean = conn and ResponseHandler is not None and ConnectionKey is not None
     if lean:
         for name in ("set_response_params", "read", "should_close", "is_connected"):
             if not hasattr(ResponseHandler, name):
@@ -155,8 +182,11 @@ def check() -> Internals:
         except TypeError:
             missing.append("ConnectionKey's fields")
         lean = not missing
-    else:
+    elif conn:
         missing.append("aiohttp.client_proto.ResponseHandler or client_reqrep.ConnectionKey")
+    pool = conn and "_factory" in _names(aiohttp.BaseConnector.__init__)
+    if conn and not pool:
+        missing.append("BaseConnector._factory")
     update = getattr(aiohttp.ClientRequest, "update_auto_headers", None)
     quiet = update is not None and list(inspect.signature(update).parameters) == [
         "self",
@@ -169,7 +199,58 @@ def check() -> Internals:
         missing.append("StreamResponse._prepare_headers")
     if not _ONE_WRITE:
         missing.append("StreamResponse._send_headers_immediately")
-    return Internals(lean, quiet, relayed, tuple(missing))
+    return Internals(lean, quiet, relayed, pool, _guard(missing), tuple(missing))
+
+
+def _names(function: object) -> tuple[str, ...]:
+    """The attribute and global names a Python function's code uses (none for C code)."""
+    code = getattr(function, "__code__", None)
+    return code.co_names if code is not None else ()
+
+
+def _checked_connection(missing: list[str]) -> bool:
+    """Whether CheckedConnection (checked.py) works on this aiohttp's ResponseHandler."""
+    if ResponseHandler is None:
+        missing.append("aiohttp.client_proto.ResponseHandler")
+        return False
+    ok = True
+    if not isinstance(getattr(ResponseHandler, "should_close", None), property):
+        missing.append("ResponseHandler.should_close as a property")
+        ok = False
+    if "_payload" not in _names(ResponseHandler.__init__):
+        missing.append("ResponseHandler._payload")
+        ok = False
+    return ok
+
+
+def _guard(missing: list[str]) -> bool:
+    """Whether the client connection guard (proxy/forwarding/guard.py) works here."""
+    if RequestHandler is None or RawRequestMessage is None:
+        missing.append("aiohttp.web_protocol.RequestHandler or http_parser.RawRequestMessage")
+        return False
+    handler = _attributes(RequestHandler)
+    absent = [f"RequestHandler.{name}" for name in _HANDLER_ATTRS if name not in handler]
+    site = _attributes(web.TCPSite)
+    absent += [f"TCPSite.{name}" for name in _SITE_SLOTS if name not in site]
+    missing.extend(absent)
+    return not absent
+
+
+def _attributes(cls: type) -> set[str]:
+    """The instance attributes of `cls` that can be told without an instance: its slots and
+    what its classes' __init__ set, all along its MRO."""
+    found: set[str] = set()
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        found.update((slots,) if isinstance(slots, str) else slots)
+        found.update(_names(klass.__dict__.get("__init__")))
+    return found
+
+
+def install_protocol(connector: aiohttp.TCPConnector, factory: object) -> None:
+    """Make `factory` what `connector` creates each connection's protocol with. aiohttp has no
+    public switch for the protocol class; `checked().checked_pool` says this one works."""
+    connector._factory = factory  # type: ignore[attr-defined]
 
 
 @functools.cache

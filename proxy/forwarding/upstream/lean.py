@@ -7,9 +7,11 @@ of ~40 attributes, a task to write the body): 108 against 51 us per request thro
 pass-through that uses this instead (bench/README.md). Here the request line, headers and body
 go out in one write, and the response is read with aiohttp's own protocol and C parser
 (`ResponseHandler`), so the forwarder gets the same `StreamReader` body and the same errors
-(`aiohttp.ClientError`) as from a ClientSession. Requests whose body streams, that expect a
-100-continue, or that go through a limited pool keep using the ClientSession (session.py).
-The aiohttp internals used here come from compat.py, which checks them at start-up.
+(`aiohttp.ClientError`) as from a ClientSession. Requests whose body streams, or that go
+through a limited pool, keep using the ClientSession (session.py). (Expect: 100-continue is
+met by the proxy's server and never forwarded, so it needs no special path here.) Every
+connection is a CheckedConnection (checked.py), reused only after a clean exchange. The
+aiohttp internals used here come from compat.py, which checks them at start-up.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.forwarding.upstream import Body
+from proxy.forwarding.upstream.checked import CheckedConnection
 from proxy.forwarding.upstream.compat import (
     HttpProcessingError,
     ResponseHandler,
@@ -75,6 +78,7 @@ class UpstreamResponse:
         self.content = content
 
     def release(self) -> None:
+        """Back to the pool, if the exchange ended cleanly (checked.py); else closed."""
         conn, self._conn = self._conn, None
         if conn is not None:
             self._client._put(conn, self.content.at_eof())
@@ -225,7 +229,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: ResponseHandler(loop),
+                    lambda: CheckedConnection(loop),
                     self._host,
                     self._port,
                     ssl=self._ssl,

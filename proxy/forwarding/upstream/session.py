@@ -1,9 +1,12 @@
-"""aiohttp's ClientSession as a Transport: for requests whose body streams, that expect a
-100-continue, or that go through a pool with a connection limit; for every request when the
-lean client cannot be used (compat.py). The collector fetches through its session too."""
+"""aiohttp's ClientSession as a Transport: for requests whose body streams, or that go through
+a pool with a connection limit; for every request when the lean client cannot be used
+(compat.py). The collector fetches through its session too. Its connections are
+CheckedConnections (checked.py), or, when compat.py finds that impossible, never reused."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Awaitable
 
 import aiohttp
@@ -11,7 +14,13 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.forwarding.upstream import Body, Response
-from proxy.forwarding.upstream.compat import SKIPPED_AUTO_HEADERS, Internals, QuietRequest
+from proxy.forwarding.upstream.checked import CheckedConnection
+from proxy.forwarding.upstream.compat import (
+    SKIPPED_AUTO_HEADERS,
+    Internals,
+    QuietRequest,
+    install_protocol,
+)
 
 __all__ = ["SessionTransport"]
 
@@ -26,7 +35,20 @@ class SessionTransport:
         self._session: aiohttp.ClientSession | None = None
 
     def start(self, internals: Internals) -> None:
-        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=self._limit,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            # Without the checked protocol, no connection is reused: one that an upstream out
+            # of step left dirty could hand a client another's response (checked.py).
+            force_close=not internals.checked_pool,
+        )
+        if internals.checked_pool:
+            # The pool reuses a connection only when the exchange on it ended cleanly, as the
+            # lean client's does.
+            install_protocol(
+                connector, functools.partial(CheckedConnection, asyncio.get_running_loop())
+            )
         # The client's own headers go through as they are: nothing may be added.
         quiet: dict[str, object] = (
             {"request_class": QuietRequest}

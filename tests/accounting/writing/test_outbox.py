@@ -24,10 +24,10 @@ SM = async_sessionmaker[AsyncSession]
 
 def job(run_id: str, **overrides: Any) -> jobs.NewJob:
     fields: dict[str, Any] = {
-        "run_id": run_id,
+        "object_id": run_id,
         "thread_id": f"thread_{run_id}",
         "api_prefix": "/v1",
-        "run_json": json.dumps({"id": run_id}),
+        "object_json": json.dumps({"id": run_id}),
         "key_fingerprint": "fp-a",
         "team": "red",
     }
@@ -58,7 +58,7 @@ def writer_for(sm: Any, calls: Calls | None = None, **kw: Any) -> JobWriter:
 
 async def stored(sm: SM) -> list[str]:
     async with sm() as session:
-        query = select(CollectionJob.run_id).order_by(CollectionJob.id)
+        query = select(CollectionJob.object_id).order_by(CollectionJob.id)
         return list(await session.scalars(query))
 
 

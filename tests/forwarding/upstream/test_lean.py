@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json as json_module
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,8 +33,9 @@ class ScriptedUpstream:
     """Each request is read whole (head and Content-Length body) and answered by `script`
     (connection number, request number on it, raw request)."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, interim: bytes = b"") -> None:
         self.script = script
+        self.interim = interim  # written once a head is read, before its body is
         self.requests: list[tuple[int, bytes]] = []  # (connection number, raw request)
         self.connections = 0
         self.closed = 0  # connections the client closed
@@ -58,6 +60,8 @@ class ScriptedUpstream:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                if self.interim:
+                    writer.write(self.interim)
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
@@ -372,9 +376,10 @@ async def test_tls_upstream(certificate: tuple[Path, Path]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def forwarding(upstream: str) -> AsyncIterator[tuple[Forwarder, str]]:
-    """A Forwarder to `upstream` behind an aiohttp server; it and the server's base URL."""
-    forwarder = Forwarder(upstream, Dispatcher([]))
+async def forwarding(upstream: str, limit: int = 0) -> AsyncIterator[tuple[Forwarder, str]]:
+    """A Forwarder to `upstream` behind an aiohttp server; it and the server's base URL. With a
+    `limit`, the forwarder uses aiohttp's pool."""
+    forwarder = Forwarder(upstream, Dispatcher([]), limit=limit)
     await forwarder.start()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
@@ -403,18 +408,31 @@ async def test_the_forwarder_sends_small_requests_with_it(scripted) -> None:
     assert [n for n, _ in server.requests] == [1, 1]
 
 
-async def test_the_forwarder_answers_a_broken_upstream_with_502(scripted) -> None:
-    server, _ = await scripted(lambda *_: b"garbage\r\n\r\n")
+@pytest.mark.parametrize("limit", [0, 4], ids=["lean-client", "aiohttp-pool"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    ],
+    ids=["not-http", "bad-length", "bad-status", "bad-header"],
+)
+async def test_the_forwarder_answers_a_malformed_response_with_502_bad_response(
+    scripted, limit: int, answer: bytes
+) -> None:
+    server, _ = await scripted(lambda *_: answer)
     port = server._server.sockets[0].getsockname()[1]
     async with (
-        forwarding(f"http://127.0.0.1:{port}") as (_, proxy),
+        forwarding(f"http://127.0.0.1:{port}", limit) as (_, proxy),
         aiohttp.ClientSession() as session,
         session.get(proxy + "/v1/models") as resp,
     ):
         assert resp.status == 502
         body = await resp.json()
-    assert body["error"]["code"] == "upstream_unreachable"
-    assert "ClientResponseError" in body["error"]["message"]
+    assert body["error"]["code"] == "upstream_bad_response"
+    assert "malformed" in body["error"]["message"]
 
 
 async def test_a_connection_limit_keeps_aiohttp_s_pool() -> None:
@@ -424,3 +442,34 @@ async def test_a_connection_limit_keeps_aiohttp_s_pool() -> None:
         assert forwarder._lean is None
     finally:
         await forwarder.close()
+
+
+@pytest.mark.parametrize("limit", [0, 4], ids=["lean-client", "aiohttp-pool"])
+@pytest.mark.parametrize(
+    "interim", [b"HTTP/1.1 100 Continue\r\n\r\n", b""], ids=["sends-100", "sends-no-100"]
+)
+async def test_the_proxy_alone_answers_expect_100_continue(limit: int, interim: bytes) -> None:
+    server = ScriptedUpstream(lambda *_: OK, interim=interim)
+    port = await server.start()
+    body = json_module.dumps({"a": "b" * 1000}).encode()
+    try:
+        async with (
+            forwarding(f"http://127.0.0.1:{port}", limit) as (_, proxy),
+            aiohttp.ClientSession() as session,
+            asyncio.timeout(5),  # not the upstream_timeout of 600 s
+        ):
+            for _ in range(2):
+                async with session.post(
+                    proxy + "/v1/x",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    expect100=True,  # the client waits for the proxy's 100 before the body
+                ) as resp:
+                    assert (resp.status, await resp.read()) == (200, b"ok")
+    finally:
+        await server.stop()
+    assert len(server.requests) == 2
+    for _, raw in server.requests:
+        head, _, sent = raw.partition(b"\r\n\r\n")
+        assert sent == body
+        assert b"\r\nexpect:" not in head.lower()  # the expectation was met here

@@ -4,7 +4,8 @@ from what it reported, its team, priced (rows.py). What to do with the job other
 collector's: give it back while its key is not in memory, or retry it later.
 
 - a fetch that fails with 429/5xx/timeout is retried with backoff (429 honours retry-after);
-- a fetch the upstream refuses for good (401/403/404) records what the run itself tells.
+- a fetch the upstream refuses for good (401/403/404) records what the run itself tells;
+- a job that has failed `max_attempts` times is recorded from the run alone, flagged gave_up.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from proxy.accounting.estimate.tokenizer import counter_for_model, is_loaded
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.rows import RunRow, run_row
+from proxy.accounting.usage import ASSISTANTS_RUN
 from proxy.db import jobs, mappings
 from proxy.db.models import utcnow
 from proxy.errors import FetchError
 from proxy.forwarding.decode import parse_json
-from proxy.keys import CredentialStore
+from proxy.keys import CredentialStore, replay_request
 
 __all__ = ["WAIT", "Failures", "Retry", "RunCollect", "Shield", "Wait"]
 
@@ -62,6 +64,8 @@ class Retry:
 
 
 class RunCollect:
+    kind = ASSISTANTS_RUN  # the jobs it collects, and the rows they become
+
     def __init__(
         self,
         sm: Callable[[], async_sessionmaker[AsyncSession]],
@@ -70,6 +74,8 @@ class RunCollect:
         prices: PriceTable,
         constants: ConstantsTable,
         failed: Failures,
+        *,
+        max_attempts: int = 20,
     ) -> None:
         self._sm = sm
         self._fetcher = fetcher
@@ -77,29 +83,42 @@ class RunCollect:
         self._prices = prices
         self._constants = constants
         self._failed = failed
+        self._max_attempts = max_attempts
 
     async def __call__(self, job: jobs.ClaimedJob, db: Shield) -> RunRow | Retry | Wait:
         """The run's row; or WAIT when the job's key is not in memory (the collector gives the
         job back until it is), or a Retry. `db` runs a database operation shielded from
         cancellation (see the collector)."""
-        run = parse_json(job.run_json)
+        run = parse_json(job.object_json)
+        gave_up = job.attempts >= self._max_attempts
         headers = self._credentials.get(job.key_fingerprint) if job.key_fingerprint else None
         estimate: RunEstimate | None = None
-        if headers is None:
+        if gave_up:
+            # Retrying for ever would keep the job (and its cost) unrecorded for good.
+            _log.warning(
+                "run %s: %d attempts failed (last: %s); recording the run alone",
+                job.object_id,
+                job.attempts,
+                job.last_error,
+            )
+            estimate = await self._estimate_from(run, [], [], len(job.object_json))
+        elif headers is None:
             if not job.has_reported_usage:
                 # The key expired since the claim (or lives in another replica): wait for it.
                 return WAIT
-            _log.info("recording run %s from its reported usage alone (key not seen)", job.run_id)
+            _log.info(
+                "recording run %s from its reported usage alone (key not seen)", job.object_id
+            )
         else:
             try:
                 estimate = await self._estimate(job, run, _scoped(headers, job))
             except FetchError as exc:
                 self._failed(_reason(exc), 1)
                 if exc.retryable:
-                    _log.warning("fetching run %s: %s; will retry", job.run_id, exc)
+                    _log.warning("fetching run %s: %s; will retry", job.object_id, exc)
                     return Retry(str(exc), exc.retry_after)
-                _log.warning("fetching run %s: %s; recording the run alone", job.run_id, exc)
-                estimate = await self._estimate_from(run, [], [], len(job.run_json))
+                _log.warning("fetching run %s: %s; recording the run alone", job.object_id, exc)
+                estimate = await self._estimate_from(run, [], [], len(job.object_json))
         team = job.team
         if team is None:
             # Not known when the run was seen (database down then): the mapping decides now.
@@ -109,23 +128,26 @@ class RunCollect:
         who = Attribution(
             job.key_fingerprint, job.key_hint, team, job.tag, job.project, job.organization
         )
-        return run_row(run, who, estimate, self._prices, utcnow())
+        return run_row(run, who, estimate, self._prices, utcnow(), gave_up=gave_up)
 
     async def _estimate(
         self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]
     ) -> RunEstimate:
         tools = run.get("tools") if isinstance(run.get("tools"), list) else []
+        # The stored query has no credential: one that came in the query is replayed from
+        # memory, as the headers are.
+        headers, query = replay_request(headers, job.api_query)
         got = await self._fetcher.run(
             job.api_prefix,
-            job.api_query,
+            query,
             job.thread_id,
-            job.run_id,
+            job.object_id,
             headers,
             file_search_results=any(
                 isinstance(t, dict) and t.get("type") == "file_search" for t in tools
             ),
         )
-        size = got.nbytes + len(job.run_json)
+        size = got.nbytes + len(job.object_json)
         return await self._estimate_from(run, got.steps, got.messages, size)
 
     async def _estimate_from(

@@ -1,6 +1,7 @@
-"""The collector: claims finished runs from the jobs table, has each one's row built
-(collect.py: fetched with the client's own credentials, estimated, priced) and records them
-exactly once, in batches with the deletion of their jobs.
+"""The collector: claims the jobs of its source (finished Assistants runs) from the jobs table,
+has each one's row built (collect.py: fetched with the client's own credentials, estimated,
+priced) and records them exactly once, in batches with the deletion of their jobs. Nothing
+here but the construction knows the source: it asks collect.py for the source's kind.
 
 Failure handling (fail open for traffic, lose nothing for accounting): a database that is down
 leaves the job claimed, and its lease runs out and it is claimed again; an unexpected error is
@@ -33,7 +34,7 @@ from proxy.accounting.shielded import Shielded
 from proxy.accounting.sources.assistants.collect import WAIT, Failures, Retry, RunCollect
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.rows import RunRow
-from proxy.accounting.usage import ASSISTANTS_RUN, UsageRecorded, UsageSink
+from proxy.accounting.usage import UsageRecorded, UsageSink
 from proxy.db import jobs, run_usage
 from proxy.db import usage as db_usage
 from proxy.db.errors import DB_ERRORS, is_unavailable
@@ -45,7 +46,6 @@ __all__ = ["DB_ERRORS", "RunCollector"]
 
 _log = logging.getLogger("proxy.accounting.collector")
 
-_KIND = ASSISTANTS_RUN
 _STOP_TIMEOUT = 10.0
 # Runs per recording transaction; more finished meanwhile wait for the next one. A batch's
 # parameters are processed on the event loop in one go, so a cap bounds that stretch (at 100
@@ -83,10 +83,13 @@ class RunCollector:
         reported_wait: float = 600.0,
         max_backoff: float = 300.0,
         retry_base: float = 1.0,
+        max_attempts: int = 20,
     ) -> None:
         self._sm = sm
         self._credentials = credentials
-        self._collect = RunCollect(sm, fetcher, credentials, prices, constants, failed)
+        self._collect = RunCollect(
+            sm, fetcher, credentials, prices, constants, failed, max_attempts=max_attempts
+        )
         self._recorded = recorded
         self._failed = failed
         self._workers = workers
@@ -96,6 +99,7 @@ class RunCollector:
         self._reported_wait = reported_wait
         self._max_backoff = max_backoff
         self._retry_base = retry_base
+        self._max_attempts = max_attempts
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._wake = asyncio.Event()
         # Every job this worker holds, until it is recorded, retried or given back.
@@ -136,6 +140,7 @@ class RunCollector:
             reported_wait=s.reported_usage_wait,
             max_backoff=s.collector_max_backoff,
             retry_base=s.collector_retry_base,
+            max_attempts=s.collector_max_attempts,
         )
 
     @property
@@ -224,6 +229,8 @@ class RunCollector:
             reported_wait=self._reported_wait,
             lease=self._lease,
             limit=limit,
+            max_attempts=self._max_attempts,
+            source=self._collect.kind,
         )
         fresh: list[jobs.ClaimedJob] = []
         for job in claimed:
@@ -238,20 +245,21 @@ class RunCollector:
 
     async def _take(self, fresh: list[jobs.ClaimedJob]) -> None:
         try:
-            done = await self._db(db_usage.recorded(self._sm(), _KIND, [j.run_id for j in fresh]))
+            ids = [j.object_id for j in fresh]
+            done = await self._db(db_usage.recorded(self._sm(), self._collect.kind, ids))
         except DB_ERRORS:
             # Cannot tell: fetch them; recording one twice is refused by its unique row.
             done = set()
         if done:
             # Seen again after it was recorded (after a restart, or by another replica): the
             # unique row would refuse it anyway, so spare the upstream the fetches.
-            ids = [j.id for j in fresh if j.run_id in done]
+            ids = [j.id for j in fresh if j.object_id in done]
             try:
                 await self._db(jobs.complete_many(self._sm(), ids, self.worker_id))
             finally:
                 for job_id in ids:
                     self._held.pop(job_id, None)
-        self._queue.extend(j.id for j in fresh if j.run_id not in done)
+        self._queue.extend(j.id for j in fresh if j.object_id not in done)
         self._start_fetches()
 
     # --- fetching ------------------------------------------------------------------------
@@ -303,7 +311,7 @@ class RunCollector:
         except Exception as exc:
             built = None
             self._failed("internal", 1)
-            _log.exception("collecting run %s failed", job.run_id)
+            _log.exception("collecting run %s failed", job.object_id)
             await self._retry(job, f"internal error: {type(exc).__name__}", None)
         if not isinstance(built, RunRow):
             self._held.pop(job.id, None)
@@ -352,7 +360,7 @@ class RunCollector:
                 await self._db_failed([job], exc)
             except Exception as exc:
                 self._failed("internal", 1)
-                _log.exception("recording run %s failed", job.run_id)
+                _log.exception("recording run %s failed", job.object_id)
                 await self._retry(job, f"internal error: {type(exc).__name__}", None)
 
     async def _write(self, batch: list[tuple[jobs.ClaimedJob, RunRow]]) -> None:
@@ -377,7 +385,7 @@ class RunCollector:
         # Refused, not unreachable: retrying at once cannot help, so back off and log.
         for job in held:
             self._failed("database_refused", 1)
-            _log.error("the database refused run %s: %s", job.run_id, type(exc).__name__)
+            _log.error("the database refused run %s: %s", job.object_id, type(exc).__name__)
             await self._retry(job, f"database refused the row: {type(exc).__name__}", None)
 
     async def _retry(self, job: jobs.ClaimedJob, error: str, retry_after: float | None) -> None:

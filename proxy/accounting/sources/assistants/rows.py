@@ -57,8 +57,12 @@ def run_row(
     estimate: RunEstimate | None,
     prices: PriceTable,
     now: dt.datetime,
+    *,
+    gave_up: bool = False,
 ) -> RunRow:
-    """The row for a terminal run. Reported usage wins; the estimate is always kept beside it."""
+    """The row for a terminal run. Reported usage wins; the estimate is always kept beside it.
+    `gave_up`: collection ran out of attempts, so the row stands on the run alone and says so
+    in its usage_source, whatever the tokens came from."""
     when = occurred_at(run, now)
     reported = run.get("usage") if isinstance(run.get("usage"), dict) else None
     if reported is not None:
@@ -98,7 +102,7 @@ def run_row(
         completion_tokens=completion,
         total_tokens=prompt + completion,
         cached_tokens=cached,
-        usage_source=source,
+        usage_source="gave_up" if gave_up else source,
         estimated_prompt_tokens=estimate.prompt_tokens if estimate else None,
         estimated_completion_tokens=estimate.completion_tokens if estimate else None,
         estimator=estimate.estimator or None if estimate else None,

@@ -21,6 +21,7 @@ import orjson
 
 from proxy.forwarding.decode import DecodeError, SSEEvent
 from proxy.forwarding.exchange import Exchange
+from proxy.keys import REFUSED, split_query
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -71,12 +72,14 @@ def terminal_run_in_event(event: SSEEvent) -> dict[str, Any] | None:
 
 def api_context(path: str, query_string: str) -> tuple[str, str]:
     """(prefix, query) for follow-up URLs: the path before `/threads`, and the query string
-    without paging parameters (so Azure's `api-version` survives)."""
+    without paging parameters (so Azure's `api-version` survives) and without credentials
+    (`?api-key=...`), which is stored: those the collector has from memory, with the key."""
     idx = path.find("/threads")
     prefix = path[:idx] if idx >= 0 else ("/v1" if path.startswith("/v1/") else "")
     if not query_string:
         return prefix, ""
-    kept = [(k, v) for k, v in parse_qsl(query_string, keep_blank_values=True) if k not in _PAGING]
+    safe = split_query(query_string)[0]
+    kept = [(k, v) for k, v in parse_qsl(safe, keep_blank_values=True) if k not in _PAGING]
     return prefix, urlencode(kept)
 
 
@@ -88,6 +91,8 @@ class RunSighting:
     api_prefix: str
     api_query: str
     request_headers: Mapping[str, str]
+    upstream_headers: Mapping[str, str] | None  # as sent: the credential comes from these
+    query_string: str = ""  # as sent: it may carry the credential too (never stored)
 
     @property
     def run_json(self) -> str:
@@ -102,14 +107,14 @@ class RunObserver:
     """Observer: turns terminal runs into sightings handed to `open_job`.
 
     A bounded in-memory set of run ids already handed over is only a fast path, so a run polled
-    a thousand times costs one database write; the database's unique run_id decides.
+    a thousand times costs one database write; the database's unique (source, object_id) decides.
     """
 
     def __init__(
         self,
         open_job: Callable[[RunSighting], Awaitable[None]],
         *,
-        remember_key: Callable[[Mapping[str, str]], None] | None = None,
+        remember_key: Callable[[Mapping[str, str], str], None] | None = None,
         seen_capacity: int = 100_000,
     ) -> None:
         self._open_job = open_job
@@ -123,9 +128,11 @@ class RunObserver:
             await self._sighted(exchange, run)
 
     async def on_response(self, exchange: Exchange) -> None:
-        if self._remember_key is not None:
-            # Every request refreshes its key, so a waiting job can finish when the key returns.
-            self._remember_key(exchange.request_headers)
+        sent = exchange.upstream_headers
+        if self._remember_key is not None and sent is not None and exchange.status not in REFUSED:
+            # Every request refreshes its key, so a waiting job can finish when the key returns
+            # (not one the upstream refused: made-up keys must cost no memory).
+            self._remember_key(sent, exchange.query_string)
         if exchange.status is None or not 200 <= exchange.status < 300 or exchange.is_sse:
             return
         if exchange.content_type != "application/json":
@@ -144,7 +151,16 @@ class RunObserver:
         if run_id in self._seen:
             return
         prefix, query = api_context(exchange.path, exchange.query_string)
-        await self._open_job(RunSighting(run, prefix, query, exchange.request_headers))
+        await self._open_job(
+            RunSighting(
+                run,
+                prefix,
+                query,
+                exchange.request_headers,
+                exchange.upstream_headers,
+                exchange.query_string,
+            )
+        )
         self._seen[run_id] = None
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)

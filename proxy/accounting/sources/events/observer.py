@@ -33,7 +33,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import ChatStream, estimate_chat_stream
@@ -55,8 +55,9 @@ from proxy.accounting.usage import UsageRow
 from proxy.errors import AccountingError
 from proxy.forwarding.decode import DecodeError, SSEEvent
 from proxy.forwarding.exchange import Exchange
+from proxy.keys import REFUSED
 
-__all__ = ["EventObserver"]
+__all__ = ["Attribute", "EventObserver"]
 
 _log = logging.getLogger("proxy.accounting.events")
 
@@ -66,14 +67,29 @@ _QUOTED_TERMINALS = tuple(f'"{name}"' for name in TERMINAL_RESPONSE_EVENTS)
 _OFF_LOOP: Any = object()
 
 
+class Attribute(Protocol):
+    """Who pays for a request (proxy.accounting.attributor.Attributor.attribute): `sent` are
+    its headers as sent upstream, `own` as received; `keep=False` for a key the upstream
+    refused; `query` is the query string as sent."""
+
+    def __call__(
+        self,
+        sent: Mapping[str, str] | None,
+        own: Mapping[str, str],
+        *,
+        keep: bool = ...,
+        query: str = ...,
+    ) -> Awaitable[Attribution]: ...
+
+
 class EventObserver:
     """Records responses, chat completions and embeddings: `attribute` says who pays for a
-    request's headers, `prices` prices the usage, `submit` takes each row to write (and keeps
+    request, `prices` prices the usage, `submit` takes each row to write (and keeps
     it while the database is down), `api_error` counts an upstream error by team and status."""
 
     def __init__(
         self,
-        attribute: Callable[[Mapping[str, str]], Awaitable[Attribution]],
+        attribute: Attribute,
         prices: PriceTable,
         submit: Callable[[UsageRow], None],
         *,
@@ -131,12 +147,12 @@ class EventObserver:
         elif exchange.method != "POST" or not isinstance(body, dict):
             return  # a GET of a stored chat completion was billed when it was created
         elif is_chat_completion(body):
-            who = await self._attribute(exchange.request_headers)
+            who = await self._who(exchange)
             oid = body.get("id")
             oid = oid if isinstance(oid, str) else _request_id(exchange)
             self._record(chat_row(body, who, self._prices, _now(), object_id=oid))
         elif is_embedding_list(body):
-            who = await self._attribute(exchange.request_headers)
+            who = await self._who(exchange)
             oid = _request_id(exchange)
             self._record(embedding_row(body, who, self._prices, _now(), object_id=oid))
 
@@ -152,7 +168,7 @@ class EventObserver:
         rid = response["id"]
         if rid in self._seen:
             return
-        who = await self._attribute(exchange.request_headers)
+        who = await self._who(exchange)
         request = exchange.request_json() if exchange.method == "POST" else None
         row = response_row(
             response,
@@ -181,7 +197,7 @@ class EventObserver:
             except AccountingError:
                 # The row is still written, with usage_source "none", so the event is counted.
                 _log.exception("cannot estimate chat completion %s", stream.id)
-        who = await self._attribute(exchange.request_headers)
+        who = await self._who(exchange)
         oid = stream.id or _request_id(exchange)
         row = chat_stream_row(
             stream,
@@ -200,8 +216,17 @@ class EventObserver:
         self._submit(row)
 
     async def _api_error(self, exchange: Exchange, status: int) -> None:
-        who = await self._attribute(exchange.request_headers)
+        keep = status not in REFUSED  # a key the upstream refused is not kept
+        who = await self._who(exchange, keep=keep)
         self._count_api_error(who.team, status)
+
+    async def _who(self, exchange: Exchange, *, keep: bool = True) -> Attribution:
+        return await self._attribute(
+            exchange.upstream_headers,
+            exchange.request_headers,
+            keep=keep,
+            query=exchange.query_string,
+        )
 
     def _remember(self, seen: OrderedDict[str, None], key: str) -> None:
         seen[key] = None
@@ -236,8 +261,10 @@ def _request_id(exchange: Exchange) -> str:
     headers = exchange.response_headers
     for name in ("x-request-id", "apim-request-id"):
         value = headers.get(name) if headers is not None else None
-        if value and value.strip():
-            return value.strip()[:255]
+        # Printable only: an id with bytes that were not UTF-8 would be refused by PostgreSQL.
+        value = "".join(c for c in value if c.isprintable()).strip() if value else None
+        if value:
+            return value[:255]
     return f"proxy-{uuid.uuid4().hex}"
 
 

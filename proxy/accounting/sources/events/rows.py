@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from proxy.accounting.attribution import Attribution
-from proxy.accounting.estimate.chat import ChatStream
+from proxy.accounting.estimate.chat import CHAT_ESTIMATOR, ChatStream
 from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
 from proxy.accounting.sources.assistants.rows import to_datetime
 from proxy.accounting.usage import UsageRow, row_from, row_template
@@ -308,6 +308,8 @@ def chat_stream_row(
     else:
         tokens = (*(estimate or (0, 0)), 0, 0)
         values["usage_source"] = "estimated" if estimate is not None else "none"
+        if estimate is not None:
+            values["estimator"] = CHAT_ESTIMATOR
     when = _when(stream.created, now)
     return _chat(values, object_id, stream.model or model, when, prices, tokens)
 

@@ -22,10 +22,10 @@ KEY = fake_key("collect", "2468")
 def job(**values: object) -> ClaimedJob:
     run = {"id": "run_1", "thread_id": "thread_1", "model": "gpt-4o", "status": "completed"}
     fields = {
-        "run_id": "run_1",
+        "object_id": "run_1",
         "thread_id": "thread_1",
         "api_prefix": "/v1",
-        "run_json": json.dumps(run),
+        "object_json": json.dumps(run),
         "key_fingerprint": "fp",
         "id": 1,
         "attempts": 0,

@@ -148,16 +148,16 @@ async def add_runs(sm: SM, fetcher: Fetcher, n: int, threads: int = 10) -> list[
         fetcher.runs[run["id"]] = run
         new.append(
             jobs.NewJob(
-                run_id=run["id"],
+                object_id=run["id"],
                 thread_id=run["thread_id"],
                 api_prefix="/v1",
-                run_json=json.dumps(run),
+                object_json=json.dumps(run),
                 key_fingerprint=FP,
                 team="red",
             )
         )
     await jobs.enqueue_many(sm, new)
-    return [j.run_id for j in new]
+    return [j.object_id for j in new]
 
 
 async def usage(sm: SM) -> dict[str, UsageRecord]:
@@ -167,7 +167,7 @@ async def usage(sm: SM) -> dict[str, UsageRecord]:
 
 async def left(sm: SM) -> dict[str, CollectionJob]:
     async with sm() as session:
-        return {j.run_id: j for j in await session.scalars(select(CollectionJob))}
+        return {j.object_id: j for j in await session.scalars(select(CollectionJob))}
 
 
 async def test_claims_in_bulk_fetches_workers_at_a_time_and_records_in_batches(
@@ -247,7 +247,7 @@ async def test_a_job_taken_over_mid_fetch_is_left_to_its_new_holder(sm: SM, star
     [taken] = await jobs.claim(
         sm, worker="other", fingerprints=[FP], reported_wait=600, lease=120, limit=5, now=later
     )
-    assert taken.run_id == run_id
+    assert taken.object_id == run_id
     fetcher.gates[run_id].set()
     await wait_until(lambda: _recorded(sm, run_id))
     await wait_until(lambda: run_id not in collector._held)
@@ -315,7 +315,7 @@ async def test_jobs_whose_lease_runs_short_before_their_turn_are_claimed_anew(
     # are not fetched on a lease that may run out mid-fetch, but given back and claimed anew.
     collector = await start(fetcher, workers=1, lease=4.0)
     await wait_until(lambda: fetcher.active == 1 and len(collector._held) == 4)
-    queued = {j.id for j in collector._held.values() if j.run_id != ids[0]}
+    queued = {j.id for j in collector._held.values() if j.object_id != ids[0]}
     until = min(j.claimed_until for j in collector._held.values())
     await wait_until(lambda: utcnow() > until - dt.timedelta(seconds=1.5))
     fetcher.gates[ids[0]].set()

@@ -361,6 +361,8 @@ def test_chat_stream_row(prices, chunks, estimate, status, source, tokens, cost)
     assert (row.prompt_tokens, row.completion_tokens) == tokens
     estimated = (row.estimated_prompt_tokens, row.estimated_completion_tokens)
     assert estimated == (estimate or (None, None))
+    # A row whose tokens are the estimate names the estimator that made them.
+    assert row.estimator == ("chat1" if source == "estimated" else None)
     assert row.occurred_at == dt.datetime.fromtimestamp(T, dt.UTC)
     assert row.cost_usd == Decimal(cost)
 
