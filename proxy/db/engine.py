@@ -109,10 +109,12 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     try:
         if backend == "sqlite":
             path = sqlite_path(url)
-            if path is not None and not path.absolute().parent.is_dir():
+            folder = path.absolute().parent if path is not None else None
+            if folder is not None and not folder.is_dir():
+                what = "is not a folder" if folder.exists() else "does not exist"
                 raise ConfigError(
-                    f"database_url: {describe_url(url)}: the folder "
-                    f"{path.absolute().parent} does not exist (create it, or choose another path)"
+                    f"database_url: {describe_url(url)}: the folder {folder} {what} "
+                    "(create it, or choose another path)"
                 )
             _bind_none_directly()
             engine = create_async_engine(parsed, **kwargs)
