@@ -4,6 +4,7 @@ import. Each resource has its own cleanup_ctx, so start-up and shutdown are symm
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -13,6 +14,8 @@ from aiohttp import web
 
 from proxy.accounting.process.supervisor import Forked, fork_collector
 from proxy.accounting.service import Accounting
+from proxy.db.engine import describe_url
+from proxy.errors import ConfigError
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.forward import Forwarder
 from proxy.forwarding.guard import ClientLimits, GuardedSite
@@ -21,11 +24,11 @@ from proxy.forwarding.upstream.compat import checked
 from proxy.gc_settings import collect_less
 from proxy.http.metrics import MetricsObserver
 from proxy.http.routes import install as install_admin
-from proxy.logs import ACCESS_LOGGER, AccessLogger
+from proxy.logs import ACCESS_LOGGER, AccessLogger, log_client_gone
 from proxy.metrics import Metrics
 from proxy.reconcile.admin_api import ENV as ADMIN_KEY_ENV
 from proxy.reconcile.schedule import BillingSchedule
-from proxy.settings import Settings, mask_url
+from proxy.settings import Settings
 
 __all__ = [
     "ACCOUNTING",
@@ -34,6 +37,7 @@ __all__ = [
     "FORWARDER",
     "METRICS",
     "SETTINGS",
+    "listen_error",
     "make_app",
     "serve",
     "start_site",
@@ -86,6 +90,7 @@ def make_app(
         max_observed_body=settings.max_observed_body,
         max_observed_request=settings.max_observed_request,
         rewriter=IncludeUsage() if settings.chat_include_usage else None,
+        on_client_gone=log_client_gone,
     )
     if service is not None:
         service.attach_forwarder(forwarder)
@@ -114,7 +119,14 @@ def make_app(
             _log.warning(
                 "billing_pull_interval is set but %s is not: no billing pulls", ADMIN_KEY_ENV
             )
-    install_admin(app, settings, metrics=metrics, dispatcher=dispatcher, accounting=service)
+    install_admin(
+        app,
+        settings,
+        metrics=metrics,
+        dispatcher=dispatcher,
+        accounting=service,
+        reachability=forwarder.reachability,
+    )
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app
 
@@ -151,13 +163,32 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
             **access,
         )
         await runner.setup()
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await _listen(runner, web.TCPSite(runner, host, port, reuse_address=True), host, port)
         return runner
     runner = web.AppRunner(app, handler_cancellation=True, **access)
     await runner.setup()
-    site = GuardedSite(runner, host, port, limits, **access)
-    await site.start()
+    await _listen(runner, GuardedSite(runner, host, port, limits, **access), host, port)
     return runner
+
+
+async def _listen(runner: web.AppRunner, site: web.BaseSite, host: str, port: int) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        # The port was taken after `serve` checked it: close what setup opened (the upstream
+        # pool, the database, the collector), so the error is one line and not a trail of
+        # "Unclosed client session" warnings.
+        await runner.cleanup()
+        raise listen_error(host, port, exc) from None
+
+
+def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """The one line for an address the proxy cannot listen on."""
+    hint = " (another process listens there: stop it, or choose another --port)"
+    in_use = exc.errno == errno.EADDRINUSE
+    return ConfigError(
+        f"port: cannot listen on {host}:{port}: {exc.strerror or exc}" + (hint if in_use else "")
+    )
 
 
 def client_limits(settings: Settings) -> ClientLimits:
@@ -189,9 +220,15 @@ async def _serve(settings: Settings, forked: Forked | None = None) -> None:
     runner = await start_site(app, settings.host, settings.port)
     print(
         f"usage-proxy listening on http://{settings.host}:{settings.port}, "
-        f"forwarding to {settings.upstream}, database {mask_url(settings.database_url)}",
+        f"forwarding to {settings.upstream}, database {describe_url(settings.database_url)}",
         flush=True,
     )
+    if not settings.admin_token:
+        # They answer 404 like any unknown path, which alone does not say why.
+        _log.info(
+            "the admin endpoints /_proxy/usage, /_proxy/metrics and /_proxy/reconcile are off "
+            "until USAGE_PROXY_ADMIN_TOKEN (or admin_token in the config file) is set"
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

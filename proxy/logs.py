@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, Request, StreamResponse
 
 from proxy.forwarding.forward import REQUEST_ID
 from proxy.redact import redact
@@ -33,6 +33,7 @@ __all__ = [
     "JsonFormatter",
     "RedactingFilter",
     "configure_logging",
+    "log_client_gone",
     "redact",
 ]
 
@@ -171,9 +172,9 @@ class AccessLogger(AbstractAccessLogger):
     secret), status, duration in milliseconds, a request id, the client's address and, when
     the upstream sent one, its x-request-id. No header value is ever logged.
 
-    aiohttp calls `log` after the response is sent; a request whose client went away before
-    that (its handler cancelled) gets no access line, but its exchange still reaches the
-    observers."""
+    aiohttp calls `log` after the response is sent. For a request whose client went away
+    before that, aiohttp cancels the handler and logs nothing, so the Forwarder calls
+    `log_client_gone`, which logs through this class too."""
 
     __slots__ = ()
 
@@ -214,3 +215,16 @@ class AccessLogger(AbstractAccessLogger):
             f" upstream_id={upstream_id}" if upstream_id else "",
             extra=fields,
         )
+
+
+# nginx's "client closed request": the client left before any response began.
+CLIENT_CLOSED = 499
+
+
+def log_client_gone(request: Request, response: StreamResponse | None, seconds: float) -> None:
+    """The access line of a request whose client went away mid-response (a Forwarder's
+    `on_client_gone`): aiohttp writes none for a handler it cancels. The status is the one the
+    client was sent, or 499 when it left before any."""
+    access = AccessLogger(logging.getLogger(ACCESS_LOGGER), "")
+    if access.enabled:
+        access.log(request, response or StreamResponse(status=CLIENT_CLOSED), seconds)

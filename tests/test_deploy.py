@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from proxy.cli.serve import upgrade_when_reachable
 from proxy.db.migrate import current, head
+from proxy.errors import ConfigError
 from proxy.settings import OPTIONS, load_settings
 from tests.conftest import PG_ENV, _pg_execute, with_schema
 
@@ -283,6 +284,6 @@ async def test_serve_does_not_wait_on_errors_that_waiting_cannot_fix(
     retry_log: _Signal, tmp_path: Path
 ) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match=r"/file is not a folder"):
         await upgrade_when_reachable(f"sqlite:///{tmp_path / 'file' / 'usage.db'}", wait=60)
     assert retry_log.messages == []

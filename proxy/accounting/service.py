@@ -11,7 +11,6 @@ them; fail open for traffic either way).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -20,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from proxy.accounting.attributor import Attributor
 from proxy.accounting.estimate.constants import table_from_settings
-from proxy.accounting.estimate.tokenizer import warm_up
 from proxy.accounting.mapping_watch import MappingWatch
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.process.supervisor import CollectorProcess, Forked
@@ -152,9 +150,6 @@ class Accounting:
                 self.recorded,
                 self.metrics.collection_failed,
             )
-        loop = asyncio.get_running_loop()
-        # Loading the encodings takes a moment: do it now, off the loop, not on the first run.
-        warm = loop.run_in_executor(None, warm_up)
         if self.attribution.needs_secret:
             self._tasks.append(asyncio.create_task(self.attribution.load_secret()))
         watch = MappingWatch(
@@ -177,8 +172,6 @@ class Accounting:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.attribution.close()
-            with contextlib.suppress(Exception):
-                await warm
             await self.engine.dispose()
 
     async def _load_secret(self) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from proxy.accounting.estimate.basis import Basis
 from proxy.calibration.observations import Observation, stored_observations
 from proxy.db.engine import make_engine, make_sessionmaker, reading
+from proxy.db.migrate import require_head
 from proxy.db.models import UsageRecord
 
 __all__ = ["read_stored_observations"]
@@ -23,6 +24,8 @@ def read_stored_observations(database_url: str) -> list[Observation]:
 
 
 async def _read(database_url: str) -> list[Observation]:
+    # A clear error for a database that is missing or not the proxy's, and none is created.
+    await require_head(database_url)
     engine = make_engine(database_url)
     try:
         sm = make_sessionmaker(engine)

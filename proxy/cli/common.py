@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.settings import OPTIONS, Settings, load_settings
+from proxy.settings import OPTIONS, Settings, load_settings, mask_url
 
 __all__ = ["PROG", "Parser", "UsageError", "argument", "settings_of", "with_db"]
 
@@ -24,20 +25,40 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{_hide_values(message)} (see `{self.prog} --help`)")
 
 
+# An option whose name says it holds a secret (`--key-secret VALUE` is a mistake: secrets
+# have no flags), and values that look like one: an API key, a bearer token, or a long run of
+# letters and digits mixed, as generated tokens are.
+_SECRET_NAME = re.compile(r"secret|token|key|passw|credential|auth", re.IGNORECASE)
+_SECRET_VALUE = re.compile(
+    r"^(sk-|bearer\s)|^(?=.*[A-Za-z])(?=.*\d)[A-Za-z0-9_\-+/=.]{20,}$", re.IGNORECASE
+)
+
+
+def _shown(option: str, value: str) -> str:
+    """`value` as an error message may echo it: *** when it may be a secret, a URL with its
+    password masked, else as typed, so that a typo can be seen."""
+    if _SECRET_NAME.search(option) or _SECRET_VALUE.search(value):
+        return "***"
+    return mask_url(value) if "://" in value else value
+
+
 def _hide_values(message: str) -> str:
-    """Unknown options are echoed without their values: `--key-secret VALUE` is a mistake
-    whose value is probably a secret."""
+    """Unknown arguments are echoed as typed, except values that may be secrets (_shown)."""
     prefix = "unrecognized arguments: "
     if not message.startswith(prefix):
         return message
     shown, previous = [], ""
     for token in message[len(prefix) :].split(" "):
+        original = token
         if token.startswith("--") and "=" in token:
-            token = token.split("=", 1)[0] + "=***"
+            name, value = token.split("=", 1)
+            token = f"{name}={_shown(name, value)}"
         elif previous.startswith("-") and "=" not in previous and not token.startswith("-"):
-            token = "***"
+            token = _shown(previous, token)
+        else:
+            token = _shown("", token)
         shown.append(token)
-        previous = token
+        previous = original
     return prefix + " ".join(shown)
 
 

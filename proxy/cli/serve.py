@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from proxy.cli.common import settings_of
+from proxy.cli.startup import require_bindable, warn_unknown_environment
 from proxy.settings import OPTIONS, mask_url
 
 __all__ = ["DB_WAIT", "add_commands", "upgrade_when_reachable"]
@@ -31,12 +32,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + opt.name.replace("_", "-")
         if opt.type is bool:
+            # A setting that is on by default has a flag that turns it off, and says so.
             serve.add_argument(
                 flag if not opt.default else "--no-" + flag[2:],
                 dest=opt.name,
                 action="store_const",
                 const=not opt.default,
-                help=opt.help,
+                help=opt.help if not opt.default else f"do not {opt.help}",
             )
         else:
             serve.add_argument(flag, dest=opt.name, type=opt.type, help=opt.help)
@@ -53,6 +55,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     restore_logging = configure_logging(settings)
     try:
+        warn_unknown_environment()
+        # Before the migration: a port in use is one line, with the database untouched.
+        require_bindable(settings.host, settings.port)
         if settings.migrate:
             asyncio.run(upgrade_when_reachable(settings.database_url, DB_WAIT))
         # Imported here: the other commands need neither aiohttp's server nor the accounting.
@@ -116,9 +121,10 @@ def _unreachable(exc: BaseException, url: str) -> bool:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from proxy.db.engine import describe_url
     from proxy.db.migrate import head, upgrade
 
     settings = settings_of(args)
     asyncio.run(upgrade(settings.database_url))
-    print(f"{mask_url(settings.database_url)}: at revision {head()}")
+    print(f"{describe_url(settings.database_url)}: at revision {head()}")
     return 0

@@ -36,6 +36,7 @@ from proxy.settings import mask_url
 
 __all__ = [
     "BEGIN_OPTION",
+    "describe_url",
     "make_engine",
     "make_sessionmaker",
     "ping",
@@ -52,6 +53,10 @@ _ASYNC_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
 }
+_SUPPORTED = (
+    "usage-proxy records into SQLite (sqlite:///PATH) or PostgreSQL "
+    "(postgresql://USER:PASSWORD@HOST:5432/DB)"
+)
 
 
 def split_url(url: str) -> tuple[URL, str | None]:
@@ -61,6 +66,11 @@ def split_url(url: str) -> tuple[URL, str | None]:
     except ArgumentError:
         raise ConfigError(f"database_url: {mask_url(url)!r} is not a database URL") from None
     parsed = parsed.set(drivername=_ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername))
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"database_url: {mask_url(url)!r}: {parsed.get_backend_name()} is not supported; "
+            + _SUPPORTED
+        )
     schema = parsed.query.get("schema")
     if isinstance(schema, tuple):
         raise ConfigError(f"database_url: {mask_url(url)!r} gives schema more than once")
@@ -82,16 +92,30 @@ def sqlite_path(url: str) -> Path | None:
     return Path(db)
 
 
+def describe_url(url: str) -> str:
+    """`url` for messages: its password masked and, for a SQLite file, the absolute path it
+    resolves to, since a relative one depends on the folder the command runs in."""
+    path = sqlite_path(url)
+    shown = repr(mask_url(url))
+    return shown if path is None else f"{shown} (the file {path.absolute()})"
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An engine for `url`; creates the folder of a SQLite file. Extra kwargs go to
-    `create_async_engine` (tests use them; the proxy does not)."""
+    """An engine for `url`. A SQLite file is created on first connection, but never its folder:
+    a missing folder is a ConfigError (a wrong path would otherwise start a new, empty
+    database). Extra kwargs go to `create_async_engine` (tests use them; the proxy does not)."""
     parsed, schema = split_url(url)
     backend = parsed.get_backend_name()
     try:
         if backend == "sqlite":
             path = sqlite_path(url)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            folder = path.absolute().parent if path is not None else None
+            if folder is not None and not folder.is_dir():
+                what = "is not a folder" if folder.exists() else "does not exist"
+                raise ConfigError(
+                    f"database_url: {describe_url(url)}: the folder {folder} {what} "
+                    "(create it, or choose another path)"
+                )
             _bind_none_directly()
             engine = create_async_engine(parsed, **kwargs)
             event.listen(engine.sync_engine, "connect", _sqlite_connect)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["DB_ERRORS", "is_unavailable"]
+__all__ = ["DB_ERRORS", "is_missing_database", "is_unavailable"]
 
 # Everything a database call may raise that accounting must survive.
 DB_ERRORS: tuple[type[BaseException], ...] = (sa_exc.SQLAlchemyError, OSError, TimeoutError)
@@ -31,6 +31,11 @@ def is_unavailable(exc: BaseException) -> bool:
         # "database is locked", "unable to open", "connection was closed".
         return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
     return isinstance(exc, sa_exc.SQLAlchemyError) and not isinstance(exc, sa_exc.StatementError)
+
+
+def is_missing_database(exc: BaseException) -> bool:
+    """True when PostgreSQL says the URL's database does not exist (SQLSTATE 3D000)."""
+    return isinstance(exc, sa_exc.DBAPIError) and _sqlstate(exc.orig) == "3D000"
 
 
 def _sqlstate(orig: BaseException | None) -> str | None:

@@ -8,8 +8,9 @@ of it before returning.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -20,10 +21,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
-from proxy.db.engine import make_engine, split_url, sqlite_path
+from proxy.db.engine import describe_url, make_engine, split_url, sqlite_path
+from proxy.db.errors import is_missing_database
 from proxy.errors import ConfigError
-from proxy.settings import mask_url
 
 __all__ = ["check", "current", "head", "require_head", "upgrade"]
 
@@ -59,7 +61,7 @@ async def _with_connection(url: str, fn: Callable[[Connection], Any], *, lock: b
     _, schema = split_url(url)
     engine = make_engine(url)
     try:
-        async with _process_lock(), engine.connect() as conn:
+        async with _process_lock(), _explained(url), engine.connect() as conn:
             if lock and conn.dialect.name == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
                 if schema:
@@ -73,6 +75,24 @@ async def _with_connection(url: str, fn: Callable[[Connection], Any], *, lock: b
             return result
     finally:
         await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _explained(url: str) -> AsyncIterator[None]:
+    """Database errors an operator can act on, as one line that says what to do."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if not is_missing_database(exc):
+            raise
+        parsed, _ = split_url(url)
+        name, host, port = parsed.database, parsed.host or "localhost", parsed.port or 5432
+        user = f" -U {parsed.username}" if parsed.username else ""
+        raise ConfigError(
+            f"database_url: {describe_url(url)}: the database {name!r} does not exist on "
+            f"{host}:{port}; create it with `createdb -h {host} -p {port}{user} {name}` or, in "
+            f'psql, CREATE DATABASE "{name}";'
+        ) from None
 
 
 def _command(url: str, fn: Callable[[Config], None]) -> Callable[[Connection], None]:
@@ -112,17 +132,19 @@ async def require_head(url: str) -> None:
     that does not exist is not created."""
     path = sqlite_path(url)
     if path is not None and not path.exists():
+        # Named in full: a relative path depends on the folder this runs in, and migrating
+        # there would create a new, empty database.
         raise ConfigError(
-            f"database_url: {mask_url(url)!r}: {str(path)!r} does not exist "
-            "(run `usage-proxy migrate` first)"
+            f"database_url: {describe_url(url)} does not exist (is this the proxy's database "
+            "URL? `usage-proxy migrate` creates a new, empty one)"
         )
     rev = await current(url)
     if rev is None:
         raise ConfigError(
-            f"database_url: {mask_url(url)!r} is not migrated (run `usage-proxy migrate` first)"
+            f"database_url: {describe_url(url)} is not migrated (run `usage-proxy migrate` first)"
         )
     if rev != head():
         raise ConfigError(
-            f"database_url: {mask_url(url)!r} is at revision {rev}, not {head()} "
+            f"database_url: {describe_url(url)} is at revision {rev}, not {head()} "
             "(run `usage-proxy migrate`)"
         )

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -28,6 +28,7 @@ from proxy.errors import (
 )
 from proxy.forwarding.deadlines import HeaderDeadlines
 from proxy.forwarding.exchange import Dispatcher, Exchange
+from proxy.forwarding.reachability import Reachability
 from proxy.forwarding.rewrite import IncludeUsage
 from proxy.forwarding.taps import CopyTap, SSETap
 from proxy.forwarding.targets import filter_headers, reserved, unsafe_target
@@ -37,7 +38,7 @@ from proxy.forwarding.upstream.lean import UpstreamClient
 from proxy.forwarding.upstream.session import SessionTransport
 from proxy.keys import conflicting_keys
 
-__all__ = ["REQUEST_ID", "Forwarder", "error_response"]
+__all__ = ["REQUEST_ID", "ClientGone", "Forwarder", "error_response"]
 
 _log = logging.getLogger("proxy.forward")
 
@@ -51,6 +52,12 @@ _JSON_TYPES = ("application/json",)
 _READ_WHOLE = 64 * 1024
 _ids = itertools.count(1)
 REQUEST_ID = request_key("request_id", str)  # the exchange id, for the access log
+_RESPONSE = request_key("response", web.StreamResponse)
+# Told of a request whose client went away before its response ended, with the response begun
+# for it (None: none was) and the seconds since the request came in. aiohttp writes no access
+# line for a handler it cancels, which is what happens when an SDK closes a stream as soon as
+# it reads `[DONE]`, before the body's last chunk: the app writes that line through this.
+ClientGone = Callable[[web.Request, web.StreamResponse | None, float], None]
 _ID_PREFIX = os.urandom(4).hex()
 
 
@@ -78,6 +85,7 @@ class Forwarder:
         max_observed_body: int = 8 * 1024 * 1024,
         max_observed_request: int = 4 * 1024 * 1024,
         rewriter: IncludeUsage | None = None,
+        on_client_gone: ClientGone | None = None,
     ) -> None:
         base = URL(upstream)
         self._origin = base.origin()
@@ -91,6 +99,9 @@ class Forwarder:
         self._read_whole = min(_READ_WHOLE, max_observed_request)
         # The one change the proxy may make to traffic, opt-in: see proxy.forwarding.rewrite.
         self._rewriter = rewriter
+        self._on_client_gone = on_client_gone
+        # Kept from the traffic, for /_proxy/health.
+        self.reachability = Reachability()
         self._session = SessionTransport(
             str(self._origin) + self._base_path, connect_timeout=connect_timeout, limit=limit
         )
@@ -159,9 +170,14 @@ class Forwarder:
         except asyncio.CancelledError:
             exchange.client_disconnected = True
             exchange.error = exchange.error or "client disconnected"
+            if self._on_client_gone is not None:
+                self._on_client_gone(
+                    request, request.get(_RESPONSE), time.time() - exchange.started_at
+                )
             raise
         except UpstreamError as exc:
             exchange.error = str(exc)
+            self.reachability.failed(time.time(), exc.code)
             done = True
             return error_response(exc.status, str(exc), exc.code)
         finally:
@@ -226,7 +242,7 @@ class Forwarder:
             raise self._timed_out() from None
         finally:
             deadlines.discard(task)
-        exchange.response_started_at = time.time()
+        exchange.response_started_at = self.reachability.last_success = time.time()
         # The upstream answered before it had the whole body (a streamed one): it may never
         # read the rest, so the connection is not reused, nor is its writer waited for.
         streamed = data is not None and type(data) is not bytes
@@ -286,6 +302,7 @@ class Forwarder:
             headers=filter_headers(upstream.headers, request=False),
         )
         response.unsent = tuple(h for h in _DEFAULTED if h not in upstream.headers)
+        request[_RESPONSE] = response
         body_filter = None
         if rewritten and self._rewriter is not None:
             body_filter = self._rewriter.response_filter(upstream.status, upstream.headers)

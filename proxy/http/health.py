@@ -8,6 +8,7 @@ from typing import Protocol
 from aiohttp import web
 
 from proxy import __version__
+from proxy.forwarding.reachability import Reachability
 from proxy.settings import Settings
 
 __all__ = ["Health", "Watched"]
@@ -22,9 +23,15 @@ class Watched(Protocol):
 
 
 class Health:
-    def __init__(self, settings: Settings, accounting: Watched | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        accounting: Watched | None,
+        reachability: Reachability | None = None,
+    ) -> None:
         self._upstream = settings.upstream
         self._accounting = accounting
+        self._reachability = reachability
 
     async def handle(self, request: web.Request) -> web.Response:
         accounting = self._accounting
@@ -37,6 +44,9 @@ class Health:
             if database is not None
             else {"ok": None, "enabled": False},
         }
+        if self._reachability is not None:
+            # Reported, never a failure: the proxy is up whether or not the upstream answers.
+            body["upstream_reachability"] = self._reachability.report()
         if accounting is not None:
             # Collection stopping never stops forwarding, so it is reported, not a failure.
             body["collector"] = accounting.collector_status()

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.forwarding.exchange import Dispatcher
+from proxy.forwarding.reachability import Reachability
 from proxy.http.auth import AdminToken, error
 from proxy.http.health import Health
 from proxy.http.metrics import MetricsEndpoint
@@ -42,10 +43,11 @@ def install(
     metrics: Metrics,
     dispatcher: Dispatcher,
     accounting: Any | None = None,
+    reachability: Reachability | None = None,
 ) -> None:
     """Route /_proxy/*: health always; metrics with an admin token; usage with an admin token
     and accounting (`accounting` is the proxy.accounting.service.Accounting, or None)."""
-    app.router.add_get("/_proxy/health", Health(settings, accounting).handle)
+    app.router.add_get("/_proxy/health", Health(settings, accounting, reachability).handle)
     if settings.admin_token:
         token = AdminToken(settings.admin_token)
         pending = accounting.pending_jobs if accounting is not None else None

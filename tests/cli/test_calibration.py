@@ -249,3 +249,11 @@ def test_estimate_refuses_an_unknown_format(capsys, tmp_path, fmt):
     write_runs(path, base=24)
     code, _, err = run(capsys, "estimate", "--runs", str(path), "--format", fmt)
     assert code == 2 and err.count("\n") == 1
+
+
+def test_calibrate_on_a_missing_database_names_it_and_creates_nothing(capsys, tmp_path):
+    db = tmp_path / "usage.db"
+    code, _, err = run(capsys, "calibrate", "--database-url", f"sqlite:///{db}")
+    assert code == 2, err
+    assert f"(the file {db}) does not exist" in err and err.count("\n") == 1, err
+    assert not db.exists()

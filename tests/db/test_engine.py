@@ -12,7 +12,7 @@ from proxy.errors import ConfigError
 
 
 async def test_sqlite_connections_are_wal_with_busy_timeout_and_foreign_keys(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path}/new/folder/usage.db")
+    engine = make_engine(f"sqlite:///{tmp_path}/usage.db")
     try:
         async with engine.connect() as conn:
             pragmas = {
@@ -21,7 +21,7 @@ async def test_sqlite_connections_are_wal_with_busy_timeout_and_foreign_keys(tmp
             }
         assert pragmas == {"journal_mode": "wal", "busy_timeout": 5000, "foreign_keys": 1}
         assert engine.url.drivername == "sqlite+aiosqlite"
-        assert (tmp_path / "new" / "folder" / "usage.db").exists()
+        assert (tmp_path / "usage.db").exists()
     finally:
         await engine.dispose()
 
@@ -108,6 +108,28 @@ def test_bad_urls_are_config_errors_without_the_password(url: str):
         make_engine(url)
     assert "database_url" in str(info.value)
     assert "topsecret" not in str(info.value)
+
+
+def test_a_missing_folder_is_refused_not_created(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        make_engine("sqlite:///new/folder/usage.db")
+    assert str(info.value) == (
+        f"database_url: 'sqlite:///new/folder/usage.db' (the file {tmp_path}/new/folder/usage.db):"
+        f" the folder {tmp_path}/new/folder does not exist (create it, or choose another path)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+aiomysql", "mssql+pyodbc", "oracle"])
+def test_an_unsupported_database_names_the_supported_ones(scheme: str):
+    with pytest.raises(ConfigError) as info:
+        make_engine(f"{scheme}://u:topsecret@h/db")
+    assert str(info.value) == (
+        f"database_url: '{scheme}://u:***@h/db': {scheme.split('+')[0]} is not supported; "
+        "usage-proxy records into SQLite (sqlite:///PATH) or PostgreSQL "
+        "(postgresql://USER:PASSWORD@HOST:5432/DB)"
+    )
 
 
 @pytest.mark.parametrize(

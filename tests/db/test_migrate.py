@@ -77,6 +77,7 @@ async def test_require_head_explains_what_is_missing(empty_db_url: str, tmp_path
 
 
 async def test_percent_in_the_url_survives_the_alembic_config(tmp_path: Path):
+    (tmp_path / "100%").mkdir()
     url = f"sqlite+aiosqlite:///{tmp_path}/100%25/usage.db"
     await migrate.upgrade(url)
     assert await migrate.current(url) == migrate.head()
@@ -94,6 +95,34 @@ def test_developer_alembic_check_from_the_repository_root(db_url: str):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "No new upgrade operations detected" in done.stdout
+
+
+async def test_a_missing_sqlite_file_is_named_by_its_absolute_path(tmp_path: Path, monkeypatch):
+    """A relative path depends on the folder a command runs in: the message says which file
+    was looked for, and that migrating would start an empty database."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        await migrate.require_head("sqlite+aiosqlite:///usage.db")
+    assert str(info.value) == (
+        f"database_url: 'sqlite+aiosqlite:///usage.db' (the file {tmp_path}/usage.db) does not "
+        "exist (is this the proxy's database URL? `usage-proxy migrate` creates a new, empty one)"
+    )
+
+
+async def test_a_missing_postgresql_database_says_how_to_create_it():
+    base = os.environ.get("USAGE_PROXY_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("USAGE_PROXY_TEST_POSTGRES_URL is not set")
+    parsed, _ = split_url(base)
+    name = f"usage_proxy_missing_{os.getpid()}"
+    url = parsed.set(database=name).render_as_string(hide_password=False)
+    host, port = parsed.host, parsed.port or 5432
+    for attempt in (migrate.upgrade, migrate.require_head):
+        with pytest.raises(ConfigError) as info:
+            await attempt(url)
+        assert f"the database '{name}' does not exist on {host}:{port}" in str(info.value)
+        assert f"createdb -h {host} -p {port} -U {parsed.username} {name}" in str(info.value)
+        assert f'CREATE DATABASE "{name}";' in str(info.value)
 
 
 async def test_jobs_waiting_before_0005_become_assistants_jobs(empty_db_url: str):

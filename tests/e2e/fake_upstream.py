@@ -57,6 +57,11 @@ class Faults:
     drop_connections: int = 0
     # When set, fetches wait until the event is set (a collection caught mid-fetch).
     fetch_gate: asyncio.Event | None = None
+    # The next this many fetches never answer: the client times out and gives up, and the
+    # handler is cancelled with its connection, so it never counts as a fetch.
+    hang_fetches: int = 0
+    # When set, a streamed chat completion's body ends only once it is set, after `[DONE]`.
+    hold_stream_end: asyncio.Event | None = None
     rate_429: float = 0.0
     rate_500: float = 0.0
     rate_drop: float = 0.0
@@ -285,6 +290,8 @@ class FakeUpstream:
         if include:
             await resp.write(_sse({**base, "choices": [], "usage": usage}))
         await resp.write(b"data: [DONE]\n\n")
+        if self.faults.hold_stream_end is not None:
+            await self.faults.hold_stream_end.wait()
         return resp
 
     async def embeddings(self, request: web.Request, key: str) -> web.Response:
@@ -887,6 +894,9 @@ class FakeUpstream:
     async def _fault(self, request: web.Request) -> web.Response | None:
         if self.faults.fetch_gate is not None:
             await self.faults.fetch_gate.wait()
+        if self.faults.hang_fetches > 0:
+            self.faults.hang_fetches -= 1
+            await asyncio.Event().wait()
         if self.faults.drop_connections > 0:
             self.faults.drop_connections -= 1
             assert request.transport is not None

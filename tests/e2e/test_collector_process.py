@@ -95,7 +95,11 @@ async def test_a_run_is_collected_by_the_child_with_the_clients_key(
     collector = await started(proxy)
     pid = collector.pid
     assert pid is not None and pid != os.getpid() and alive(pid)
-    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + NICENESS
+    # Nicer than the proxy, by NICENESS where Linux allows it: niceness stops at 19, so under
+    # `nice -n 10` the child is at 19, not 25.
+    ours, childs = os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, pid)
+    assert childs == min(ours + NICENESS, 19), (ours, childs)
+    assert childs > ours or ours == 19, (ours, childs)
     assert await health(proxy) == {"ok": True, "process": pid}
 
     async with client_for(proxy, KEY) as client:
@@ -173,13 +177,32 @@ def shared_mib(pid: int) -> float:
     return kib / 1024
 
 
-async def test_serve_forks_the_child_sharing_the_tokenizer_and_it_stops_when_serve_is_killed(
+async def collecting(port: int) -> bool:
+    """Whether `serve` on `port` answers health with its collector process running."""
+    try:
+        async with aiohttp.ClientSession() as http:
+            got = await http.get(f"http://127.0.0.1:{port}/_proxy/health")
+            return bool((await got.json())["collector"]["ok"])
+    except aiohttp.ClientError:
+        return False
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size of `pid`: pages it shares with n processes count 1/n."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+async def test_serve_forks_a_lean_child_and_it_stops_when_serve_is_killed(
     upstream: FakeUpstream, db_url: str
 ) -> None:
-    """`serve` forks its collector process after loading the tokenizer's tables (~110 MiB),
-    so the two share them. SIGKILL leaves no shutdown to the serving process: the kernel
-    closes its end of the pipe, and the child stops on its own instead of collecting for no
-    one."""
+    """`serve` forks its collector process after importing what both need, so the two share
+    those pages, and neither loads a tokenizer table (o200k_base alone holds ~42 MiB) before a
+    model needs it: idle, the two hold ~100 MiB PSS between them (bench/memory.py). SIGKILL
+    leaves no shutdown to the serving process: the kernel closes its end of the pipe, and the
+    child stops on its own instead of collecting for no one."""
     port = free_port()
     env = {
         **os.environ,
@@ -199,7 +222,11 @@ async def test_serve_forks_the_child_sharing_the_tokenizer_and_it_stops_when_ser
         # Forked, not spawned: the same command line as serve's.
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         assert cmdline == Path(f"/proc/{proc.pid}/cmdline").read_bytes()
-        assert shared_mib(child) > 64, shared_mib(child)
+        assert shared_mib(child) > 32, shared_mib(child)
+        await wait_for(lambda: collecting(port), timeout=30)
+        # 205 MiB when both tokenizer tables were loaded at start, before the fork.
+        total = pss_mib(proc.pid) + pss_mib(child)
+        assert total < 140, total
     finally:
         proc.kill()
         await proc.wait()

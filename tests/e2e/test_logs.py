@@ -4,11 +4,13 @@ never a credential, whatever the client sends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Iterator
 
 import aiohttp
+import openai
 import pytest
 
 from proxy.logs import configure_logging
@@ -132,6 +134,64 @@ async def test_access_line_carries_the_id_observers_see(
     finally:
         undo()
     assert lines[0]["request_id"] == recorder.responses[0].request_id
+
+
+async def test_a_stream_the_sdk_closes_after_done_gets_its_access_line(
+    upstream: FakeUpstream, start_proxy, capsys
+) -> None:
+    """The synchronous SDK closes a chat stream as soon as it reads `[DONE]`, before the
+    body's last chunk: aiohttp cancels the handler then and writes no access line of its own
+    (2 of 14 streamed SDK requests had none)."""
+    undo = configure_logging(Settings(log_format="json"))
+    upstream.faults.hold_stream_end = asyncio.Event()  # the last chunk comes after the close
+    try:
+        proxy = await start_proxy(Settings(upstream=upstream.url), accounting=False)
+
+        def stream() -> list[str]:
+            with openai.OpenAI(api_key=KEY, base_url=proxy.base_url, max_retries=0) as client:
+                chunks = client.chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "Hi"}], stream=True
+                )
+                return [c.choices[0].delta.content or "" for c in chunks if c.choices]
+
+        assert "".join(await asyncio.to_thread(stream)) == "Hello there, friend!"
+        stderr = _Stderr(capsys)
+        entries = await wait_for(
+            lambda: [
+                e for e in _access(stderr.lines(), "json") if e["path"] == "/v1/chat/completions"
+            ]
+        )
+    finally:
+        upstream.faults.hold_stream_end.set()
+        undo()
+    assert [(e["method"], e["status"]) for e in entries] == [("POST", 200)]
+    assert KEY not in stderr.text
+
+
+async def test_a_client_gone_before_the_response_began_is_logged_as_499(
+    upstream: FakeUpstream, start_proxy, capsys
+) -> None:
+    undo = configure_logging(Settings(log_format="json"))
+    upstream.faults.fetch_gate = asyncio.Event()  # the upstream holds the steps fetch
+    try:
+        proxy = await start_proxy(Settings(upstream=upstream.url), accounting=False)
+        path = "/v1/threads/thread_x/runs/run_x/steps"
+        async with aiohttp.ClientSession() as http:
+            request = asyncio.ensure_future(
+                http.get(proxy.url + path, headers={"Authorization": f"Bearer {KEY}"})
+            )
+            await wait_for(lambda: any(r["path"] == path for r in upstream.requests))
+            request.cancel()  # the client goes away while the proxy waits for the upstream
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+        stderr = _Stderr(capsys)
+        entries = await wait_for(
+            lambda: [e for e in _access(stderr.lines(), "json") if e["path"] == path]
+        )
+    finally:
+        upstream.faults.fetch_gate.set()
+        undo()
+    assert [(e["method"], e["status"]) for e in entries] == [("GET", 499)]
 
 
 # Header lines aiohttp's parser refuses, and so logs with the offending bytes in its error

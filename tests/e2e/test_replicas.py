@@ -37,7 +37,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 KEY = fake_key("replicas", "9012")
 SECRET = "e2e-replica-secret"
-LEASE = 2.0
+LEASE = 2.0  # short, for the test that needs a dead replica's claim to run out
+# Long, for tests where no replica dies: a collection that outlasts its lease on a loaded
+# machine (the first one also loads the tokenizer) is taken over and fetched twice.
+LONG_LEASE = 120.0
 QUESTION = "Write Python code that calculates 2+2 and give me the output."
 
 SM = async_sessionmaker[AsyncSession]
@@ -54,15 +57,32 @@ class Replica:
         return self.proc.pid
 
     def pids(self) -> list[int]:
-        """The serving process and its collector process."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        return [self.pid, *map(int, children)]
+        """The serving process and its collector process: every process whose parent it is,
+        read from each process's own /proc/PID/stat. (/proc/PID/task/TID/children lists only
+        the children of one thread, and the kernel documents it as unreliable while children
+        come and go.)"""
+        return [self.pid, *_children(self.pid)]
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(api_key=KEY, base_url=self.url + "/v1", max_retries=0)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited while the folder was read
+        # The fields after the command name, which may hold spaces and parentheses.
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 async def _healthy(replica: Replica, session: aiohttp.ClientSession) -> bool:
@@ -83,20 +103,19 @@ async def start_replica(
     env = {
         **os.environ,
         "USAGE_PROXY_KEY_SECRET": SECRET,
-        "USAGE_PROXY_COLLECTOR_LEASE": str(LEASE),
         "USAGE_PROXY_COLLECTOR_POLL_INTERVAL": "0.05",
         "USAGE_PROXY_COLLECTOR_RETRY_BASE": "0.05",
         "USAGE_PROXY_COLLECTOR_MAX_BACKOFF": "0.5",
     }
 
-    async def start() -> Replica:
+    async def start(lease: float = LEASE) -> Replica:
         port = free_port()
         log = tmp_path / f"replica-{port}.log"
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "proxy", "serve", "--port", str(port)),
                 *("--upstream", upstream.url, "--database-url", db_url, "--no-migrate"),
-                env=env,
+                env={**env, "USAGE_PROXY_COLLECTOR_LEASE": str(lease)},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
@@ -155,7 +174,7 @@ async def test_replicas_polled_at_once_record_each_run_once(
 ) -> None:
     upstream.polls_to_complete = 8
     upstream.require_beta = True
-    a, b = await asyncio.gather(start_replica(), start_replica())
+    a, b = await asyncio.gather(start_replica(LONG_LEASE), start_replica(LONG_LEASE))
     async with a.client() as ca, b.client() as cb:
         runs = [await _start_run(ca, usage=u) for u in ("no", "yes", "no", "yes", "no")]
         polls = [
@@ -209,11 +228,12 @@ async def test_a_replica_killed_mid_collection_strands_nothing(
     await wait_for(lambda: any(r["path"] == steps_path for r in upstream.requests), timeout=10)
     (job,) = await _jobs(sm)
     holder = int(job["claimed_by"].rsplit(":", 2)[1])
-    assert holder in a.pids() + b.pids()
-    dead, survivor = (a, b) if holder in a.pids() else (b, a)
+    a_pids, b_pids = a.pids(), b.pids()
+    assert holder in a_pids + b_pids, (holder, a_pids, b_pids)
+    dead, survivor, dead_pids = (a, b, a_pids) if holder in a_pids else (b, a, b_pids)
 
     # The machine goes: both of its processes at once, so nothing gives the job back.
-    for pid in dead.pids():
+    for pid in dead_pids:
         os.kill(pid, signal.SIGKILL)
     assert await dead.proc.wait() == -signal.SIGKILL
     upstream.faults.fetch_gate.set()

@@ -4,15 +4,20 @@ forwarded to the fake upstream, a clean stop on SIGTERM, and one-line errors for
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from proxy.app import make_app, start_site
+from proxy.errors import ConfigError
+from proxy.settings import Settings
 from tests.e2e.fake_upstream import FakeUpstream
 from tests.waiting import free_port
 
@@ -67,6 +72,15 @@ async def test_serve_prints_where_it_listens_forwards_and_stops_on_sigterm(
                 assert (await resp.json())["data"][0]["id"] == "gpt-4o"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert proc.stderr is not None
+        err = (await proc.stderr.read()).decode()
+        # No admin token: the admin endpoints answer 404, and the log said why, once.
+        off = (
+            "INFO proxy: the admin endpoints /_proxy/usage, /_proxy/metrics and /_proxy/reconcile "
+            "are off "
+            "until USAGE_PROXY_ADMIN_TOKEN (or admin_token in the config file) is set"
+        )
+        assert err.count(off) == 1, err
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -146,3 +160,44 @@ async def test_report_json_after_serve_lists_rows(tmp_path: Path) -> None:
     code, out, err = await _run("report", "--format", "json", "--database-url", url)
     assert code == 0, err
     assert json.loads(out) == []
+
+
+async def test_a_port_in_use_is_one_line_before_the_database_is_touched(tmp_path: Path) -> None:
+    db = tmp_path / "usage.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await _run(
+            *("serve", "--port", str(port), "--database-url", f"sqlite+aiosqlite:///{db}"),
+            env={"USAGE_PROXY_LOGLEVEL": "DEBUG"},  # misspelled: warned about, first
+        )
+    assert code == 2, (out, err)
+    warning, error = err.splitlines()
+    assert warning.endswith(
+        "WARNING proxy.cli: environment variable USAGE_PROXY_LOGLEVEL is not a setting and is"
+        " ignored; did you mean USAGE_PROXY_LOG_LEVEL?"
+    ), warning
+    assert error == (
+        f"usage-proxy: error: port: cannot listen on 127.0.0.1:{port}: Address already in use"
+        " (another process listens there: stop it, or choose another --port)"
+    )
+    assert not db.exists()  # checked before migrating
+
+
+async def test_a_port_taken_after_the_check_closes_what_start_up_opened(
+    upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The race the check cannot close: the bind fails after the app started its upstream
+    pool, which is closed again instead of being reported as "Unclosed client session"."""
+    app = make_app(Settings(upstream=upstream.url), accounting=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await start_site(app, "127.0.0.1", port)
+    del app
+    gc.collect()
+    await asyncio.sleep(0)  # let the loop report anything left unclosed
+    assert "Unclosed" not in caplog.text

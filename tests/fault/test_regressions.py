@@ -115,7 +115,11 @@ async def test_a_row_the_database_refuses_does_not_stop_accounting(
         run_id = await _finished_run(client)
         # The over-long model name is clipped to its column, so all three are recorded.
         rows = await wait_until(
-            lambda: _rows_when(pg_url, 3), 5, interval=0.1, what="the later rows"
+            # 30 s: the collector's first estimate loads the tokenizer, slow on a loaded host.
+            lambda: _rows_when(pg_url, 3),
+            30,
+            interval=0.1,
+            what="the later rows",
         )
     finally:
         await proxy.stop()

@@ -34,6 +34,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from proxy.db.engine import BEGIN_OPTION
 from tests.e2e.fake_upstream import FakeUpstream
 from tests.fault.harness import ProxyProcess, read_engine, wait_until
 from tests.fault.leaks import dump_tables, find_leaks
@@ -265,6 +266,8 @@ async def _recorded_kinds(url: str) -> set[str]:
     engine = read_engine(url)
     try:
         async with engine.connect() as conn:
+            # A read: it must not queue for SQLite's write lock behind the proxies' writes.
+            await conn.execution_options(**{BEGIN_OPTION: "DEFERRED"})
             pending = await conn.scalar(text("SELECT count(*) FROM collection_jobs"))
             kinds = (await conn.execute(text("SELECT DISTINCT kind FROM usage_records"))).all()
     finally:

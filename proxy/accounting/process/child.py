@@ -1,5 +1,5 @@
 """The collector process: forked by `serve` before its event loop starts, so that it shares the
-tokenizer tables already loaded, or, when it must be started again, `python -m
+modules already imported, or, when it must be started again, `python -m
 proxy.accounting.process.child FD`. Started by the serving process
 (proxy.accounting.process.supervisor), never by hand.
 
@@ -24,7 +24,6 @@ import socket
 import sys
 
 from proxy.accounting.estimate.constants import table_from_settings
-from proxy.accounting.estimate.tokenizer import warm_up
 from proxy.accounting.pricing import load_price_table
 from proxy.accounting.process import wire
 from proxy.accounting.sources.assistants.collector import RunCollector
@@ -77,7 +76,6 @@ async def _run(fd: int) -> None:
         raise wire.WireError("the first message must be the settings")
     configure_logging(settings)
     loop = asyncio.get_running_loop()
-    warm = loop.run_in_executor(None, warm_up)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     credentials = CredentialStore(settings.credential_ttl, limit=settings.credential_limit)
@@ -119,8 +117,6 @@ async def _run(fd: int) -> None:
         await collector.stop()
         await upstream.close()
         await engine.dispose()
-        with contextlib.suppress(Exception):
-            await warm
         writer.close()
 
 

@@ -3,9 +3,11 @@ starts it, tells it the keys it may fetch with and when jobs were written, hands
 recorded (UsageRecorded) and the failures it reports, and starts it again should it die.
 
 `serve` forks the first collector process before its event loop starts (`fork_collector`),
-after loading the tokenizer's tables and freezing the garbage collector, so the two processes
-share those pages instead of holding ~110 MiB each. A collector started again later is spawned
-afresh (forking a process whose threads may hold locks is not safe) and loads its own.
+after its imports and with the garbage collector frozen, so the two processes share those
+pages (~50 MiB). Neither loads a tokenizer table before a model needs it
+(proxy.accounting.estimate.tokenizer): each loads what it estimates with, on first use. A
+collector started again later is spawned afresh (forking a process whose threads may hold
+locks is not safe).
 
 Keys go only over a socketpair private to the two processes (proxy.accounting.process.wire):
 never a file, an argument or the environment. Jobs are in the database, so a collector that
@@ -87,10 +89,8 @@ def fork_collector() -> Forked | None:
         return None
     if threading.active_count() != 1:
         return None
-    from proxy.accounting.estimate.tokenizer import warm_up
     from proxy.accounting.process import child as collector_child
 
-    warm_up()
     # Objects alive now are never moved by a collection in either process, so the pages that
     # hold them stay shared.
     gc.freeze()

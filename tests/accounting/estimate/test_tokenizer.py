@@ -1,3 +1,4 @@
+import gc
 import hashlib
 import os
 import shutil
@@ -5,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -252,3 +254,29 @@ def test_nothing_is_loaded_at_import():
     )
 
     assert result.returncode == 0, result.stderr
+
+
+def test_nothing_is_loaded_until_a_model_needs_it():
+    tokenizer._reset_cache()
+    assert not tokenizer.is_loaded("gpt-4o") and not tokenizer.is_loaded("gpt-4")
+
+    assert tokenizer.count_tokens("hello world", "gpt-4") == 2
+
+    assert tokenizer.is_loaded("gpt-4") and tokenizer.is_loaded("gpt-3.5-turbo")
+    assert not tokenizer.is_loaded("gpt-4o")
+
+
+def test_a_loaded_encoding_keeps_no_python_copy_of_its_ranks():
+    """tiktoken's Rust tables encode; its Python dict of the same ranks (~15 MiB for
+    cl100k_base) is dropped once they are built."""
+    tokenizer._reset_cache()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        encoding = tokenizer.get_encoding("cl100k_base")
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * 1024 * 1024, held
+    assert encoding.encode("hello world") == [15339, 1917]

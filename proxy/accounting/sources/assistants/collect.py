@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.constants import ConstantsTable
 from proxy.accounting.estimate.runs import RunEstimate, estimate_run
-from proxy.accounting.estimate.tokenizer import counter_for_model
+from proxy.accounting.estimate.tokenizer import counter_for_model, is_loaded
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.rows import RunRow, run_row
@@ -158,10 +158,11 @@ class RunCollect:
         nbytes: int,
     ) -> RunEstimate:
         count = counter_for_model(run.get("model"))
-        if nbytes <= _INLINE_ESTIMATE:
+        if nbytes <= _INLINE_ESTIMATE and is_loaded(run.get("model")):
             # A typical run's estimate takes well under a millisecond: cheaper on the loop
             # than handing it to a thread, whose GIL hand-over can hold the loop up to the
-            # switch interval (5 ms) when the loop is busy.
+            # switch interval (5 ms) when the loop is busy. The first estimate with an
+            # encoding loads it (most of a second), so that one goes to the executor.
             return estimate_run(run, steps, messages, count, self._constants)
         # Much text: tokenizing is CPU work (tiktoken releases the GIL), off the event loop.
         return await asyncio.get_running_loop().run_in_executor(
