@@ -33,10 +33,8 @@ from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.accounting.writing.outbox import JobWriter
 from proxy.accounting.writing.row_writer import RowWriter
 from proxy.db import jobs
-from proxy.db import secrets as db_secrets
 from proxy.db.assistant_names import remember_names
 from proxy.db.engine import make_engine, make_sessionmaker, ping
-from proxy.db.errors import DB_ERRORS
 from proxy.errors import ConfigError
 from proxy.forwarding.forward import Forwarder
 from proxy.keys import CredentialStore
@@ -173,20 +171,6 @@ class Accounting:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.attribution.close()
             await self.engine.dispose()
-
-    async def _load_secret(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                self._secret = await db_secrets.hmac_secret(self.sessionmaker())
-                assert self._secret_ready is not None
-                self._secret_ready.set()
-                return
-            except DB_ERRORS as exc:
-                # No secret yet means no fingerprints: observers wait, traffic does not.
-                _log.warning("cannot read the key secret from the database: %s", type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     def collector_status(self) -> dict[str, object]:
         """For /_proxy/health: whether runs are being collected, and where."""
