@@ -3,7 +3,8 @@ SQLite), with the client limits lowered so the test takes seconds:
 
 - 500 send a request head a byte at a time, 500 send 60 KiB of headers and stop, 500 send a
   head and 10 bytes of a 1 MB body and stop, 500 connect and send nothing; and 20 more try
-  to send 1 MiB of headers, and are answered 431 and cut off;
+  to send 1 MiB of headers (1,080 lines), and are refused and cut off: 431 from the guard's
+  total, or 400 from aiohttp's own count of header lines when those arrive in one read;
 - while all 2,000 are open, normal requests are served;
 - resident memory and file handles grow by a bounded amount (measured from /proc/PID), and
   once the timeouts have run, every slow connection is closed by the proxy and the file
@@ -138,7 +139,8 @@ async def test_2000_slow_clients_are_bounded_and_cut_off_while_others_are_served
         await wait_until(
             lambda: all(c.closed_at for c in over), 10, what="the over-cap heads refused"
         )
-        assert all(c.answer.startswith(b"HTTP/1.1 431 ") for c in over), over[0].answer[:100]
+        refused = (b"HTTP/1.1 431 ", b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")
+        assert all(c.answer.startswith(refused) for c in over), [c.answer[:40] for c in over]
         # Every slow client is still open (no timeout yet), and a normal request is served.
         await wait_until(
             lambda: fd_count(proxy.pid) >= fds0 + len(clients), 10, what="all connections open"
