@@ -17,6 +17,7 @@ from proxy.cli import (
     reassign,
     reconcile,
     report,
+    rollup,
     serve,
     sql,
 )
@@ -36,6 +37,7 @@ _GROUPS = (
     calibration,
     billing,
     reconcile,
+    rollup,
 )
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "ThreadSession",
     "UTCDateTime",
     "UsageRecord",
+    "UsageRollup",
     "utcnow",
 ]
 
@@ -374,3 +375,33 @@ class BillingLease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[dt.datetime]
+
+
+class UsageRollup(Base):
+    """usage_records summed per UTC day, team, key, assistant, model, kind and tag, kept in the
+    same transaction as every write of usage rows (proxy.db.rollup), so that reports and the
+    dashboard read a month in cells instead of events. A NULL dimension is '' here: a unique
+    key must compare NULLs as equal, and '' is what no real value of these columns is.
+    cost_usd sums the priced events; unpriced_events and unpriced_tokens count the others."""
+
+    __tablename__ = "usage_rollup"
+    __table_args__ = (Index("ix_usage_rollup_team_day", "team", "day"),)
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    team: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    code_interpreter_sessions: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal]
+    unpriced_events: Mapped[int] = mapped_column(BigInteger)
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)

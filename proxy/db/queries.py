@@ -18,7 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from proxy.db.engine import reading
 from proxy.db.models import AssistantName, UsageRecord
 
-__all__ = ["EVENT_COLUMNS", "FILTERS", "GROUP_FIELDS", "SUMS", "usage_events", "usage_groups"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "FILTERS",
+    "GROUP_FIELDS",
+    "SUMS",
+    "finish_groups",
+    "usage_events",
+    "usage_groups",
+]
 
 _U = UsageRecord
 _NAMES = AssistantName.__table__
@@ -177,6 +185,11 @@ async def usage_groups(
         if keys:
             stmt = stmt.group_by(*keys).order_by(*(key.asc().nulls_last() for key in keys))
         rows = (await session.execute(stmt)).mappings().all()
+    return finish_groups(rows)
+
+
+def finish_groups(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """Group rows as usage_groups returns them, from the rows of its SQL (or the rollup's)."""
     out = []
     for row in rows:
         item = dict(row)

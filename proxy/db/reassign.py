@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, distinct, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.db import rollup
 from proxy.db.audit import add_entry
 from proxy.db.models import UsageRecord
 
@@ -82,12 +83,16 @@ async def reassign(
         if dry_run or not moved.rows:
             await session.rollback()
             return moved
+        cells = await rollup.remove_where(session, where)
         await session.execute(
             update(_U)
             .where(*where)
             .values(team=to_team)
             .execution_options(synchronize_session=False)
         )
+        tally = rollup.Tally()
+        tally.add_cells(cells, team=to_team)
+        await rollup.apply(session, tally)
         detail: dict[str, Any] = {
             selector: value,
             "to_team": to_team,

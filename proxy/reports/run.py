@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.assistant_names import names_of
-from proxy.db.queries import EVENT_COLUMNS, GROUP_FIELDS, SUMS, usage_events, usage_groups
+from proxy.db.queries import EVENT_COLUMNS, GROUP_FIELDS, SUMS, usage_events
+from proxy.db.rollup_query import report_groups
 from proxy.reports.focus import FOCUS_COLUMNS, focus_rows
 from proxy.reports.query import ReportQuery
 from proxy.reports.render import EVENT_TABLE_COLUMNS, render, to_csv
@@ -31,7 +32,7 @@ async def run_report(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -
     if query.fmt == "focus":
         return await _focus(sm, query)
     if query.group_by:
-        rows = await usage_groups(sm, query.group_by, query.since, query.until, **filters)
+        rows = await report_groups(sm, query.group_by, query.since, query.until, **filters)
         columns = [c for name in dict.fromkeys(query.group_by) for c in GROUP_FIELDS[name]]
         return render(
             rows,

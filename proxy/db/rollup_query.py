@@ -1,0 +1,134 @@
+"""Report groups from the daily rollup (usage_rollup) whenever the question allows: group
+fields and filters the rollup keeps, and bounds on whole UTC days. The rows are those
+proxy.db.queries.usage_groups gives for the same question, to the last digit and in the same
+order (tests/db/test_rollup_query.py compares the two on both backends); any other question
+goes to usage_groups, over the usage rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, func, literal, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from proxy.db.engine import reading
+from proxy.db.models import AssistantName, UsageRollup
+from proxy.db.queries import GROUP_FIELDS, finish_groups, usage_groups
+
+__all__ = ["ROLLUP_FIELDS", "ROLLUP_FILTERS", "covered", "report_groups", "rollup_groups"]
+
+_R: Table = UsageRollup.__table__  # type: ignore[assignment]
+_NAMES: Table = AssistantName.__table__  # type: ignore[assignment]
+ROLLUP_FIELDS = frozenset({"team", "assistant", "model", "key", "kind", "tag", "day", "month"})
+ROLLUP_FILTERS = frozenset({"team", "assistant_id", "model", "key_fingerprint", "kind", "tag"})
+# Columns whose NULL the rollup keeps as '' (see UsageRollup).
+_BLANK_IS_NULL = frozenset({"key_fingerprint", "key_hint", "assistant_id", "model", "tag"})
+
+
+def _midnight(when: dt.datetime | None) -> bool:
+    if when is None:
+        return True
+    utc = when.astimezone(dt.UTC)
+    return utc.time() == dt.time()
+
+
+def covered(
+    group_by: Sequence[str],
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    filters: Mapping[str, str | None],
+) -> bool:
+    """Whether the rollup can answer this group question exactly."""
+    return (
+        all(name in ROLLUP_FIELDS for name in group_by)
+        # A filter on '' would match the rollup's NULLs: the rows decide that one.
+        and all(v is None or (k in ROLLUP_FILTERS and v != "") for k, v in filters.items())
+        and _midnight(since)
+        and _midnight(until)
+    )
+
+
+def _column(name: str) -> ColumnElement[Any]:
+    column = _R.c[name]
+    return func.nullif(column, literal("")) if name in _BLANK_IS_NULL else column
+
+
+async def report_groups(
+    sm: async_sessionmaker[AsyncSession],
+    group_by: Sequence[str],
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    **filters: str | None,
+) -> list[dict[str, Any]]:
+    """usage_groups' rows, read from the rollup when `covered`, else from the usage rows."""
+    if covered(group_by, since, until, filters):
+        return await rollup_groups(sm, group_by, since, until, **filters)
+    return await usage_groups(sm, group_by, since, until, **filters)
+
+
+async def rollup_groups(
+    sm: async_sessionmaker[AsyncSession],
+    group_by: Sequence[str],
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    **filters: str | None,
+) -> list[dict[str, Any]]:
+    """usage_groups from the rollup; the caller checks `covered` (ValueError if not)."""
+    if not covered(group_by, since, until, filters):
+        raise ValueError("the rollup cannot answer this question; use usage_groups")
+    keys: list[ColumnElement[Any]] = []
+    selected: list[ColumnElement[Any]] = []
+    joined = False
+    for name in dict.fromkeys(group_by):
+        if name == "day":
+            keys.append(_R.c.day.label("day"))
+            selected.append(keys[-1])
+        elif name == "month":
+            keys.append(func.substr(_R.c.day, 1, 7).label("month"))
+            selected.append(keys[-1])
+        elif name == "assistant":
+            keys.append(_column("assistant_id").label("assistant_id"))
+            selected += [keys[-1], func.max(_NAMES.c.name).label("assistant_name")]
+            joined = True
+        elif name == "key":
+            keys.append(_column("key_fingerprint").label("key_fingerprint"))
+            selected += [keys[-1], func.max(_column("key_hint")).label("key_hint")]
+        else:
+            column = GROUP_FIELDS[name][0]
+            keys.append(_column(column).label(column))
+            selected.append(keys[-1])
+    sums = [
+        func.coalesce(func.sum(_R.c.events), 0).label("events"),
+        *(
+            func.coalesce(func.sum(_R.c[c]), 0).label(c)
+            for c in ("prompt_tokens", "completion_tokens", "total_tokens")
+        ),
+        func.coalesce(func.sum(_R.c.code_interpreter_sessions), 0).label(
+            "code_interpreter_sessions"
+        ),
+        func.sum(_R.c.cost_usd).label("cost_usd"),
+        func.coalesce(func.sum(_R.c.unpriced_events), 0).label("unpriced_events"),
+        func.coalesce(func.sum(_R.c.unpriced_tokens), 0).label("unpriced_tokens"),
+    ]
+    stmt = select(*selected, *sums)
+    if joined:
+        # The rollup's '' (no assistant) matches no name, as NULL matches none in the rows.
+        stmt = stmt.select_from(_R.outerjoin(_NAMES, _NAMES.c.assistant_id == _R.c.assistant_id))
+    for name, value in filters.items():
+        if value is not None:
+            stmt = stmt.where(_R.c[name] == value)
+    if since is not None:
+        stmt = stmt.where(_R.c.day >= since.astimezone(dt.UTC).date().isoformat())
+    if until is not None:
+        stmt = stmt.where(_R.c.day < until.astimezone(dt.UTC).date().isoformat())
+    if keys:
+        stmt = stmt.group_by(*keys).order_by(*(key.asc().nulls_last() for key in keys))
+    async with reading(sm) as session:
+        rows = [dict(row) for row in (await session.execute(stmt)).mappings()]
+    for row in rows:
+        # A group of unpriced events only has no cost, as its usage rows' SUM() is NULL.
+        if row["events"] and int(row["unpriced_events"]) == int(row["events"]):
+            row["cost_usd"] = None
+    return finish_groups(rows)
