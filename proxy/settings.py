@@ -81,7 +81,13 @@ class Settings:
     )
     admin_token: str = _opt(
         "",
-        "bearer token for /_proxy/usage and /_proxy/metrics (unset: both answer 404)",
+        "bearer token for /_proxy/usage, /_proxy/metrics and the dashboard /_proxy/ui/ "
+        "(unset: they answer 404)",
+        secret=True,
+    )
+    viewer_token: str = _opt(
+        "",
+        "read-only token: the dashboard /_proxy/ui/ and /_proxy/usage, nothing else",
         secret=True,
     )
     log_format: str = _opt("text", "text or json")
