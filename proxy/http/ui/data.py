@@ -128,7 +128,7 @@ async def overview(sm: SM, period: Period, budgets: BudgetProvider | None) -> di
         "teams": sorted(teams, key=lambda r: (-_cost(r), r["team"])),
         "team_links": downloads(period.month, "team"),
         "total_links": downloads(period.month),
-        "daily": await _daily(sm, period, "team"),
+        "by_day": await _daily(sm, period, "team"),
         "top": await _breakdowns(sm, period, ["key", "assistant", "model", "tag"]),
         "budgets": None,
     }
@@ -157,7 +157,7 @@ async def team_page(sm: SM, period: Period, team: str) -> dict[str, Any]:
         "total": total,
         "forecast": period.forecast(_cost(total)),
         "total_links": downloads(period.month, team=team),
-        "daily": await _daily(sm, period, "model", team=team),
+        "by_day": await _daily(sm, period, "model", team=team),
         "top": await _breakdowns(
             sm, period, ["key", "assistant", "model", "kind", "tag"], team=team
         ),

@@ -107,7 +107,6 @@ class Pages:
                         web.Response(status=401, text="a valid admin or viewer token is required")
                     )
                 return secure_headers(web.HTTPSeeOther("/_proxy/ui/login"))
-            request["ui_role"] = role
             try:
                 return secure_headers(await handler(request))
             except (SQLAlchemyError, OSError) as exc:
@@ -120,7 +119,8 @@ class Pages:
 
     async def _page(self, request: web.Request, template: str, **context: Any) -> web.Response:
         context.setdefault("csrf", await self._access.session_mac(request))
-        context.setdefault("role", request.get("ui_role"))
+        if "role" not in context:
+            context["role"] = await self._access.role(request)
         text = self._env.get_template(template).render(**context)
         return web.Response(text=text, content_type="text/html", charset="utf-8")
 
