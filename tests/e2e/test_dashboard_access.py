@@ -124,11 +124,13 @@ async def test_login_sets_a_strict_httponly_expiring_cookie_that_opens_pages(ui,
 
 
 async def test_login_without_the_forms_csrf_cookie_is_refused(ui, http):
-    async with aiohttp.ClientSession() as fresh:  # no cookie from the form
-        async with fresh.post(
-            ui.url + "/_proxy/ui/login", data={"csrf_token": "a" * 43, "token": ADMIN}
-        ) as r:
-            assert r.status == 403
+    form = {"csrf_token": "a" * 43, "token": ADMIN}
+    # A fresh session: no cookie from the form.
+    async with (
+        aiohttp.ClientSession() as fresh,
+        fresh.post(ui.url + "/_proxy/ui/login", data=form) as r,
+    ):
+        assert r.status == 403
 
 
 async def _secret() -> bytes:

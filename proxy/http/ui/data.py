@@ -190,7 +190,7 @@ async def run_page(sm: SM, run_id: str) -> dict[str, Any] | None:
         "calls": calls,
         "sessions": sessions,
         "month": month,
-        "links": downloads(month, team=row["team"], kind=ASSISTANTS_RUN),
+        "run_links": downloads(month, team=row["team"], kind=ASSISTANTS_RUN),
     }
 
 
