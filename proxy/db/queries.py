@@ -8,7 +8,7 @@ Days and months are UTC. Money comes back as Decimal, summed exactly in SQL on b
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = [
     "GROUP_FIELDS",
     "SUMS",
     "finish_groups",
+    "stream_events",
     "usage_events",
     "usage_groups",
 ]
@@ -111,6 +112,27 @@ async def usage_events(
     for row in rows:
         row["priced"] = row["cost_usd"] is not None
     return rows
+
+
+async def stream_events(
+    sm: async_sessionmaker[AsyncSession],
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    *,
+    batch: int = 2000,
+    **filters: str | None,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """usage_events' rows in batches, read through a server-side cursor (PostgreSQL) or a
+    stepped statement (SQLite): memory holds one batch, whatever the row count."""
+    cols = [_U.__table__.c[name] for name in EVENT_COLUMNS if name != "priced"]
+    stmt = _where(select(*cols), since, until, filters).order_by(_U.occurred_at, _U.id)
+    async with reading(sm) as session:
+        result = await session.stream(stmt.execution_options(yield_per=batch))
+        async for part in result.mappings().partitions(batch):
+            rows = [dict(row) for row in part]
+            for row in rows:
+                row["priced"] = row["cost_usd"] is not None
+            yield rows
 
 
 def _period(dialect: str, field: str) -> ColumnElement[str]:

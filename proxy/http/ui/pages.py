@@ -16,13 +16,14 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.http.streaming import send_stream
 from proxy.http.ui import csrf, data
 from proxy.http.ui.charts import bars, colour, stacked_days
 from proxy.http.ui.session import COOKIE, Access
 from proxy.reconcile.query import ReconcileError, ReconcileQuery
 from proxy.reconcile.report import run_reconcile
 from proxy.reports.query import ReportError, ReportQuery
-from proxy.reports.run import run_report
+from proxy.reports.run import run_report, stream_report
 
 __all__ = ["Pages", "secure_headers"]
 
@@ -188,14 +189,18 @@ class Pages:
         page = await data.reconciliation(self._sm(), period)
         return await self._page(request, "reconcile.html", **page)
 
-    async def download(self, request: web.Request) -> web.Response:
+    async def download(self, request: web.Request) -> web.StreamResponse:
         try:
             query = ReportQuery.from_params(request.query, default_format="csv")
         except ReportError as exc:
             return web.Response(status=400, text=str(exc))
+        disposition = f'attachment; filename="{_FILENAMES[query.fmt]}"'
+        pieces = stream_report(self._sm(), query)
+        if pieces is not None:
+            return await send_stream(request, pieces, "text/csv", disposition)
         text = await run_report(self._sm(), query)
         response = web.Response(text=text, content_type=_CONTENT_TYPES[query.fmt], charset="utf-8")
-        response.headers["Content-Disposition"] = f'attachment; filename="{_FILENAMES[query.fmt]}"'
+        response.headers["Content-Disposition"] = disposition
         return response
 
     async def reconcile_csv(self, request: web.Request) -> web.Response:
