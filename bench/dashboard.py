@@ -64,7 +64,8 @@ def _select(backend: str, lo: int, hi: int, n: int) -> str:
         )
         fp = f"md5({k}::text)"
         hint = f"'sk-...' || lpad({k}::text, 4, '0')"
-        cost = "round((i % 997) * 0.0000137, 10)"
+        # Teams spend unevenly: team t's events cost (1 + t^2 / 100) times the base.
+        cost = "round((i % 997) * 0.0000137 * (1 + ((i % 2000) % 50) ^ 2 / 100.0), 10)"
         src = f"generate_series({lo}, {hi}) AS s(i)"
         tail = ""
         cat = "||"
@@ -83,7 +84,8 @@ def _select(backend: str, lo: int, hi: int, n: int) -> str:
         )
         fp = f"printf('%064d', {k})"
         hint = f"printf('sk-...%04d', {k})"
-        cost = "(i % 997) * 137000"  # 1e-10 units (proxy.db.models.Money)
+        # 1e-10 units (proxy.db.models.Money); uneven teams as on PostgreSQL.
+        cost = "(i % 997) * 1370 * (100 + ((i % 2000) % 50) * ((i % 2000) % 50))"
         src = "s"
         tail = f"WITH RECURSIVE s(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {hi}) "
         cat = "||"
@@ -113,6 +115,7 @@ async def _seed(url: str, backend: str, n: int) -> dict[str, float]:
             rows = await conn.execute(
                 text(
                     "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'usage_records'"
+                    " AND schemaname = current_schema()"
                     " AND indexname LIKE 'ix_%'"
                     if backend == "postgresql"
                     else "SELECT name, sql FROM sqlite_master WHERE type = 'index' "

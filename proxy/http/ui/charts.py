@@ -17,7 +17,12 @@ __all__ = ["PALETTE", "bars", "colour", "stacked_days"]
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 
 
-def colour(index: int) -> str:
+OTHERS = "#BBBBBB"  # the stack of every series beyond the palette's
+
+
+def colour(index: int, name: str = "") -> str:
+    if name.endswith(" others"):
+        return OTHERS
     return PALETTE[index % len(PALETTE)]
 
 
@@ -43,7 +48,7 @@ def bars(title: str, items: Sequence[tuple[str, Decimal]], *, width: int = 600) 
             f'<text x="{label_w - 6}" y="{y + 16}" text-anchor="end" font-size="12" '
             f'fill="#222">{escape(label[:24])}</text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 8}" '
-            f'fill="{colour(i)}"><title>{escape(label)}: {_money(value)}</title></rect>'
+            f'fill="{PALETTE[0]}"><title>{escape(label)}: {_money(value)}</title></rect>'
             f'<text x="{label_w + w + 6:.1f}" y="{y + 16}" font-size="12" '
             f'fill="#222">{_money(value)}</text>'
         )
@@ -86,7 +91,7 @@ def stacked_days(
             y -= h
             out.append(
                 f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(col - 2, 1):.1f}" '
-                f'height="{h:.1f}" fill="{colour(n)}"><title>{escape(name)} {day}: '
+                f'height="{h:.1f}" fill="{colour(n, name)}"><title>{escape(name)} {day}: '
                 f"{_money(value)}</title></rect>"
             )
         if len(days) <= 12 or i % 5 == 0:
@@ -97,7 +102,7 @@ def stacked_days(
     for n, name in enumerate(series):
         lx, ly = 8 + (n % 4) * (width // 4), height + 4 + 18 * (n // 4)
         out.append(
-            f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{colour(n)}"/>'
+            f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{colour(n, name)}"/>'
             f'<text x="{lx + 16}" y="{ly + 11}" font-size="11" fill="#222">'
             f"{escape(name[:28])}</text>"
         )

@@ -38,6 +38,8 @@ SM = async_sessionmaker[AsyncSession]
 # (name, spend, limit, state) per budget; wired by the app when budgets exist.
 BudgetProvider = Callable[[], Any]
 _TOP = 10
+_SERIES = 7  # stacks in a daily chart
+_BARS = 12  # bars in the team chart
 _TEAM_BREAKDOWNS = ("key", "assistant", "model", "kind", "tag")
 # How a row's usage was learned, as the pages badge it.
 BADGES = {"reported": "reported", "estimated": "estimated", "estimated_partial": "partial"}
@@ -89,6 +91,16 @@ def _top(rows: list[dict[str, Any]], n: int = _TOP) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (-_cost(r), str(r)))[:n]
 
 
+def _bars(items: list[tuple[str, Decimal]]) -> dict[str, Any]:
+    """The chart's bars (the largest), and what the rest add up to, said in words."""
+    rest = items[_BARS:]
+    return {
+        "bars": items[:_BARS],
+        "others": len(rest),
+        "others_cost": sum((v for _, v in rest), Decimal(0)),
+    }
+
+
 async def _breakdowns(
     sm: SM, period: Period, fields: Sequence[str], **filters: str
 ) -> dict[str, dict[str, Any]]:
@@ -110,9 +122,17 @@ async def _daily(sm: SM, period: Period, series_field: str, **filters: str) -> d
     for row in rows:
         name = str(row[column]) if row[column] is not None else "(none)"
         series.setdefault(name, {})[row["day"]] = _cost(row)
-    ranked = sorted(series, key=lambda s: -sum(series[s].values()))
+    ranked = sorted(series, key=lambda s: (-sum(series[s].values()), s))
+    shown = {name: series[name] for name in ranked[:_SERIES]}
+    if len(ranked) > _SERIES:
+        # More colours than this cannot be told apart: the rest is one stack ("others").
+        rest: dict[str, Decimal] = {}
+        for name in ranked[_SERIES:]:
+            for day, value in series[name].items():
+                rest[day] = rest.get(day, Decimal(0)) + value
+        shown[f"{len(ranked) - _SERIES} others"] = rest
     return {
-        "series": {name: series[name] for name in ranked},
+        "series": shown,
         "rows": rows,
         "links": downloads(period.month, f"day,{series_field}", **filters),
     }
@@ -121,11 +141,13 @@ async def _daily(sm: SM, period: Period, series_field: str, **filters: str) -> d
 async def overview(sm: SM, period: Period, budgets: BudgetProvider | None) -> dict[str, Any]:
     [total] = await report_groups(sm, [], period.since, period.until)
     teams = await report_groups(sm, ["team"], period.since, period.until)
+    ranked = sorted(teams, key=lambda r: (-_cost(r), r["team"]))
     page = {
         "period": period,
         "total": total,
         "forecast": period.forecast(_cost(total)),
-        "teams": sorted(teams, key=lambda r: (-_cost(r), r["team"])),
+        "teams": ranked,
+        "team_bars": _bars([(r["team"], _cost(r)) for r in ranked]),
         "team_links": downloads(period.month, "team"),
         "total_links": downloads(period.month),
         "by_day": await _daily(sm, period, "team"),
