@@ -83,14 +83,17 @@ async def reassign(
         if dry_run or not moved.rows:
             await session.rollback()
             return moved
-        cells = await rollup.remove_where(session, where)
+        cells = await rollup.cells_where(session, where)
         await session.execute(
             update(_U)
             .where(*where)
             .values(team=to_team)
             .execution_options(synchronize_session=False)
         )
+        # Out of the old cells and into the new in one write, in key order: the cells are
+        # locked in the order every batch of new rows locks them, so neither waits in a circle.
         tally = rollup.Tally()
+        tally.add_cells(cells, -1)
         tally.add_cells(cells, team=to_team)
         await rollup.apply(session, tally)
         detail: dict[str, Any] = {

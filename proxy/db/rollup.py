@@ -40,6 +40,7 @@ __all__ = [
     "Tally",
     "add_where",
     "apply",
+    "cells_where",
     "expected_cells",
     "rebuild",
     "remove_where",
@@ -174,6 +175,13 @@ async def _cells(session: AsyncSession, where: Sequence[ColumnElement[bool]]) ->
         {**row, **{m: row[m] if m == "cost_usd" else int(row[m]) for m in MEASURES}}
         for row in result.mappings()
     ]
+
+
+async def cells_where(
+    session: AsyncSession, where: Sequence[ColumnElement[bool]]
+) -> list[dict[str, Any]]:
+    """The cells of the usage rows matching `where` (DIMENSIONS and MEASURES)."""
+    return await _cells(session, where)
 
 
 async def remove_where(
