@@ -16,7 +16,7 @@ from proxy.db.billing import delete_adjustments, write_adjustments
 from proxy.db.migrate import upgrade
 from proxy.db.models import UsageRollup
 from proxy.db.reassign import reassign
-from proxy.db.rollup_query import covered, report_groups, rollup_groups
+from proxy.db.rollup_query import covered, regroup, report_groups, rollup_groups
 from proxy.db.run_usage import RunUsage, record_usage_many
 from proxy.db.unpriced import set_costs
 from proxy.db.usage import record_rows
@@ -225,3 +225,32 @@ async def test_questions_the_rollup_cannot_answer_go_to_the_rows(sm, group_by, s
     assert await report_groups(sm, group_by, since, None, **filters) == await queries.usage_groups(
         sm, group_by, since, None, **filters
     )
+
+
+@pytest.mark.parametrize(
+    ("fine", "coarse"),
+    [
+        (("day", "team"), ()),
+        (("day", "team"), ("team",)),
+        (("day", "team"), ("day",)),
+        (("key", "assistant", "model", "tag"), ("key",)),
+        (("key", "assistant", "model", "tag"), ("assistant",)),
+        (("key", "assistant", "model", "kind", "tag"), ("tag",)),
+    ],
+)
+async def test_regrouped_rows_equal_the_report_of_the_coarser_grouping(seeded, fine, coarse):
+    sm = seeded
+    from proxy.db.assistant_names import remember_names
+
+    await remember_names(sm, {"asst_1": "Helper"})
+    for since, until in BOUNDS:
+        for filters in FILTERS:
+            rows = await report_groups(sm, fine, since, until, **filters)
+            got = regroup(rows, coarse)
+            want = await queries.usage_groups(sm, coarse, since, until, **filters)
+
+            def key(row):
+                return [str(v) for v in row.values()]
+
+            assert sorted(map(key, got)) == sorted(map(key, want)), (fine, coarse, since, filters)
+            assert sorted(got, key=key) == sorted(want, key=key)

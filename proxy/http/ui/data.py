@@ -4,6 +4,7 @@ proxy.db.rollup_query: the rollup when the question allows), so that a page's nu
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import datetime as dt
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from proxy.accounting.sources.events.rows import RESPONSE_KIND
 from proxy.accounting.usage import ASSISTANTS_RUN
 from proxy.db import top_events
 from proxy.db.assistant_names import names_of
-from proxy.db.rollup_query import report_groups
+from proxy.db.rollup_query import regroup, report_groups
 from proxy.reconcile.compare import COLUMNS as RECONCILE_COLUMNS
 from proxy.reconcile.query import ReconcileQuery
 from proxy.reconcile.report import reconcile_rows
@@ -101,23 +102,26 @@ def _bars(items: list[tuple[str, Decimal]]) -> dict[str, Any]:
     }
 
 
-async def _breakdowns(
-    sm: SM, period: Period, fields: Sequence[str], **filters: str
+def _breakdowns(
+    rows: list[dict[str, Any]], period: Period, fields: Sequence[str], **filters: str
 ) -> dict[str, dict[str, Any]]:
+    """The top rows of each field, from report rows grouped by all of them."""
     out = {}
     for name in fields:
-        rows = await report_groups(sm, [name], period.since, period.until, **filters)
+        grouped = regroup(rows, [name])
         out[name] = {
-            "rows": _top(rows),
-            "count": len(rows),
+            "rows": _top(grouped),
+            "count": len(grouped),
             "links": downloads(period.month, name, **filters),
         }
     return out
 
 
-async def _daily(sm: SM, period: Period, series_field: str, **filters: str) -> dict[str, Any]:
-    rows = await report_groups(sm, ["day", series_field], period.since, period.until, **filters)
-    column = "team" if series_field == "team" else series_field
+def _daily(
+    rows: list[dict[str, Any]], period: Period, column: str, **filters: str
+) -> dict[str, Any]:
+    """The daily chart's stacks (the largest series, the rest as one) from report rows
+    grouped by day and `column`, and the same numbers as a table: a row per day."""
     series: dict[str, dict[str, Decimal]] = {}
     for row in rows:
         name = str(row[column]) if row[column] is not None else "(none)"
@@ -131,18 +135,39 @@ async def _daily(sm: SM, period: Period, series_field: str, **filters: str) -> d
             for day, value in series[name].items():
                 rest[day] = rest.get(day, Decimal(0)) + value
         shown[f"{len(ranked) - _SERIES} others"] = rest
+    table = [
+        (day, [values.get(day) for values in shown.values()])
+        for day in period.days
+        if any(day in values for values in shown.values())
+    ]
     return {
         "series": shown,
-        "rows": rows,
-        "links": downloads(period.month, f"day,{series_field}", **filters),
+        "table": table,
+        "links": downloads(period.month, f"day,{column}", **filters),
     }
 
 
+async def _budgets(budgets: BudgetProvider | None) -> list[Any] | None:
+    if budgets is None:
+        return None
+    result = budgets()
+    if hasattr(result, "__await__"):
+        result = await result
+    return list(result)
+
+
 async def overview(sm: SM, period: Period, budgets: BudgetProvider | None) -> dict[str, Any]:
-    [total] = await report_groups(sm, [], period.since, period.until)
-    teams = await report_groups(sm, ["team"], period.since, period.until)
-    ranked = sorted(teams, key=lambda r: (-_cost(r), r["team"]))
-    page = {
+    """Two questions, asked at once: (day, team) gives the total, the teams and the daily
+    chart; (key, assistant, model, tag) gives the four top lists (see `regroup`)."""
+    since, until = period.since, period.until
+    by_day, by_cell, budget_rows = await asyncio.gather(
+        report_groups(sm, ["day", "team"], since, until),
+        report_groups(sm, ["key", "assistant", "model", "tag"], since, until),
+        _budgets(budgets),
+    )
+    [total] = regroup(by_day, [])
+    ranked = sorted(regroup(by_day, ["team"]), key=lambda r: (-_cost(r), r["team"]))
+    return {
         "period": period,
         "total": total,
         "forecast": period.forecast(_cost(total)),
@@ -150,26 +175,21 @@ async def overview(sm: SM, period: Period, budgets: BudgetProvider | None) -> di
         "team_bars": _bars([(r["team"], _cost(r)) for r in ranked]),
         "team_links": downloads(period.month, "team"),
         "total_links": downloads(period.month),
-        "by_day": await _daily(sm, period, "team"),
-        "top": await _breakdowns(sm, period, ["key", "assistant", "model", "tag"]),
-        "budgets": None,
+        "by_day": _daily(by_day, period, "team"),
+        "top": _breakdowns(by_cell, period, ["key", "assistant", "model", "tag"]),
+        "budgets": budget_rows,
     }
-    if budgets is not None:
-        result = budgets()
-        if hasattr(result, "__await__"):
-            result = await result
-        page["budgets"] = list(result)
-    return page
 
 
 async def team_page(sm: SM, period: Period, team: str) -> dict[str, Any]:
-    [total] = await report_groups(sm, [], period.since, period.until, team=team)
-    runs = await top_events.top_events(
-        sm, period.since, period.until, kinds=[ASSISTANTS_RUN], team=team
+    since, until = period.since, period.until
+    by_day, by_cell, runs, responses = await asyncio.gather(
+        report_groups(sm, ["day", "model"], since, until, team=team),
+        report_groups(sm, list(_TEAM_BREAKDOWNS), since, until, team=team),
+        top_events.top_events(sm, since, until, kinds=[ASSISTANTS_RUN], team=team),
+        top_events.top_events(sm, since, until, kinds=[RESPONSE_KIND], team=team),
     )
-    responses = await top_events.top_events(
-        sm, period.since, period.until, kinds=[RESPONSE_KIND], team=team
-    )
+    [total] = regroup(by_day, [])
     names = await names_of(sm, {r["assistant_id"] for r in runs if r["assistant_id"]})
     for r in runs:
         r["assistant_name"] = names.get(r["assistant_id"])
@@ -179,10 +199,8 @@ async def team_page(sm: SM, period: Period, team: str) -> dict[str, Any]:
         "total": total,
         "forecast": period.forecast(_cost(total)),
         "total_links": downloads(period.month, team=team),
-        "by_day": await _daily(sm, period, "model", team=team),
-        "top": await _breakdowns(
-            sm, period, ["key", "assistant", "model", "kind", "tag"], team=team
-        ),
+        "by_day": _daily(by_day, period, "model", team=team),
+        "top": _breakdowns(by_cell, period, _TEAM_BREAKDOWNS, team=team),
         "runs": runs,
         "runs_links": downloads(period.month, team=team, kind=ASSISTANTS_RUN),
         "responses": responses,
