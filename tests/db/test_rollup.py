@@ -243,8 +243,8 @@ async def test_regrouped_rows_equal_the_report_of_the_coarser_grouping(seeded, f
     from proxy.db.assistant_names import remember_names
 
     await remember_names(sm, {"asst_1": "Helper"})
-    for since, until in BOUNDS:
-        for filters in FILTERS:
+    for since, until in BOUNDS[:2]:
+        for filters in FILTERS[:2]:
             rows = await report_groups(sm, fine, since, until, **filters)
             got = regroup(rows, coarse)
             want = await queries.usage_groups(sm, coarse, since, until, **filters)
