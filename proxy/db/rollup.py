@@ -31,11 +31,12 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from proxy.db.dialects import INSERTS, dialect_of
-from proxy.db.models import UsageRecord, UsageRollup
+from proxy.db.models import UsageRecord, UsageRollup, UsageRollupMonth
 
 __all__ = [
     "DIMENSIONS",
     "MEASURES",
+    "MONTH_DIMENSIONS",
     "ROW_FIELDS",
     "Tally",
     "add_where",
@@ -51,6 +52,7 @@ __all__ = [
 
 _rollup: Table = UsageRollup.__table__  # type: ignore[assignment]
 _usage: Table = UsageRecord.__table__  # type: ignore[assignment]
+_month: Table = UsageRollupMonth.__table__  # type: ignore[assignment]
 DIMENSIONS = ("day", "team", "key_fingerprint", "key_hint", "assistant_id", "model", "kind", "tag")
 # Usage columns summed as they are.
 _SUMMED = (
@@ -122,33 +124,59 @@ class Tally:
                 cell[i] += sign * c[name]
 
 
-def _upsert(insert: Any) -> Any:
-    stmt = insert(_rollup)
+MONTH_DIMENSIONS = ("month", *DIMENSIONS[1:])
+
+
+def _upsert(insert: Any, table: Table, dims: Sequence[str]) -> Any:
+    stmt = insert(table)
     return stmt.on_conflict_do_update(
-        index_elements=list(DIMENSIONS),
-        set_={m: _rollup.c[m] + stmt.excluded[m] for m in MEASURES},
+        index_elements=list(dims),
+        set_={m: table.c[m] + stmt.excluded[m] for m in MEASURES},
     )
 
 
-_UPSERT = {name: _upsert(insert) for name, insert in INSERTS.items()}
+_UPSERT = {name: _upsert(insert, _rollup, DIMENSIONS) for name, insert in INSERTS.items()}
+_UPSERT_MONTH = {
+    name: _upsert(insert, _month, MONTH_DIMENSIONS) for name, insert in INSERTS.items()
+}
 _EMPTIED = delete(_rollup).where(
     _rollup.c.events == 0, _rollup.c.day.in_(bindparam("days", expanding=True))
 )
+_EMPTIED_MONTH = delete(_month).where(
+    _month.c.events == 0, _month.c.month.in_(bindparam("months", expanding=True))
+)
+
+
+def _by_month(cells: Mapping[tuple[str, ...], list[Any]]) -> dict[tuple[str, ...], list[Any]]:
+    out: dict[tuple[str, ...], list[Any]] = {}
+    for (day, *dims), measures in cells.items():
+        cell = out.get(key := (day[:7], *dims))
+        if cell is None:
+            out[key] = list(measures)
+        else:
+            for i, value in enumerate(measures):
+                cell[i] += value
+    return out
 
 
 async def apply(session: AsyncSession, tally: Tally) -> None:
     """Add the tally's deltas to the rollup, in the session's transaction."""
-    params = [
-        dict(zip(DIMENSIONS, key, strict=True)) | dict(zip(MEASURES, tally.cells[key], strict=True))
-        for key in sorted(tally.cells)
-        if any(tally.cells[key])
-    ]
-    if not params:
-        return
-    await session.execute(_UPSERT[dialect_of(session)], params)
-    lowered = sorted({p["day"] for p in params if p["events"] < 0})
-    if lowered:
-        await session.execute(_EMPTIED, {"days": lowered})
+    dialect = dialect_of(session)
+    for cells, dims, upsert, emptied, name in (
+        (tally.cells, DIMENSIONS, _UPSERT, _EMPTIED, "days"),
+        (_by_month(tally.cells), MONTH_DIMENSIONS, _UPSERT_MONTH, _EMPTIED_MONTH, "months"),
+    ):
+        params = [
+            dict(zip(dims, key, strict=True)) | dict(zip(MEASURES, cells[key], strict=True))
+            for key in sorted(cells)
+            if any(cells[key])
+        ]
+        if not params:
+            continue
+        await session.execute(upsert[dialect], params)
+        lowered = sorted({p[dims[0]] for p in params if p["events"] < 0})
+        if lowered:
+            await session.execute(emptied, {name: lowered})
 
 
 def _cells_select(dialect: str, where: Sequence[ColumnElement[bool]]) -> Any:
@@ -217,15 +245,38 @@ async def rebuild(session: AsyncSession, since: dt.date | None = None) -> int:
     counted = select(func.count()).select_from(_rollup)
     if since is not None:
         counted = counted.where(_rollup.c.day >= since.isoformat())
-    return int(await session.scalar(counted) or 0)
+    cells = int(await session.scalar(counted) or 0)
+    # The months from since's, summed again from the days just made.
+    first = since.isoformat()[:7] if since is not None else ""
+    await session.execute(delete(_month).where(_month.c.month >= first))
+    month = func.substr(_rollup.c.day, 1, 7)
+    dims = [month.label("month"), *(_rollup.c[d] for d in DIMENSIONS[1:])]
+    summed = (
+        select(*dims, *(func.sum(_rollup.c[m]).label(m) for m in MEASURES))
+        .where(_rollup.c.day >= first)
+        .group_by(*dims)
+    )
+    await session.execute(_month.insert().from_select([*MONTH_DIMENSIONS, *MEASURES], summed))
+    return cells
 
 
 async def expected_cells(session: AsyncSession) -> list[dict[str, Any]]:
-    """What the rollup must hold: usage_records summed per cell (for checks and tests)."""
-    return await _cells(session, [])
+    """What the rollup must hold (as stored_cells gives it): usage_records summed per daily
+    cell, then per monthly cell (for checks and tests)."""
+    days = await _cells(session, [])
+    keyed = {tuple(c[d] for d in DIMENSIONS): [c[m] for m in MEASURES] for c in days}
+    months = [
+        {"day": key[0], "month": key[0], **dict(zip(DIMENSIONS[1:], key[1:], strict=True))}
+        | dict(zip(MEASURES, measures, strict=True))
+        for key, measures in _by_month(keyed).items()
+        if measures[0]
+    ]
+    return days + months
 
 
 async def stored_cells(session: AsyncSession) -> list[dict[str, Any]]:
-    """What the rollup holds."""
-    result = await session.execute(select(_rollup))
-    return [dict(row) for row in result.mappings()]
+    """What the rollup holds: its daily cells, then its monthly ones keyed by the month in
+    `day` (YYYY-MM), so that a check compares both grains with `expected_cells`."""
+    days = [dict(row) for row in (await session.execute(select(_rollup))).mappings()]
+    months = (await session.execute(select(_month))).mappings()
+    return days + [{"day": row["month"], **dict(row)} for row in months]

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Table, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.engine import reading
-from proxy.db.models import AssistantName, UsageRollup
+from proxy.db.models import AssistantName, UsageRollup, UsageRollupMonth
 from proxy.db.queries import GROUP_FIELDS, SUMS, finish_groups, usage_groups
 
 __all__ = [
@@ -27,7 +27,8 @@ __all__ = [
     "rollup_groups",
 ]
 
-_R: Table = UsageRollup.__table__  # type: ignore[assignment]
+_DAYS: Table = UsageRollup.__table__  # type: ignore[assignment]
+_MONTHS: Table = UsageRollupMonth.__table__  # type: ignore[assignment]
 _NAMES: Table = AssistantName.__table__  # type: ignore[assignment]
 ROLLUP_FIELDS = frozenset({"team", "assistant", "model", "key", "kind", "tag", "day", "month"})
 ROLLUP_FILTERS = frozenset({"team", "assistant_id", "model", "key_fingerprint", "kind", "tag"})
@@ -59,8 +60,12 @@ def covered(
     )
 
 
-def _column(name: str) -> ColumnElement[Any]:
-    column = _R.c[name]
+def _first_of_month(when: dt.datetime | None) -> bool:
+    return when is None or (_midnight(when) and when.astimezone(dt.UTC).day == 1)
+
+
+def _column(table: Table, name: str) -> ColumnElement[Any]:
+    column = table.c[name]
     return func.nullif(column, literal("")) if name in _BLANK_IS_NULL else column
 
 
@@ -87,51 +92,58 @@ async def rollup_groups(
     """usage_groups from the rollup; the caller checks `covered` (ValueError if not)."""
     if not covered(group_by, since, until, filters):
         raise ValueError("the rollup cannot answer this question; use usage_groups")
+    # Without days to tell apart, whole months read the monthly cells (~14 times fewer).
+    monthly = "day" not in group_by and _first_of_month(since) and _first_of_month(until)
+    table = _MONTHS if monthly else _DAYS
+    period = table.c.month if monthly else table.c.day
     keys: list[ColumnElement[Any]] = []
     selected: list[ColumnElement[Any]] = []
     joined = False
     for name in dict.fromkeys(group_by):
         if name == "day":
-            keys.append(_R.c.day.label("day"))
+            keys.append(table.c.day.label("day"))
             selected.append(keys[-1])
         elif name == "month":
-            keys.append(func.substr(_R.c.day, 1, 7).label("month"))
+            keys.append((period if monthly else func.substr(period, 1, 7)).label("month"))
             selected.append(keys[-1])
         elif name == "assistant":
-            keys.append(_column("assistant_id").label("assistant_id"))
+            keys.append(_column(table, "assistant_id").label("assistant_id"))
             selected += [keys[-1], func.max(_NAMES.c.name).label("assistant_name")]
             joined = True
         elif name == "key":
-            keys.append(_column("key_fingerprint").label("key_fingerprint"))
-            selected += [keys[-1], func.max(_column("key_hint")).label("key_hint")]
+            keys.append(_column(table, "key_fingerprint").label("key_fingerprint"))
+            selected += [keys[-1], func.max(_column(table, "key_hint")).label("key_hint")]
         else:
             column = GROUP_FIELDS[name][0]
-            keys.append(_column(column).label(column))
+            keys.append(_column(table, column).label(column))
             selected.append(keys[-1])
     sums = [
-        func.coalesce(func.sum(_R.c.events), 0).label("events"),
+        func.coalesce(func.sum(table.c.events), 0).label("events"),
         *(
-            func.coalesce(func.sum(_R.c[c]), 0).label(c)
+            func.coalesce(func.sum(table.c[c]), 0).label(c)
             for c in ("prompt_tokens", "completion_tokens", "total_tokens")
         ),
-        func.coalesce(func.sum(_R.c.code_interpreter_sessions), 0).label(
+        func.coalesce(func.sum(table.c.code_interpreter_sessions), 0).label(
             "code_interpreter_sessions"
         ),
-        func.sum(_R.c.cost_usd).label("cost_usd"),
-        func.coalesce(func.sum(_R.c.unpriced_events), 0).label("unpriced_events"),
-        func.coalesce(func.sum(_R.c.unpriced_tokens), 0).label("unpriced_tokens"),
+        func.sum(table.c.cost_usd).label("cost_usd"),
+        func.coalesce(func.sum(table.c.unpriced_events), 0).label("unpriced_events"),
+        func.coalesce(func.sum(table.c.unpriced_tokens), 0).label("unpriced_tokens"),
     ]
     stmt = select(*selected, *sums)
     if joined:
         # The rollup's '' (no assistant) matches no name, as NULL matches none in the rows.
-        stmt = stmt.select_from(_R.outerjoin(_NAMES, _NAMES.c.assistant_id == _R.c.assistant_id))
+        stmt = stmt.select_from(
+            table.outerjoin(_NAMES, _NAMES.c.assistant_id == table.c.assistant_id)
+        )
     for name, value in filters.items():
         if value is not None:
-            stmt = stmt.where(_R.c[name] == value)
+            stmt = stmt.where(table.c[name] == value)
+    width = 7 if monthly else 10
     if since is not None:
-        stmt = stmt.where(_R.c.day >= since.astimezone(dt.UTC).date().isoformat())
+        stmt = stmt.where(period >= since.astimezone(dt.UTC).date().isoformat()[:width])
     if until is not None:
-        stmt = stmt.where(_R.c.day < until.astimezone(dt.UTC).date().isoformat())
+        stmt = stmt.where(period < until.astimezone(dt.UTC).date().isoformat()[:width])
     if keys:
         stmt = stmt.group_by(*keys).order_by(*(key.asc().nulls_last() for key in keys))
     async with reading(sm) as session:

@@ -117,6 +117,8 @@ async def test_reassign_reprice_and_true_up_keep_it_equal(seeded):
     await _check(sm)
     async with sm() as session:
         teams = {c["team"] for c in await rollup.stored_cells(session)}
+        months = {c["day"] for c in await rollup.stored_cells(session) if len(c["day"]) == 7}
+    assert months == {"2026-10", "2026-11"}
     assert "brown" not in teams and "purple" not in teams, "emptied cells must go"
 
 
@@ -127,8 +129,10 @@ async def test_concurrent_batches_lose_no_increment(sm, db_backend):
     ]
     await asyncio.gather(*(record_rows(sm, batch) for batch in batches))
     async with sm() as session:
-        [cell] = await rollup.stored_cells(session)
-    assert cell["events"] == 40 and cell["prompt_tokens"] == 40 * 100
+        day, month = await rollup.stored_cells(session)  # one daily cell, one monthly
+    for cell in (day, month):
+        assert cell["events"] == 40 and cell["prompt_tokens"] == 40 * 100
+    assert (day["day"], month["month"]) == ("2026-11-01", "2026-11")
     await _check(sm)
 
 
