@@ -110,6 +110,9 @@ class Pages:
                 return secure_headers(web.HTTPSeeOther("/_proxy/ui/login"))
             try:
                 return secure_headers(await handler(request))
+            except web.HTTPException as exc:
+                secure_headers(exc)  # a 400 or 404 page is a page too
+                raise
             except (SQLAlchemyError, OSError) as exc:
                 _log.warning("dashboard page failed: %s", type(exc).__name__)
                 return secure_headers(
