@@ -96,6 +96,10 @@ class FakeUpstream:
         self.steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.polls: Counter[str] = Counter()
         self.responses: dict[str, dict[str, Any]] = {}
+        # Containers API: objects by id (None: deleted, 404); an id not here is an expired
+        # container that lived a minute, half an hour ago. `container_fetches`: (id, key).
+        self.containers: dict[str, dict[str, Any] | None] = {}
+        self.container_fetches: list[tuple[str, str]] = []
         self.embedding_request_ids = False
         # Forwarding tests: canned responses by name, a gate that paces /gated-stream one
         # event per token, and the peers (client ports) that reached /whoami.
@@ -198,6 +202,7 @@ class FakeUpstream:
             ("POST", ["embeddings"], self.embeddings),
             ("POST", ["responses"], self.create_response),
             ("GET", ["responses", "*"], self.get_response),
+            ("GET", ["containers", "*"], self.get_container),
             ("POST", ["files"], self.upload),
             ("GET", ["files", "*", "content"], self.download),
             ("GET", ["models"], self.models),
@@ -361,6 +366,22 @@ class FakeUpstream:
         final = f"response.{done['status']}"
         await resp.write(_sse({"type": final, "response": done}, event=final))
         return resp
+
+    async def get_container(self, request: web.Request, key: str, cid: str) -> web.Response:
+        self.container_fetches.append((cid, key))
+        if cid in self.containers and self.containers[cid] is None:
+            return web.json_response({"error": {"message": "no such container"}}, status=404)
+        created = int(time.time()) - 1800
+        default = {
+            "id": cid,
+            "object": "container",
+            "name": cid,
+            "created_at": created,
+            "last_active_at": created + 60,
+            "status": "expired",
+            "expires_after": {"anchor": "last_active_at", "minutes": 20},
+        }
+        return web.json_response(self.containers.get(cid) or default)
 
     async def get_response(self, request: web.Request, key: str, rid: str) -> web.Response:
         stored = self.responses.get(rid)
@@ -543,6 +564,17 @@ class FakeUpstream:
         plan = body.get("metadata") or {}
         if "prompt" in body:
             done["prompt"] = body["prompt"]
+        tools = body.get("tools")
+        if isinstance(tools, list):
+            # As the API: a code_interpreter tool's auto container is echoed resolved, as its id.
+            called = "code_interpreter" in plan.get("fake_tools", "")
+            done["tools"] = [
+                {**t, "container": "cntr_" + body.get("model", "x") if called else self._id("cntr")}
+                if t.get("type") == "code_interpreter" and not isinstance(t.get("container"), str)
+                else t
+                for t in tools
+                if isinstance(t, dict)
+            ]
         for tool in filter(None, plan.get("fake_tools", "").split(",")):
             item = {"type": f"{tool}_call", "id": self._id(tool[:2]), "status": "completed"}
             if tool == "code_interpreter":

@@ -38,7 +38,6 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from decimal import Decimal
 from typing import Any, Protocol
 
 from proxy.accounting.attribution import Attribution
@@ -46,7 +45,7 @@ from proxy.accounting.estimate.chat import ChatStream, TokenCounter, estimate_ch
 from proxy.accounting.estimate.partial import estimate_partial_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
-from proxy.accounting.pricing.cost import session_tool
+from proxy.accounting.sources.events.containers import ContainerJob, api_context
 from proxy.accounting.sources.events.cut import cut_embedding_row, is_cut_embeddings
 from proxy.accounting.sources.events.rows import (
     TERMINAL_RESPONSE_EVENTS,
@@ -106,7 +105,7 @@ class EventObserver:
         *,
         api_error: Callable[[str | None, int], None],
         partial: Callable[[str], None] | None = None,
-        containers: Callable[[str, tuple[str, ...], Decimal | None], None] | None = None,
+        containers: Callable[[str, tuple[str, ...], ContainerJob], None] | None = None,
         seen_capacity: int = 100_000,
     ) -> None:
         self._partial = partial
@@ -201,9 +200,9 @@ class EventObserver:
             response, who, self._prices, _now(), request=request, known_containers=known
         )
         if self._claim is not None and containers:
-            tool = session_tool(container_memory(response, request))
-            price = self._prices.tool_price(tool, row.occurred_at)
-            self._claim(rid, tuple(sorted(containers)), price)
+            prefix, query = api_context(exchange.path, exchange.query_string)
+            job = ContainerJob(prefix, query, container_memory(response, request))
+            self._claim(rid, tuple(sorted(containers)), job)
         for container in containers:
             self._remember(self._containers, container)
         self._record(row)
