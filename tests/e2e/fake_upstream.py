@@ -100,6 +100,8 @@ class FakeUpstream:
         # container that lived a minute, half an hour ago. `container_fetches`: (id, key).
         self.containers: dict[str, dict[str, Any] | None] = {}
         self.container_fetches: list[tuple[str, str]] = []
+        # Azure deployment name -> the model its chat completions answer with.
+        self.deployment_models: dict[str, str] = {}
         self.embedding_request_ids = False
         # Forwarding tests: canned responses by name, a gate that paces /gated-stream one
         # event per token, and the peers (client ports) that reached /whoami.
@@ -244,12 +246,15 @@ class FakeUpstream:
         return None
 
     # --- plain endpoints -------------------------------------------------------------------
-    async def chat(self, request: web.Request, key: str) -> web.StreamResponse:
+    async def chat(
+        self, request: web.Request, key: str, deployment: str | None = None
+    ) -> web.StreamResponse:
         body = await request.json()
         if (planned := await self._planned_chat(request, body)) is not None:
             return planned
         cid = self._id("chatcmpl")
-        model = body.get("model", "gpt-4o-mini")
+        # As Azure: a deployment answers with the model it serves.
+        model = self.deployment_models.get(deployment or "") or body.get("model", "gpt-4o-mini")
         usage = {
             "prompt_tokens": 12,
             "completion_tokens": 5,
@@ -299,13 +304,16 @@ class FakeUpstream:
             await self.faults.hold_stream_end.wait()
         return resp
 
-    async def embeddings(self, request: web.Request, key: str) -> web.Response:
+    async def embeddings(
+        self, request: web.Request, key: str, deployment: str | None = None
+    ) -> web.Response:
         body = await request.json()
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         return web.json_response(
             {
                 "object": "list",
-                "model": body.get("model", "text-embedding-3-small"),
+                "model": self.deployment_models.get(deployment or "")
+                or body.get("model", "text-embedding-3-small"),
                 "data": [
                     {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
                     for i in range(len(inputs))
@@ -489,10 +497,10 @@ class FakeUpstream:
 
     # --- usage of chat, responses and embeddings (see the module docstring) -----------------
     async def deployment_chat(self, request: web.Request, key: str, d: str) -> web.StreamResponse:
-        return await self.chat(request, key)
+        return await self.chat(request, key, d)
 
     async def deployment_embeddings(self, request: web.Request, key: str, d: str) -> web.Response:
-        return await self.embeddings(request, key)
+        return await self.embeddings(request, key, d)
 
     async def _planned_chat(
         self, request: web.Request, body: dict[str, Any]

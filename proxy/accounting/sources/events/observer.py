@@ -47,6 +47,7 @@ from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.sources.events.containers import ContainerJob, api_context
 from proxy.accounting.sources.events.cut import cut_embedding_row, is_cut_embeddings
+from proxy.accounting.sources.events.deployment import deployment_of
 from proxy.accounting.sources.events.rows import (
     TERMINAL_RESPONSE_EVENTS,
     chat_row,
@@ -171,11 +172,11 @@ class EventObserver:
             who = await self._who(exchange)
             oid = body.get("id")
             oid = oid if isinstance(oid, str) else _request_id(exchange)
-            self._record(chat_row(body, who, self._prices, _now(), object_id=oid))
+            self._record(chat_row(body, who, self._prices, _now(), object_id=oid), exchange)
         elif is_embedding_list(body):
             who = await self._who(exchange)
             oid = _request_id(exchange)
-            self._record(embedding_row(body, who, self._prices, _now(), object_id=oid))
+            self._record(embedding_row(body, who, self._prices, _now(), object_id=oid), exchange)
 
     async def on_error(self, exchange: Exchange) -> None:
         stream = self._streams.pop(exchange, None)
@@ -205,7 +206,7 @@ class EventObserver:
             self._claim(rid, tuple(sorted(containers)), job)
         for container in containers:
             self._remember(self._containers, container)
-        self._record(row)
+        self._record(row, exchange)
         self._remember(self._seen, rid)
 
     async def _cut_embeddings(self, exchange: Exchange) -> None:
@@ -236,7 +237,7 @@ class EventObserver:
         )
         if row.usage_source == "estimated_partial" and self._partial is not None:
             self._partial(row.kind)
-        self._record(row)
+        self._record(row, exchange)
 
     async def _chat_stream(self, exchange: Exchange, stream: ChatStream) -> None:
         request = exchange.request_json()
@@ -282,9 +283,10 @@ class EventObserver:
             )
             if self._partial is not None:
                 self._partial(row.kind)
-        self._record(row)
+        self._record(row, exchange)
 
-    def _record(self, row: UsageRow) -> None:
+    def _record(self, row: UsageRow, exchange: Exchange) -> None:
+        row.deployment = deployment_of(exchange.path)
         # Handed to the row writer, which batches rows into one transaction: a transaction per
         # row here capped recording at ~600 rows/s (bench/README.md, finding 1).
         self._submit(row)

@@ -193,7 +193,8 @@ def response_row(
         code_interpreter_calls=ci_calls,
         code_interpreter_sessions=sessions,
         file_search_calls=billed.file_search_calls,
-        web_search_calls=searches,
+        web_search_calls=billed.web_search_calls,
+        web_search_preview_calls=billed.web_search_preview_calls,
         function_calls=types.count("function_call"),
         cost_usd=cost_of(prices, model, when, billed).billed,
     )
