@@ -31,6 +31,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import brotli
 from aiohttp import web
 
 __all__ = ["Canned", "FakeUpstream"]
@@ -102,6 +103,9 @@ class FakeUpstream:
         self.container_fetches: list[tuple[str, str]] = []
         # Azure deployment name -> the model its chat completions answer with.
         self.deployment_models: dict[str, str] = {}
+        # "gzip" or "br": embeddings answers are compressed; the size of the last one sent.
+        self.compress_embeddings: str | None = None
+        self.last_embeddings_bytes = 0
         self.embedding_request_ids = False
         # Forwarding tests: canned responses by name, a gate that paces /gated-stream one
         # event per token, and the peers (client ports) that reached /whoami.
@@ -309,7 +313,7 @@ class FakeUpstream:
     ) -> web.Response:
         body = await request.json()
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        return web.json_response(
+        answer = web.json_response(
             {
                 "object": "list",
                 "model": self.deployment_models.get(deployment or "")
@@ -322,6 +326,17 @@ class FakeUpstream:
             },
             headers={"x-request-id": self._id("req")} if self.embedding_request_ids else None,
         )
+        if self.compress_embeddings:
+            # As the API does for a client that accepts it: the answer compressed on the wire.
+            assert isinstance(answer.body, bytes)
+            coding = self.compress_embeddings
+            packed = (
+                gzip.compress(answer.body) if coding == "gzip" else brotli.compress(answer.body)
+            )
+            answer.body = packed
+            answer.headers["Content-Encoding"] = coding
+            self.last_embeddings_bytes = len(packed)
+        return answer
 
     async def create_response(self, request: web.Request, key: str) -> web.StreamResponse:
         body = await request.json()

@@ -46,7 +46,11 @@ from proxy.accounting.estimate.partial import estimate_partial_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.sources.events.containers import ContainerJob, api_context
-from proxy.accounting.sources.events.cut import cut_embedding_row, is_cut_embeddings
+from proxy.accounting.sources.events.cut import (
+    cut_embedding_row,
+    decoded_head,
+    is_cut_embeddings,
+)
 from proxy.accounting.sources.events.deployment import deployment_of
 from proxy.accounting.sources.events.rows import (
     TERMINAL_RESPONSE_EVENTS,
@@ -163,7 +167,7 @@ class EventObserver:
             body is None
             and exchange.response_truncated
             and exchange.method == "POST"
-            and is_cut_embeddings(exchange.raw_response_body)
+            and is_cut_embeddings(decoded_head(exchange.raw_response_body, _encoding(exchange)))
         ):
             await self._cut_embeddings(exchange)
         elif exchange.method != "POST" or not isinstance(body, dict):
@@ -351,6 +355,11 @@ def _request_id(exchange: Exchange) -> str:
         if value:
             return value[:255]
     return f"proxy-{uuid.uuid4().hex}"
+
+
+def _encoding(exchange: Exchange) -> str | None:
+    headers = exchange.response_headers
+    return headers.get("Content-Encoding") if headers else None
 
 
 def _json_body(exchange: Exchange) -> Any:
