@@ -70,7 +70,10 @@ async def test_web_search_and_container_rates(
     )
     [row] = await wait_for(lambda: rows(sm, "response"))
     # Counted from the output items: one web search (the fake's), one file search, a container.
-    assert (row["web_search_calls"], row["file_search_calls"]) == (1, 1)
+    # A preview call on a non-reasoning model is counted apart, at its own rate.
+    preview = int(search == "0.025")
+    assert (row["web_search_calls"], row["web_search_preview_calls"]) == (1 - preview, preview)
+    assert row["file_search_calls"] == 1
     tokens = cost_of(load_price_table(), model, row["occurred_at"], TOKENS).total
     # The response pays its tokens and calls; the container's session is a row of its own.
     assert row["code_interpreter_sessions"] == 0
@@ -181,3 +184,37 @@ async def test_a_deleted_container_is_one_full_session_estimated(proxy: RunningP
     )
     [row] = await wait_for(lambda: _kind(sm, "container", 1))
     assert (row["cost_usd"], row["usage_source"]) == (Decimal("0.03"), "estimated")
+
+
+async def test_reprice_keeps_preview_calls_and_container_minutes_at_their_own_rates(
+    proxy: RunningProxy, upstream, sm, db_url: str, capsys, tmp_path
+):
+    from tests.e2e.test_unpriced import run_cli
+
+    upstream.containers["cntr_gpt-4.1"] = _container(12, memory="4g")
+    await client_for(proxy).responses.create(
+        model="gpt-4.1",
+        input="hi",
+        tools=[{"type": "web_search_preview"}, CODE],
+        metadata={"fake_tools": "code_interpreter"},
+    )
+    [response] = await wait_for(lambda: _kind(sm, "response", 1))
+    [container] = await wait_for(lambda: _kind(sm, "container", 1))
+    assert (response["web_search_calls"], response["web_search_preview_calls"]) == (0, 1)
+    assert container["cost_usd"] == Decimal("0.072")
+    args = ["reprice", "--database-url", db_url, "--since", "2020-01-01", "--all"]
+    # Priced again at the same prices: nothing changes (preview calls are not web searches,
+    # a container is its minutes at its memory's rate).
+    _, out, err = await run_cli(capsys, *args)
+    assert out.startswith("repriced 0 rows"), (out, err)
+    # A corrected preview price applies to the preview call alone.
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        '[[tools]]\ntool = "web_search_preview_call"\neffective_from = 2020-01-01\n'
+        'per = 1000\nprice = "30.00"\n'
+    )
+    _, out, err = await run_cli(capsys, *args, "--pricing-file", str(prices))
+    assert out.startswith("repriced 1 rows, +0.0050000000 USD"), (out, err)
+    [after] = await rows(sm, "response")
+    assert after["cost_usd"] == response["cost_usd"] + Decimal("0.005")
+    assert [r["cost_usd"] for r in await rows(sm, "container")] == [Decimal("0.072")]
