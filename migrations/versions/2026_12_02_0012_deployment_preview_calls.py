@@ -50,8 +50,6 @@ def upgrade() -> None:
             sa.Column("web_search_preview_calls", sa.Integer(), nullable=False, server_default="0")
         )
         batch_op.add_column(sa.Column("deployment", sa.String(length=255), nullable=True))
-    with op.batch_alter_table("usage_records", schema=None) as batch_op:
-        batch_op.alter_column("web_search_preview_calls", server_default=None)
     with op.batch_alter_table("billed_costs", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("deployment", sa.String(length=255), nullable=False, server_default="")

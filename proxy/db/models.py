@@ -168,7 +168,8 @@ class UsageRecord(Base):
     # web_search (and web_search_preview on reasoning models, billed alike) ...
     web_search_calls: Mapped[int] = mapped_column(Integer, default=0)
     # ... and web_search_preview on non-reasoning models, at its own per-call rate.
-    web_search_preview_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # A server default: inserts that name the columns of before 0012 still work.
+    web_search_preview_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     function_calls: Mapped[int] = mapped_column(Integer, default=0)
     # The Azure OpenAI deployment of an /openai/deployments/{name}/... request.
     deployment: Mapped[str | None] = mapped_column(String(255))
