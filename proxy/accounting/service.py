@@ -167,7 +167,9 @@ class Accounting:
             self.recorded,
             poll_interval=s.collector_poll_interval,
             lease=s.collector_lease,
-            keyless_wait=s.reported_usage_wait,
+            # A key no replica has held this long (it would have been forgotten) never comes
+            # back: the session is then recorded without reading the container.
+            keyless_wait=s.credential_ttl,
             max_attempts=s.collector_max_attempts,
             retry_base=s.collector_retry_base,
             max_backoff=s.collector_max_backoff,

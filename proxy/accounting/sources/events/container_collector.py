@@ -9,8 +9,9 @@ the row and deleting the job only makes the next claimer find the row there.
 
 While the container is active its job is given back until its expiry (no attempt counted).
 A fetch that fails retryably is retried with backoff; after `max_attempts`, or when no replica
-holds the key for `keyless_wait` seconds, or the container is gone (404) or its key refused,
-the session is recorded as one full session, an estimate. Never visible to clients.
+has held the key for `keyless_wait` seconds since the job was queued (the credential TTL, after
+which no replica would still hold it), or the container is gone (404) or its key refused, the
+session is recorded as one full session, an estimate. Never visible to clients.
 """
 
 from __future__ import annotations
