@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 from collections.abc import Awaitable
 
 import aiohttp
@@ -26,8 +27,21 @@ __all__ = ["SessionTransport"]
 
 
 class SessionTransport:
-    def __init__(self, prefix: str, *, connect_timeout: float, limit: int) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        connect_timeout: float,
+        limit: int,
+        proxy: URL | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._prefix = prefix
+        # Every request of the session, the collector's included, goes through `proxy`
+        # (egress.py resolved it for the upstream; aiohttp sends its user:password@ as
+        # Proxy-Authorization), and verifies TLS with `ssl_context` (None: aiohttp's default).
+        self._proxy = proxy
+        self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None
         )
@@ -42,6 +56,7 @@ class SessionTransport:
             # Without the checked protocol, no connection is reused: one that an upstream out
             # of step left dirty could hand a client another's response (checked.py).
             force_close=not internals.checked_pool,
+            ssl=self._ssl if self._ssl is not None else True,
         )
         if internals.checked_pool:
             # The pool reuses a connection only when the exchange on it ended cleanly, as the
@@ -61,6 +76,7 @@ class SessionTransport:
             timeout=self._timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
             requote_redirect_url=False,
+            proxy=self._proxy,
             **quiet,  # type: ignore[arg-type]
         )
 
