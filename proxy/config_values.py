@@ -98,8 +98,11 @@ def families(text: str) -> dict[str, dict[str, Any]]:
 
 
 def check_proxy_url(value: str, source: str) -> str:
-    """`value`, checked as an egress proxy URL; ConfigError names `source` (a setting or an
-    environment variable) and shows the URL with its password masked."""
+    """`value`, checked as an egress proxy URL, with http:// put before a bare host:port as
+    curl and requests do; ConfigError names `source` (a setting or an environment variable)
+    and shows the URL with its password masked."""
+    if "://" not in value:
+        value = "http://" + value
     shown = repr(mask_url(value) if "@" in value else value)
     try:
         parts = urlsplit(value)
