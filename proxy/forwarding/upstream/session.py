@@ -1,7 +1,8 @@
 """aiohttp's ClientSession as a Transport: for requests whose body streams, or that go through
 a pool with a connection limit; for every request when the lean client cannot be used
-(compat.py) or an egress proxy applies (egress.py). The collector fetches through its session too. Its connections are
-CheckedConnections (checked.py), or, when compat.py finds that impossible, never reused."""
+(compat.py) or an egress proxy applies (egress.py). The collector fetches through its session
+too. Its connections are CheckedConnections (checked.py), or, when compat.py finds that
+impossible, never reused."""
 
 from __future__ import annotations
 
