@@ -88,6 +88,7 @@ class Forwarder:
         rewriter: IncludeUsage | None = None,
         on_client_gone: ClientGone | None = None,
         egress: Egress | None = None,
+        lean: bool = True,
     ) -> None:
         base = URL(upstream)
         self._origin = base.origin()
@@ -96,6 +97,8 @@ class Forwarder:
         self._dispatcher = dispatcher
         self._deadlines = HeaderDeadlines(timeout)
         self._limit = limit
+        # False for a pool that only the collector fetches through (its session's).
+        self._lean_wanted = lean
         self._max_body = max_observed_body
         self._max_request = max_observed_request
         self._read_whole = min(_READ_WHOLE, max_observed_request)
@@ -123,16 +126,20 @@ class Forwarder:
     async def start(self) -> None:
         internals = checked()
         route = self._route
-        if self._limit == 0 and internals.lean_client and route is not None:
-            # The lean client speaks to the upstream only directly; aiohttp's can tunnel.
+        lean = self._lean_wanted and self._limit == 0 and internals.lean_client
+        if route is not None and self._lean_wanted:
+            # Said once, by the serving process (the collector's pool is not `lean_wanted`).
             _log.info(
-                "the upstream %s is reached through the egress proxy %s (from %s): every "
-                "request goes through aiohttp's ClientSession, which can use it",
+                "the upstream %s is reached through the egress proxy %s (from %s)%s",
                 self._origin,
                 route.shown,
                 route.source,
+                # The lean client speaks to the upstream only directly; aiohttp's can tunnel.
+                ": every request goes through aiohttp's ClientSession, which can use it"
+                if lean
+                else "",
             )
-        elif self._limit == 0 and internals.lean_client:
+        if lean and route is None:
             # A limit is kept by aiohttp's pool, which the lean client does not share.
             self._lean = UpstreamClient(
                 self._origin,

@@ -27,6 +27,7 @@ import trustme
 from aiohttp import web
 
 from proxy import cli
+from proxy.app import BILLING
 from proxy.settings import Settings
 from tests.connect_proxy import ConnectProxy
 from tests.e2e.conftest import client_for
@@ -34,7 +35,7 @@ from tests.e2e.fake_upstream import FakeUpstream
 from tests.e2e.test_assistants import KEY, fetch_requests, finished_run, one_row, settings_for
 from tests.fake_keys import fake_key
 from tests.reconcile.scenario import ADMIN_KEY, fake_admin
-from tests.waiting import free_port
+from tests.waiting import free_port, wait_until
 
 USER = "egress-user"
 PASSWORD = "egr3ss-Pa55word"
@@ -275,6 +276,25 @@ async def test_billing_pull_goes_through_the_proxy(
     assert PASSWORD not in "".join(capsys.readouterr())
 
 
+async def test_the_scheduled_billing_pull_goes_through_the_proxy(
+    upstream, egress, db_url, start_proxy
+) -> None:
+    with fake_admin() as admin:
+        settings = Settings(
+            upstream=upstream.url,
+            database_url=db_url,
+            key_secret="k",
+            billing_url=admin.url,
+            billing_pull_interval=0.5,
+            upstream_proxy=egress.url,
+        )
+        proxy = await start_proxy(settings, admin_key=ADMIN_KEY)
+        await wait_until(lambda: proxy.app[BILLING].pulls >= 1, 20)
+        requested = [path for path, _, _ in admin.requests]
+    assert "/v1/organization/costs" in requested
+    assert set(requested) <= {p.split("?")[0] for p in egress.paths}
+
+
 async def test_bad_egress_settings_are_one_line_each(tmp_path: Path, monkeypatch) -> None:
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("not a certificate\n")
@@ -358,7 +378,8 @@ async def test_serve_never_logs_the_proxy_password(
         proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         logged = out.decode() + log_path.read_text()
-        assert "through the egress proxy http://" + MASKED in logged
+        # Once: the collector process fetches through a session of its own, and says nothing.
+        assert logged.count("through the egress proxy http://" + MASKED) == 1, logged
         assert PASSWORD not in logged + text
     finally:
         if proc.returncode is None:

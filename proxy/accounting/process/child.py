@@ -90,6 +90,7 @@ async def _run(fd: int) -> None:
         connect_timeout=settings.upstream_connect_timeout,
         limit=settings.upstream_limit,
         egress=Egress(settings.upstream_proxy, settings.upstream_ca_file),
+        lean=False,
     )
     await upstream.start()
     relay = Relay(writer)
