@@ -154,3 +154,31 @@ async def test_session_cookies_are_checked(case):
         assert await Access(ADMIN, "new-viewer", _secret).cookie_role(value, now) is None
     else:
         assert await access.cookie_role(value, now) == "viewer"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "focus"])
+async def test_download_links_give_what_report_gives(ui, http, sm, fmt):
+    import datetime as dt
+    from decimal import Decimal
+
+    from proxy.db.usage import record_rows
+    from proxy.reports.query import ReportQuery, parse_month
+    from proxy.reports.run import run_report
+    from tests.db.rows import chat
+
+    when = dt.datetime(2026, 11, 3, 12, tzinfo=dt.UTC)
+    rows = [chat(f"c{n}", occurred_at=when, team=("red", "blue")[n % 2]) for n in range(6)]
+    rows.append(chat("unpriced", occurred_at=when, cost_usd=None, model="acme-1"))
+    rows.append(chat("december", occurred_at=when.replace(month=12), cost_usd=Decimal("9")))
+    await record_rows(sm, rows)
+    auth = {"Authorization": f"Bearer {VIEWER}"}
+    since, until = parse_month("2026-11")
+    for group_by in ((), ("team",), ("team", "model")):
+        params = {"month": "2026-11", "format": fmt}
+        if group_by:
+            params["group_by"] = ",".join(group_by)
+        async with http.get(ui.url + "/_proxy/ui/download", params=params, headers=auth) as r:
+            assert r.status == 200
+            body = await r.text()
+        want = await run_report(sm, ReportQuery(since, until, group_by, fmt=fmt))
+        assert body == want and "december" not in body
