@@ -1,7 +1,14 @@
-"""The collector: claims the jobs of its source (finished Assistants runs) from the jobs table,
-has each one's row built (collect.py: fetched with the client's own credentials, estimated,
-priced) and records them exactly once, in batches with the deletion of their jobs. Nothing
-here but the construction knows the source: it asks collect.py for the source's kind.
+"""The collector: claims the jobs of its source (Assistants runs) from the jobs table, has each
+one's row built (collect.py: followed while in progress, fetched with the client's own
+credentials, estimated, priced) and records them exactly once, in batches with the deletion of
+their jobs. Nothing here but the construction knows the source: it asks collect.py for the
+source's kind.
+
+Claims are short leases (`collector_lease`, 10 s by default), renewed every third of a lease
+while the jobs are held, so a replica that dies leaves its jobs free within a lease on any
+host. On its own host it does better: at start and every lease, the collector frees the claims
+of workers of this host that are certainly dead (proxy.accounting.process.owners), so a
+restarted proxy takes over its predecessor's jobs at once.
 
 Failure handling (fail open for traffic, lose nothing for accounting): a database that is down
 leaves the job claimed, and its lease runs out and it is claimed again; an unexpected error is
@@ -18,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import logging
 import os
-import socket
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -30,8 +37,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.estimate.constants import ConstantsTable
 from proxy.accounting.pricing import PriceTable
+from proxy.accounting.process.owners import is_dead, this_host, worker_id
 from proxy.accounting.shielded import Shielded
-from proxy.accounting.sources.assistants.collect import WAIT, Failures, Retry, RunCollect
+from proxy.accounting.sources.assistants.collect import WAIT, Failures, Follow, Retry, RunCollect
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.rows import RunRow
 from proxy.accounting.usage import UsageRecorded, UsageSink
@@ -79,7 +87,7 @@ class RunCollector:
         workers: int = 2,
         claim_size: int = 100,
         poll_interval: float = 1.0,
-        lease: float = 120.0,
+        lease: float = 10.0,
         reported_wait: float = 600.0,
         max_backoff: float = 300.0,
         retry_base: float = 1.0,
@@ -100,7 +108,7 @@ class RunCollector:
         self._max_backoff = max_backoff
         self._retry_base = retry_base
         self._max_attempts = max_attempts
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.worker_id = worker_id(os.urandom(3).hex())
         self._wake = asyncio.Event()
         # Every job this worker holds, until it is recorded, retried or given back.
         self._held: dict[int, jobs.ClaimedJob] = {}
@@ -111,6 +119,7 @@ class RunCollector:
         self._db = Shielded()  # see proxy.accounting.shielded; stop() waits for them
         self._task: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
+        self._leases: asyncio.Task[None] | None = None
         self._stopping = False
 
     @classmethod
@@ -155,18 +164,19 @@ class RunCollector:
         self._stopping = False
         self._task = asyncio.create_task(self._loop(), name="run-collector")
         self._recorder = asyncio.create_task(self._record_loop(), name="run-recorder")
+        self._leases = asyncio.create_task(self._lease_loop(), name="run-leases")
 
     async def stop(self) -> None:
         """Stop claiming, abandon fetches in flight, let database operations finish, record
         the runs already fetched, and give back the jobs still held. Returns before the engine
         may be disposed of."""
         self._stopping = True
-        for task in (self._task, self._recorder):
+        for task in (self._task, self._recorder, self._leases):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._recorder = None
+        self._task = self._recorder = self._leases = None
         for task in list(self._busy):
             task.cancel()
         await asyncio.gather(*self._busy, return_exceptions=True)
@@ -185,6 +195,51 @@ class RunCollector:
         except (*DB_ERRORS, TimeoutError) as exc:
             # Their leases run out instead: nothing is lost, it is only later.
             _log.warning("could not give back %d job(s): %s", len(held), type(exc).__name__)
+
+    # --- leases --------------------------------------------------------------------------
+    async def _lease_loop(self) -> None:
+        """Renew the held jobs' leases every third of a lease; free dead neighbours' claims at
+        start and every lease."""
+        every = max(self._lease / 3, 0.05)
+        since_takeover = float("inf")
+        while True:
+            try:
+                if since_takeover >= self._lease:
+                    since_takeover = 0.0
+                    freed = await self._db(self.take_over())
+                    if freed:
+                        self._wake.set()
+                await self._db(self._renew())
+            except asyncio.CancelledError:
+                raise
+            except DB_ERRORS as exc:
+                _log.warning("collector cannot renew its claims: %s", type(exc).__name__)
+            except Exception:
+                _log.exception("renewing claims failed; retrying")
+            await asyncio.sleep(every)
+            since_takeover += every
+
+    async def take_over(self) -> int:
+        """Free the claims of this host's dead workers (a predecessor killed before it could
+        give its jobs back); how many jobs."""
+        host = this_host()
+        # `_` or `%` in a host name match too much, never too little: is_dead compares hosts.
+        held = await jobs.claimants(self._sm(), like=f"{host}:%")
+        dead = {w for w in held if w != self.worker_id and is_dead(w, host=host)}
+        freed = await jobs.free_claims(self._sm(), dead)
+        if freed:
+            _log.info("took over %d job(s) claimed by %d dead worker(s)", freed, len(dead))
+        return freed
+
+    async def _renew(self) -> None:
+        if not self._held:
+            return
+        ids = list(self._held)
+        renewed, until = await jobs.renew(self._sm(), ids, self.worker_id, lease=self._lease)
+        for job_id in renewed:
+            job = self._held.get(job_id)
+            if job is not None:
+                self._held[job_id] = dataclasses.replace(job, claimed_until=until)
 
     # --- claiming ------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -302,6 +357,17 @@ class RunCollector:
                 built = None
             elif built is WAIT:
                 await self._db(jobs.release(self._sm(), job.id, self.worker_id))
+                built = None
+            elif isinstance(built, Follow):
+                await self._db(
+                    jobs.follow(
+                        self._sm(),
+                        job.id,
+                        self.worker_id,
+                        object_json=built.object_json,
+                        delay=built.delay,
+                    )
+                )
                 built = None
         except asyncio.CancelledError:
             raise  # stop() gives the job back
