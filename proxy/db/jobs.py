@@ -9,9 +9,8 @@ A job is claimed by one worker at a time, for a lease: `claim` sets claimed_by a
 claimed_until, and a claim whose lease has run out is claimable again, so a replica that dies
 mid-job strands nothing. `complete`, `retry` and `release` act only while the job is still
 claimed by the same worker; they return False when it is not (the lease ran out and another
-worker took the job), and the caller then drops its copy. Leases are short and `renew`ed while
-the worker holds the jobs, so a dead worker's jobs are free a lease after its last renewal;
-`claimants` and `free_claims` let a worker free those of a worker it knows is dead at once.
+worker took the job), and the caller then drops its copy. Leases are short and renewed while
+the worker holds the jobs (proxy.db.job_claims).
 
 Claiming is one UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING. On PostgreSQL the
 SELECT is FOR UPDATE SKIP LOCKED, so concurrent claimers skip each other's rows instead of
@@ -50,13 +49,10 @@ __all__ = [
     "complete_many",
     "enqueue",
     "enqueue_many",
-    "claimants",
     "follow",
-    "free_claims",
     "pending_count",
     "release",
     "release_many",
-    "renew",
     "retry",
 ]
 
@@ -164,12 +160,6 @@ _HELD = and_(
 _COMPLETE = delete(_jobs).where(_HELD).returning(_jobs.c.id)
 _RELEASE = (
     update(_jobs).where(_HELD).values(claimed_by=None, claimed_until=None).returning(_jobs.c.id)
-)
-_RENEW = (
-    update(_jobs)
-    .where(_HELD)
-    .values(claimed_until=bindparam("u", type_=_jobs.c.claimed_until.type))
-    .returning(_jobs.c.id)
 )
 
 
@@ -380,51 +370,6 @@ async def follow(
             return True
         result = await session.execute(_RELEASE, {"ids": [job_id], "worker": worker})
         return bool(result.scalars().all())
-
-
-async def renew(
-    sm: async_sessionmaker[AsyncSession],
-    job_ids: Collection[int],
-    worker: str,
-    *,
-    lease: float,
-    now: dt.datetime | None = None,
-) -> tuple[set[int], dt.datetime]:
-    """Extend to `lease` seconds from now the claims `worker` still holds of these jobs, in one
-    transaction: (their ids, the new end of the lease)."""
-    until = (now or utcnow()) + dt.timedelta(seconds=lease)
-    if not job_ids:
-        return set(), until
-    async with sm.begin() as session:
-        result = await session.execute(_RENEW, {"ids": list(job_ids), "worker": worker, "u": until})
-        return set(result.scalars()), until
-
-
-async def claimants(
-    sm: async_sessionmaker[AsyncSession], *, like: str, now: dt.datetime | None = None
-) -> set[str]:
-    """The workers whose id matches the LIKE pattern `like` and that hold a live claim."""
-    now = now or utcnow()
-    async with reading(sm) as session:
-        rows = await session.execute(
-            select(_jobs.c.claimed_by)
-            .where(_jobs.c.claimed_by.like(like), _jobs.c.claimed_until >= now)
-            .distinct()
-        )
-        return {worker for worker in rows.scalars() if worker}
-
-
-async def free_claims(sm: async_sessionmaker[AsyncSession], workers: Collection[str]) -> int:
-    """Release every claim of these workers (known dead), due at once; how many jobs."""
-    if not workers:
-        return 0
-    async with sm.begin() as session:
-        stmt = (
-            update(_jobs)
-            .where(_jobs.c.claimed_by.in_(list(workers)))
-            .values(claimed_by=None, claimed_until=None)
-        )
-        return int((await session.execute(stmt)).rowcount or 0)
 
 
 async def pending_count(sm: async_sessionmaker[AsyncSession]) -> int:

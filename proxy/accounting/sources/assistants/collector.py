@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -37,10 +36,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.estimate.constants import ConstantsTable
 from proxy.accounting.pricing import PriceTable
-from proxy.accounting.process.owners import is_dead, this_host, worker_id
+from proxy.accounting.process.owners import worker_id
 from proxy.accounting.shielded import Shielded
 from proxy.accounting.sources.assistants.collect import WAIT, Failures, Follow, Retry, RunCollect
 from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.leases import Leases
 from proxy.accounting.sources.assistants.rows import RunRow
 from proxy.accounting.usage import UsageRecorded, UsageSink
 from proxy.db import jobs, run_usage
@@ -164,7 +164,15 @@ class RunCollector:
         self._stopping = False
         self._task = asyncio.create_task(self._loop(), name="run-collector")
         self._recorder = asyncio.create_task(self._record_loop(), name="run-recorder")
-        self._leases = asyncio.create_task(self._lease_loop(), name="run-leases")
+        leases = Leases(
+            self._sm,
+            lambda: self._held,
+            self.worker_id,
+            self._lease,
+            self._db,
+            on_freed=self._wake.set,
+        )
+        self._leases = asyncio.create_task(leases.run(), name="run-leases")
 
     async def stop(self) -> None:
         """Stop claiming, abandon fetches in flight, let database operations finish, record
@@ -195,51 +203,6 @@ class RunCollector:
         except (*DB_ERRORS, TimeoutError) as exc:
             # Their leases run out instead: nothing is lost, it is only later.
             _log.warning("could not give back %d job(s): %s", len(held), type(exc).__name__)
-
-    # --- leases --------------------------------------------------------------------------
-    async def _lease_loop(self) -> None:
-        """Renew the held jobs' leases every third of a lease; free dead neighbours' claims at
-        start and every lease."""
-        every = max(self._lease / 3, 0.05)
-        since_takeover = float("inf")
-        while True:
-            try:
-                if since_takeover >= self._lease:
-                    since_takeover = 0.0
-                    freed = await self._db(self.take_over())
-                    if freed:
-                        self._wake.set()
-                await self._db(self._renew())
-            except asyncio.CancelledError:
-                raise
-            except DB_ERRORS as exc:
-                _log.warning("collector cannot renew its claims: %s", type(exc).__name__)
-            except Exception:
-                _log.exception("renewing claims failed; retrying")
-            await asyncio.sleep(every)
-            since_takeover += every
-
-    async def take_over(self) -> int:
-        """Free the claims of this host's dead workers (a predecessor killed before it could
-        give its jobs back); how many jobs."""
-        host = this_host()
-        # `_` or `%` in a host name match too much, never too little: is_dead compares hosts.
-        held = await jobs.claimants(self._sm(), like=f"{host}:%")
-        dead = {w for w in held if w != self.worker_id and is_dead(w, host=host)}
-        freed = await jobs.free_claims(self._sm(), dead)
-        if freed:
-            _log.info("took over %d job(s) claimed by %d dead worker(s)", freed, len(dead))
-        return freed
-
-    async def _renew(self) -> None:
-        if not self._held:
-            return
-        ids = list(self._held)
-        renewed, until = await jobs.renew(self._sm(), ids, self.worker_id, lease=self._lease)
-        for job_id in renewed:
-            job = self._held.get(job_id)
-            if job is not None:
-                self._held[job_id] = dataclasses.replace(job, claimed_until=until)
 
     # --- claiming ------------------------------------------------------------------------
     async def _loop(self) -> None:
