@@ -40,7 +40,9 @@ def _boot_id() -> str:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in ticks since boot; None when there is no such process."""
+    """The process's start time in ticks since boot; None when there is no such process, or
+    only its corpse: a zombie (state Z) is what a SIGKILLed collector process is until its
+    parent, or an init that may never do it, reaps it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -49,6 +51,8 @@ def _start_time(pid: int) -> str | None:
         return _UNKNOWN
     # The command name (field 2) may hold spaces and parentheses: count from its end.
     fields = stat[stat.rfind(")") + 2 :].split()
+    if fields and fields[0] in ("Z", "X"):
+        return None
     return fields[19] if len(fields) > 19 else _UNKNOWN
 
 
@@ -78,9 +82,9 @@ def parse_owner(worker: str) -> Owner | None:
 
 
 def is_dead(worker: str, *, host: str | None = None) -> bool:
-    """Whether the worker is certainly dead: it ran on this host, and its pid is gone, or is
-    another process now (another start time), or it ran before this boot. A worker of another
-    host is never known dead here: its lease tells."""
+    """Whether the worker is certainly dead: it ran on this host, and its pid is gone (or a
+    zombie), or is another process now (another start time), or it ran before this boot. A
+    worker of another host is never known dead here: its lease tells."""
     owner = parse_owner(worker)
     if owner is None or owner.host != (host or this_host()):
         return False

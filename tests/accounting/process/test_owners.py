@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from proxy.accounting.process.owners import is_dead, parse_owner, this_host, worker_id
 
@@ -31,6 +33,23 @@ def test_a_live_process_is_not_dead_and_a_gone_one_is() -> None:
     assert owner is not None
     gone = _exited_pid()
     assert is_dead(f"{owner.host}:{gone}:{owner.boot}.{owner.start}.x")
+
+
+def test_a_zombie_is_dead() -> None:
+    # Killed but not reaped, as a SIGKILLed proxy's collector process stays when the init
+    # that inherits it does not reap.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = parse_owner(worker_id("x"))
+    assert owner is not None
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        start = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        assert is_dead(f"{owner.host}:{child.pid}:{owner.boot}.{start}.x")
+    finally:
+        child.wait()
 
 
 def test_a_pid_that_is_another_process_now_is_dead() -> None:
