@@ -50,7 +50,7 @@ class KillSize:
     runs: int
     duration: float  # seconds over which runs start
     clients: int = 16
-    kill_every: tuple[float, float] = (1.0, 2.5)  # seconds between kills, drawn uniformly
+    kill_every: tuple[float, float] = (0.5, 2.0)  # seconds between kills, drawn uniformly
     settle: float = 120.0
 
 
@@ -61,6 +61,7 @@ class KillOutcome:
     ledger: LedgerResult  # every run the upstream created
     lost: list[str]  # missing runs some client polled or streamed
     lost_unpolled: list[str]  # missing runs only created, with their create's age at the kill
+    unpolled_ages: list[float | None]  # seconds from each one's create answer to its kill
     orphans: list[str]  # missing runs no client saw (see the module docstring)
     kills: int = 0
     kills_after_finish: int = 0  # landed right after a client received a finished run
@@ -110,6 +111,7 @@ class KillScenario:
         self._fired = asyncio.Event()
         self._killed_sightings: set[tuple[str, int]] = set()
         self._killed_at: dict[tuple[str, int], float] = {}
+        self.unpolled_ages: list[float | None] = []
         self.kills = 0
         self.kills_after_finish = 0
 
@@ -175,14 +177,19 @@ class KillScenario:
             self._fired.set()
 
     async def _killer(self, until: float) -> None:
-        """Kill a replica every `kill_every` seconds while the other one is up; each comes back
-        as soon as it can (a restart of its own, which the next kill does not wait for)."""
+        """Kill an up replica every `kill_every` seconds, alternately at a random moment and
+        right after a client received a finished run from it; each comes back as soon as it can
+        (a restart of its own, which the next kill does not wait for: both may be down)."""
         restarts: list[asyncio.Task[None]] = []
+        after_finish = False
         while time.monotonic() < until:
             await asyncio.sleep(self.rng.uniform(*self.size.kill_every))
-            await wait_until(lambda: all(r.up for r in self.replicas), 60, what="both up")
-            victim = self.rng.choice(self.replicas)
-            if self.rng.random() < 0.5:
+            up = await wait_until(
+                lambda: [r for r in self.replicas if r.up], 60, interval=0.01, what="one up"
+            )
+            victim = self.rng.choice(up)
+            after_finish = not after_finish
+            if not after_finish:
                 self._kill_now(victim)
             else:
                 self._fired.clear()
@@ -260,12 +267,26 @@ class KillScenario:
             )
             return list(rows.scalars())
 
+    def in_window(self, run: str) -> float | None:
+        """For a run only created, how long before its replica's kill the create was answered
+        (negative: answered after the kill, from the socket's buffer); None if not killed."""
+        if run not in self.tally.forgotten:
+            return None
+        via, at = self.tally.forgotten[run]
+        killed = self._killed_at.get(via)
+        return None if killed is None else killed - at
+
     async def _settle(self) -> LedgerResult:
         async def caught_up() -> bool:
             ledger = compare_ledger(self.fake.runs, await self._recorded())
             async with self._engine.connect() as conn:
                 pending = await conn.scalar(text("SELECT count(*) FROM collection_jobs"))
-            return not ledger.missing and not pending
+            # No job left: what is missing now was never written (the test says whether
+            # each is in the window its create's replica died in).
+            seen = set(self.tally.plans) | set(self.tally.sightings)
+            return not pending and all(
+                self.in_window(r) is not None or r not in seen for r in ledger.missing
+            )
 
         with contextlib.suppress(AssertionError):
             await wait_until(caught_up, self.size.settle, interval=0.25, what="collection")
@@ -279,10 +300,10 @@ class KillScenario:
         unpolled = []
         for run in ledger.missing:
             if run in forgotten:
-                via, at = forgotten[run]
-                killed = self._killed_at.get(via)
-                age = "never killed" if killed is None else f"{(killed - at) * 1000:.0f} ms"
-                unpolled.append(f"{run}: created via {via[0]}#{via[1]}, {age} before its kill")
+                age = self.in_window(run)
+                when = "never killed" if age is None else f"{age * 1000:.0f} ms before its kill"
+                unpolled.append(f"{run}: created via {forgotten[run][0]}, answered {when}")
+                self.unpolled_ages.append(age)
         died = sum(
             1
             for sightings in self.tally.sightings.values()
@@ -302,6 +323,7 @@ class KillScenario:
             ledger=ledger,
             lost=lost,
             lost_unpolled=unpolled,
+            unpolled_ages=self.unpolled_ages,
             orphans=orphans,
             kills=self.kills,
             kills_after_finish=self.kills_after_finish,
