@@ -74,3 +74,26 @@ async def _polled_to_the_end(upstream: FakeUpstream, client: Any, sm: Any) -> No
     assert len(retrieves(upstream, run.id, by_sdk=False)) == followed
     # The client's polls ended it within the collector's first wait: it never retrieved it.
     assert followed == 0
+
+
+async def test_a_streams_created_event_opens_the_job_before_the_run_ends(
+    upstream, start_proxy, db_url, sm
+) -> None:
+    upstream.stream_pause = 30.0  # the run stays in progress until the test has looked
+    proxy = await start_proxy(settings_for(upstream, db_url))
+    async with client_for(proxy, KEY) as client:
+        assistant = await client.beta.assistants.create(model="gpt-4o", metadata={"usage": "no"})
+        thread = await client.beta.threads.create(messages=[{"role": "user", "content": "2+2?"}])
+        stream = await client.beta.threads.runs.create(
+            thread_id=thread.id, assistant_id=assistant.id, stream=True
+        )
+        events = aiter(stream)
+        created = await anext(events)
+        assert created.event == "thread.run.created"
+        [job] = await wait_for(lambda: jobs(sm, created.data.id))
+        assert job["in_progress"]
+        await stream.close()  # the client goes away mid-run, and never polls it
+    # The collector follows it to its end (the fake ends it on a retrieve, as time would).
+    upstream.stream_pause = 0.0
+    row = await one_row(sm, created.data.id, timeout=60)
+    assert row["status"] == "completed"
