@@ -292,10 +292,23 @@ class KillScenario:
             await wait_until(caught_up, self.size.settle, interval=0.25, what="collection")
         return compare_ledger(self.fake.runs, await self._recorded())
 
+    def _describe(self, run: str) -> str:
+        """A lost run, and the incarnations that saw it finished, with when (before their
+        kill) the last sighting was."""
+        at = self.tally.sighted_at.get(run)
+        seen = []
+        for via in sorted(self.tally.sightings.get(run, ())):
+            killed = self._killed_at.get(via)
+            when = "" if killed is None or at is None else f" {(killed - at) * 1000:.0f} ms"
+            seen.append(f"{via[0]}#{via[1]}{when}")
+        return f"{run} ({self.tally.plans.get(run)}): seen finished by {', '.join(seen)}"
+
     async def _outcome(self, ledger: LedgerResult, settle: float, elapsed: float) -> KillOutcome:
         seen = set(self.tally.plans) | set(self.tally.sightings)
         forgotten = self.tally.forgotten
-        lost = [run for run in ledger.missing if run in seen and run not in forgotten]
+        lost = [
+            self._describe(run) for run in ledger.missing if run in seen and run not in forgotten
+        ]
         orphans = [run for run in ledger.missing if run not in seen]
         unpolled = []
         for run in ledger.missing:
