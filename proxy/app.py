@@ -21,6 +21,7 @@ from proxy.forwarding.forward import Forwarder
 from proxy.forwarding.guard import ClientLimits, GuardedSite
 from proxy.forwarding.rewrite import IncludeUsage
 from proxy.forwarding.upstream.compat import checked
+from proxy.forwarding.upstream.egress import Egress
 from proxy.gc_settings import collect_less
 from proxy.http.metrics import MetricsObserver
 from proxy.http.routes import install as install_admin
@@ -81,6 +82,7 @@ def make_app(
     )
     # Request metrics are operations, not accounting: counted whichever observers were chosen.
     dispatcher = Dispatcher([MetricsObserver(metrics), *chosen])
+    egress = Egress(settings.upstream_proxy, settings.upstream_ca_file)
     forwarder = Forwarder(
         settings.upstream,
         dispatcher,
@@ -91,6 +93,7 @@ def make_app(
         max_observed_request=settings.max_observed_request,
         rewriter=IncludeUsage() if settings.chat_include_usage else None,
         on_client_gone=log_client_gone,
+        egress=egress,
     )
     if service is not None:
         service.attach_forwarder(forwarder)
@@ -112,6 +115,7 @@ def make_app(
                 billing_url=settings.billing_url,
                 admin_key=admin_key,
                 interval=settings.billing_pull_interval,
+                egress=egress,
             )
             app[BILLING] = billing
             app.cleanup_ctx.append(billing.context)
