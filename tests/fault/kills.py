@@ -60,6 +60,8 @@ class KillOutcome:
     size: KillSize
     ledger: LedgerResult  # every run the upstream created
     lost: list[str]  # missing runs some client polled or streamed
+    # For each: seconds from its last sighting to its process's kill (None: a seer lives on)
+    lost_ages: list[float | None]
     lost_unpolled: list[str]  # missing runs only created, with their create's age at the kill
     unpolled_ages: list[float | None]  # seconds from each one's create answer to its kill
     orphans: list[str]  # missing runs no client saw (see the module docstring)
@@ -285,12 +287,23 @@ class KillScenario:
             # each is in the window its create's replica died in).
             seen = set(self.tally.plans) | set(self.tally.sightings)
             return not pending and all(
-                self.in_window(r) is not None or r not in seen for r in ledger.missing
+                self.in_window(r) is not None or self.unwritten_for(r) is not None or r not in seen
+                for r in ledger.missing
             )
 
         with contextlib.suppress(AssertionError):
             await wait_until(caught_up, self.size.settle, interval=0.25, what="collection")
         return compare_ledger(self.fake.runs, await self._recorded())
+
+    def unwritten_for(self, run: str) -> float | None:
+        """For a run every process that saw it was killed: seconds from the last time a client
+        received it to the first of those kills (the time its job had to be written); None
+        when a process that saw it lives on."""
+        at = self.tally.sighted_at.get(run)
+        seen = self.tally.sightings.get(run) or set()
+        if at is None or not seen or not seen <= set(self._killed_at):
+            return None
+        return min(self._killed_at[via] for via in seen) - at
 
     def _describe(self, run: str) -> str:
         """A lost run, and the incarnations that saw it finished, with when (before their
@@ -306,9 +319,9 @@ class KillScenario:
     async def _outcome(self, ledger: LedgerResult, settle: float, elapsed: float) -> KillOutcome:
         seen = set(self.tally.plans) | set(self.tally.sightings)
         forgotten = self.tally.forgotten
-        lost = [
-            self._describe(run) for run in ledger.missing if run in seen and run not in forgotten
-        ]
+        lost_runs = [run for run in ledger.missing if run in seen and run not in forgotten]
+        lost = [self._describe(run) for run in lost_runs]
+        lost_ages = [self.unwritten_for(run) for run in lost_runs]
         orphans = [run for run in ledger.missing if run not in seen]
         unpolled = []
         for run in ledger.missing:
@@ -335,6 +348,7 @@ class KillScenario:
             size=self.size,
             ledger=ledger,
             lost=lost,
+            lost_ages=lost_ages,
             lost_unpolled=unpolled,
             unpolled_ages=self.unpolled_ages,
             orphans=orphans,
