@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -206,9 +207,10 @@ class AuditEntry(Base):
 
 
 class CollectionJob(Base):
-    """The outbox: an object of a usage source (an Assistants run) seen in a terminal status,
-    still to be collected and recorded. `source` names the source that collects it (the kind
-    of the usage row it becomes); a new source adds its jobs here and its columns by migration.
+    """The outbox: an object of a usage source (an Assistants run), opened when the object is
+    first seen in any status, still to be collected and recorded. `source` names the source
+    that collects it (the kind of the usage row it becomes); a new source adds its jobs here
+    and its columns by migration.
 
     Written before any fetch, so a restart loses nothing. The credential is not here (never at
     rest): a replica only claims jobs whose key fingerprint it holds in memory, or jobs whose
@@ -240,6 +242,8 @@ class CollectionJob(Base):
     project: Mapped[str | None] = mapped_column(String(255))
     organization: Mapped[str | None] = mapped_column(String(255))
     has_reported_usage: Mapped[bool] = mapped_column(default=False)
+    # Opened when the object was first seen, not yet seen finished: the collector follows it.
+    in_progress: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
