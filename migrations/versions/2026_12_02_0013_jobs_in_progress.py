@@ -4,7 +4,7 @@ every job written before this one was opened for a finished run.
 Written by hand after the model change, checked by `alembic check`.
 
 Revision ID: 0013
-Revises: 0012
+Revises: 0011
 Create Date: 2026-12-02 13:40:00+00:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | Sequence[str] | None = "0012"
+down_revision: str | Sequence[str] | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
