@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import shutil
 from collections.abc import Callable
 from decimal import Decimal
@@ -61,6 +62,13 @@ def _chrome() -> Any:
 
 async def _b(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
+
+
+async def _until(driver: Any, condition: Callable[[Any], Any], timeout: float = 30) -> Any:
+    """Wait for a condition on the page: a click's navigation ends after click() returns."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return await _b(WebDriverWait(driver, timeout).until, condition)
 
 
 async def _report(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> str:
@@ -139,6 +147,7 @@ async def test_the_dashboard_in_chromium(
     try:
         ui = proxy.url + "/_proxy/ui/"
         from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as EC
 
         def find(css: str) -> Any:
             return driver.find_element(By.CSS_SELECTOR, css)
@@ -149,11 +158,12 @@ async def test_the_dashboard_in_chromium(
         await _shoot(driver, "login")
         await _b(lambda: find("input[name=token]").send_keys("wrong-token"))
         await _b(lambda: find("form button[type=submit]").click())
-        assert "That token is not valid." in await _b(lambda: find("p.error").text)
+        error = await _until(driver, EC.presence_of_element_located((By.CSS_SELECTOR, "p.error")))
+        assert "That token is not valid." in await _b(lambda: error.text)
         assert driver.get_cookie(COOKIE) is None
         await _b(lambda: find("input[name=token]").send_keys(VIEWER))
         await _b(lambda: find("form button[type=submit]").click())
-        assert driver.current_url == ui, driver.current_url
+        await _until(driver, EC.url_to_be(ui))
         cookie = driver.get_cookie(COOKIE)
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
@@ -186,7 +196,7 @@ async def test_the_dashboard_in_chromium(
 
         # Overview -> team -> run, by clicking.
         await _b(lambda: find('tr[data-team="blue"] a').click())
-        assert "/_proxy/ui/team/blue" in driver.current_url
+        await _until(driver, EC.url_contains("/_proxy/ui/team/blue"))
         [blue] = json.loads(
             await _report(
                 capsys,
@@ -216,7 +226,7 @@ async def test_the_dashboard_in_chromium(
             assert await resp.text() == want and run_id in want
         await _shoot(driver, "team")
         await _b(lambda: find(f'#runs a[href$="{run_id}"]').click())
-        assert driver.current_url.endswith(f"/_proxy/ui/run/{run_id}")
+        await _until(driver, EC.url_matches(f"/_proxy/ui/run/{re.escape(run_id)}$"))
         shown = await _b(lambda: find("#run-cost").get_attribute("data-value"))
         assert Decimal(shown) == run_cost
         await _shoot(driver, "run")
