@@ -11,6 +11,7 @@ from proxy import __version__
 from proxy.cli import (
     audit,
     billing,
+    budgets,
     calibration,
     mappings,
     prices,
@@ -36,6 +37,7 @@ _GROUPS = (
     calibration,
     billing,
     reconcile,
+    budgets,
 )
 
 

@@ -6,6 +6,8 @@
 - GET /_proxy/metrics: Prometheus text. Needs the admin token (metrics.py).
 - GET /_proxy/reconcile: recorded beside billed cost, as `usage-proxy reconcile` gives it.
   Needs the admin token and accounting (reconcile.py).
+- GET /_proxy/budgets: each budget's spend, ratio, forecast and state, as `usage-proxy budgets
+  list` gives it. Needs the admin token and accounting (budgets.py).
 
 Without a configured admin_token, usage and metrics are not routed at all and answer 404 like
 any unknown /_proxy/ path: a proxy nobody configured for it exposes no billing data. With one,
@@ -19,9 +21,11 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.budgets.service import Budgets
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.reachability import Reachability
 from proxy.http.auth import AdminToken, error
+from proxy.http.budgets import BudgetsEndpoint
 from proxy.http.health import Health
 from proxy.http.metrics import MetricsEndpoint
 from proxy.http.reconcile import Reconcile
@@ -44,6 +48,7 @@ def install(
     dispatcher: Dispatcher,
     accounting: Any | None = None,
     reachability: Reachability | None = None,
+    budgets: Budgets | None = None,
 ) -> None:
     """Route /_proxy/*: health always; metrics with an admin token; usage with an admin token
     and accounting (`accounting` is the proxy.accounting.service.Accounting, or None)."""
@@ -59,4 +64,6 @@ def install(
             app.router.add_get(
                 "/_proxy/reconcile", Reconcile(token, accounting.sessionmaker).handle
             )
+        if budgets is not None:
+            app.router.add_get("/_proxy/budgets", BudgetsEndpoint(token, budgets).handle)
     app.router.add_route("*", "/_proxy/{tail:.*}", _not_found)
