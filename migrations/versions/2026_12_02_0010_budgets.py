@@ -36,15 +36,11 @@ def upgrade() -> None:
         sa.Column("enforce", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_budgets")),
-        sa.UniqueConstraint(
-            "subject_kind", "subject", "period", name="uq_budgets_subject_kind"
-        ),
+        sa.UniqueConstraint("subject_kind", "subject", "period", name="uq_budgets_subject_kind"),
     )
     op.create_table(
         "budget_alerts",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("budget_id", sa.Integer(), nullable=False),
         sa.Column("period_start", sa.String(length=10), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
