@@ -31,7 +31,9 @@ __all__ = ["BudgetTracker"]
 
 _log = logging.getLogger("proxy.budgets")
 # Between refreshes woken by recorded usage: a burst of writes must not become a burst of reads.
-_MIN_GAP = 0.05
+# At least this, and at least twice as long as the last refresh took (its queries sum the
+# period's rows, which grow): a replica spends at most a third of its time refreshing.
+_MIN_GAP = 0.01
 
 AlertKey = tuple[int, str, str, int]
 
@@ -60,6 +62,7 @@ class BudgetTracker:
         self._wake = asyncio.Event()
         self._enforcing = False
         self._failing = False
+        self._took = 0.0
 
     def usage_recorded(self, event: UsageRecorded) -> None:
         """A UsageSink: this process wrote usage, so an enforced budget may have been reached."""
@@ -79,6 +82,7 @@ class BudgetTracker:
         self._failing = False
         self.statuses = statuses
         self.refreshed_at = began
+        self._took = time.monotonic() - began
         self._enforcing = any(s.rule.enforce for s in statuses)
         self._policy.refusing = {
             (s.rule.subject_kind, s.rule.subject): s for s in statuses if s.refusing
@@ -114,7 +118,7 @@ class BudgetTracker:
             await self.refresh()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._interval)
-                await asyncio.sleep(_MIN_GAP)
+                await asyncio.sleep(max(_MIN_GAP, 2 * self._took))
             except TimeoutError:
                 pass
             self._wake.clear()
