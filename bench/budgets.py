@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import Proc, free_port  # noqa: E402
+from procs import Proc, free_port
 
 BIN = str(Path(sys.executable).parent / "usage-proxy")
 SECRET = "bench-budgets-secret"
@@ -144,8 +144,9 @@ async def bench(args: argparse.Namespace) -> dict:
         env = {"USAGE_PROXY_KEY_SECRET": SECRET, "USAGE_PROXY_LOG_LEVEL": "WARNING"}
         for i in range(2):
             port = free_port()
-            argv = [BIN, "serve", "--port", str(port), "--upstream",
-                    f"http://127.0.0.1:{upstream_port}", "--database-url", url, "--no-migrate"]  # fmt: skip
+            upstream = f"http://127.0.0.1:{upstream_port}"
+            argv = [BIN, "serve", "--port", str(port), "--upstream", upstream,
+                    "--database-url", url, "--no-migrate"]  # fmt: skip
             replicas.append(Proc(f"replica{i}", argv, port, env, logs / f"replica{i}.log"))
         for proxy in replicas:
             await asyncio.to_thread(proxy.start)
@@ -239,9 +240,10 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         results.append(result)
     over = [r["overspend_requests"] for r in results]
+    wrong = sum(r["wrongly_refused_red_below_limit"] + r["wrongly_refused_blue"] for r in results)
     print(
         f"overspend (requests): median {statistics.median(over):.1f}, max {max(over):.1f}; "
-        f"wrongly refused: {sum(r['wrongly_refused_red_below_limit'] + r['wrongly_refused_blue'] for r in results)}"
+        f"wrongly refused: {wrong}"
     )
 
 
