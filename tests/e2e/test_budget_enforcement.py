@@ -95,6 +95,12 @@ async def test_enforcement_on_refuses_with_429_and_off_lets_through(
     assert (await chat(proxy, BLUE_KEY)).id
     status, budgets = await admin_get(proxy, "/_proxy/budgets")
     assert status == 200
+    async with aiohttp.ClientSession() as http, http.get(proxy.url + "/_proxy/budgets") as r:
+        assert r.status == 401  # the admin token is needed
+    ratio = proxy.app[METRICS].registry.get_sample_value(
+        "usage_proxy_budget_used_ratio", {"budget": str(enforced)}
+    )
+    assert ratio is not None and ratio >= 1
     [shown] = budgets
     assert (shown["id"], shown["state"], shown["subject"]) == (enforced, "enforced", "red")
     assert shown["ratio"] >= 1
