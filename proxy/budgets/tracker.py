@@ -115,7 +115,11 @@ class BudgetTracker:
     async def run(self) -> None:
         """Refresh every interval, or sooner when woken, until cancelled."""
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                # A bug, not the database: the last state stays, and the next refresh may do.
+                _log.exception("refreshing the budgets failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), self._interval)
                 await asyncio.sleep(max(_MIN_GAP, 2 * self._took))

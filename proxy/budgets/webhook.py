@@ -64,7 +64,11 @@ class AlertSender:
         async with aiohttp.ClientSession(timeout=timeout) as self._session:
             while True:
                 self._wake.clear()
-                await self.send_due()
+                try:
+                    await self.send_due()
+                except Exception:
+                    # A bug, not the receiver: the alerts stay in the outbox for the next round.
+                    _log.exception("sending budget alerts failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll)
 
