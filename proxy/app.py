@@ -23,6 +23,7 @@ from proxy.forwarding.forward import Forwarder
 from proxy.forwarding.guard import ClientLimits, GuardedSite
 from proxy.forwarding.rewrite import IncludeUsage
 from proxy.forwarding.upstream.compat import checked
+from proxy.forwarding.upstream.egress import Egress
 from proxy.gc_settings import collect_less
 from proxy.http.metrics import MetricsObserver
 from proxy.http.routes import install as install_admin
@@ -91,6 +92,7 @@ def make_app(
         budgets = Budgets(settings, service, now=clock) if clock else Budgets(settings, service)
     # Request metrics are operations, not accounting: counted whichever observers were chosen.
     dispatcher = Dispatcher([MetricsObserver(metrics), *chosen])
+    egress = Egress(settings.upstream_proxy, settings.upstream_ca_file)
     forwarder = Forwarder(
         settings.upstream,
         dispatcher,
@@ -102,6 +104,7 @@ def make_app(
         rewriter=IncludeUsage() if settings.chat_include_usage else None,
         on_client_gone=log_client_gone,
         policy=budgets.policy if budgets is not None else None,
+        egress=egress,
     )
     if service is not None:
         service.attach_forwarder(forwarder)
@@ -126,6 +129,7 @@ def make_app(
                 billing_url=settings.billing_url,
                 admin_key=admin_key,
                 interval=settings.billing_pull_interval,
+                egress=egress,
             )
             app[BILLING] = billing
             app.cleanup_ctx.append(billing.context)

@@ -1,17 +1,27 @@
 """Single setting values from text: TOML tables flattened, values coerced to their types,
-the per-family JSON checked, URLs masked. Pure; settings.py declares what the settings are."""
+the per-family JSON checked, URLs masked, proxy URLs and CA files checked. Pure but for
+load_ca_file; settings.py declares what the settings are."""
 
 from __future__ import annotations
 
 import json
 import re
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError
 
-__all__ = ["USERINFO", "coerce", "families", "flatten", "mask_url"]
+__all__ = [
+    "USERINFO",
+    "check_proxy_url",
+    "coerce",
+    "families",
+    "flatten",
+    "load_ca_file",
+    "mask_url",
+]
 
 
 USERINFO = re.compile(r"//[^/?#]*@")
@@ -85,3 +95,38 @@ def families(text: str) -> dict[str, dict[str, Any]]:
                     f"estimate.{family}.{name}: {number!r} must be a whole number >= 0"
                 )
     return value
+
+
+def check_proxy_url(value: str, source: str) -> str:
+    """`value`, checked as an egress proxy URL, with http:// put before a bare host:port as
+    curl and requests do; ConfigError names `source` (a setting or an environment variable)
+    and shows the URL with its password masked."""
+    if "://" not in value:
+        value = "http://" + value
+    shown = repr(mask_url(value) if "@" in value else value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"{source}: {shown} is not a URL (or has a bad port)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{source}: {shown} is not an http(s) proxy URL with a host"
+            " (http:// and https:// proxies are supported; SOCKS is not)"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"{source}: {shown} has a path; a proxy URL is scheme://host:port")
+    return value
+
+
+def load_ca_file(path: str, context: ssl.SSLContext, source: str = "upstream_ca_file") -> None:
+    """Add the PEM certificates in `path` to `context`'s trust roots; ConfigError when the
+    file cannot be read or holds no certificate."""
+    try:
+        context.load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"{source}: {path!r} holds no PEM certificate ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: {path!r} cannot be read: {exc.strerror or exc}") from None

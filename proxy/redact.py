@@ -6,7 +6,8 @@ traceback may show a value as its repr, where a tab is the two characters `\\t`)
   as a header, a JSON or repr field, or a query parameter, with its scheme (`Bearer`) kept;
 - a bearer token after `Bearer` and any run of whitespace, control characters, escapes or
   percent-encodings;
-- anything that looks like an OpenAI key (`sk-` and six or more key characters).
+- anything that looks like an OpenAI key (`sk-` and six or more key characters);
+- the password of a URL's user info (`http://user:***@host`), as a proxy URL carries it.
 Masking a word that only looks like a key is the lesser harm.
 """
 
@@ -30,7 +31,8 @@ _SECRET = re.compile(
     rf"({_NAMED}:{_SCHEME}){_LINE}"
     rf"|({_NAMED}={_SCHEME}){_VALUE}"
     rf"|(bearer{_GAP}){_VALUE}"
-    r"|(sk-)[A-Za-z0-9_\-]{6,}",
+    r"|(sk-)[A-Za-z0-9_\-]{6,}"
+    r"|(//[^/?#@:\s\"'<>]*:)[^/?#@\s\"'<>]+(?=@)",
     re.IGNORECASE,
 )
 

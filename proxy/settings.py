@@ -12,13 +12,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.config_values import USERINFO, coerce, families, flatten, mask_url
+from proxy.config_values import (
+    USERINFO,
+    check_proxy_url,
+    coerce,
+    families,
+    flatten,
+    load_ca_file,
+    mask_url,
+)
 from proxy.errors import ConfigError
 
 __all__ = ["OPTIONS", "Option", "Settings", "load_settings", "mask_url"]
@@ -51,6 +60,19 @@ class Settings:
         0,
         "maximum upstream connections (0: unlimited); with a limit, every request goes through"
         " aiohttp's pool, ~40 us more CPU per request",
+        flag=False,
+    )
+    upstream_proxy: str = _opt(
+        "",
+        "egress proxy URL (http:// or https://, user:password@ allowed) for the upstream, the"
+        " collector and the billing API; wins over HTTPS_PROXY/HTTP_PROXY, NO_PROXY still applies"
+        " ('': those variables)",
+        flag=False,
+    )
+    upstream_ca_file: str = _opt(
+        "",
+        "PEM file of extra trusted CA certificates for TLS to the upstream, the billing API and"
+        " an https:// egress proxy",
         flag=False,
     )
     max_observed_body: int = _opt(8 * 1024 * 1024, "bytes of a response body observers see")
@@ -211,7 +233,8 @@ class Settings:
             if f.metadata.get("secret"):
                 continue
             value = getattr(self, f.name)
-            shown.append(f"{f.name}={mask_url(value) if f.name == 'database_url' else value!r}")
+            masked = f.name in ("database_url", "upstream_proxy")
+            shown.append(f"{f.name}={mask_url(value) if masked else value!r}")
         return f"Settings({', '.join(shown)})"
 
     def replace(self, **changes: Any) -> Settings:
@@ -288,6 +311,10 @@ def _validate(s: Settings) -> None:
     if s.alert_webhook_url and (hook.scheme not in ("http", "https") or not hook.hostname):
         # Not echoed: a Slack or Teams webhook URL is itself a credential.
         raise ConfigError("alert_webhook_url: the value is not an http(s) URL with a host")
+    if s.upstream_proxy:
+        check_proxy_url(s.upstream_proxy, "upstream_proxy")
+    if s.upstream_ca_file:
+        load_ca_file(s.upstream_ca_file, ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     if "://" not in s.database_url:
         # Shown only when it cannot hold credentials (user:password@host).
         shown = "the value" if "@" in s.database_url else repr(s.database_url)

@@ -16,6 +16,7 @@ from proxy.budgets.enforce import BudgetPolicy
 from proxy.budgets.tracker import BudgetTracker
 from proxy.budgets.webhook import AlertSender
 from proxy.db.models import utcnow
+from proxy.forwarding.upstream.egress import Egress
 from proxy.settings import Settings
 
 __all__ = ["Budgets"]
@@ -44,6 +45,7 @@ class Budgets:
                 secret=settings.alert_webhook_secret,
                 retry_base=settings.alert_retry_base,
                 poll_interval=min(1.0, settings.budget_refresh_interval * 2),
+                egress=Egress(settings.upstream_proxy, settings.upstream_ca_file),
             )
             if not settings.alert_webhook_secret:
                 _log.warning("alert_webhook_url is set without alert_webhook_secret: unsigned")

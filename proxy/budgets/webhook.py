@@ -18,10 +18,12 @@ from collections.abc import Callable
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from yarl import URL
 
 from proxy.budgets.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from proxy.db import alerts as db_alerts
 from proxy.db.errors import DB_ERRORS
+from proxy.forwarding.upstream.egress import Egress
 from proxy.metrics import Metrics
 
 __all__ = ["AlertSender"]
@@ -42,6 +44,7 @@ class AlertSender:
         secret: str,
         retry_base: float,
         poll_interval: float = 1.0,
+        egress: Egress | None = None,
     ) -> None:
         self._sm = sessionmaker
         self._metrics = metrics
@@ -52,6 +55,7 @@ class AlertSender:
         self._worker = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._egress = egress or Egress()
 
     def wake(self) -> None:
         """New alerts are in the outbox."""
@@ -61,7 +65,9 @@ class AlertSender:
         """Send due alerts until cancelled: when woken, and every poll interval (retries that
         came due, and alerts other replicas queued)."""
         timeout = aiohttp.ClientTimeout(total=_POST_TIMEOUT)
-        async with aiohttp.ClientSession(timeout=timeout) as self._session:
+        # Through the egress proxy and with the CA roots the upstream's traffic uses.
+        options = self._egress.session_options(URL(self._url))
+        async with aiohttp.ClientSession(timeout=timeout, **options) as self._session:  # type: ignore[arg-type]
             while True:
                 self._wake.clear()
                 try:

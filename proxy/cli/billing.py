@@ -55,6 +55,7 @@ def admin_key() -> str:
 
 
 def _pull(args: argparse.Namespace) -> int:
+    from proxy.forwarding.upstream.egress import Egress
     from proxy.reconcile.admin_api import AdminApi, AdminKeyRefused
     from proxy.reconcile.pull import pull
 
@@ -65,7 +66,8 @@ def _pull(args: argparse.Namespace) -> int:
     settings = settings_of(args)
 
     async def run(sm: Any) -> Any:
-        async with AdminApi(settings.billing_url, key) as api:
+        egress = Egress(settings.upstream_proxy, settings.upstream_ca_file)
+        async with AdminApi(settings.billing_url, key, egress=egress) as api:
             return await pull(sm, api, args.since, until)
 
     try:

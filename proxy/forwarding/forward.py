@@ -35,6 +35,7 @@ from proxy.forwarding.taps import CopyTap, SSETap
 from proxy.forwarding.targets import filter_headers, reserved, unsafe_target
 from proxy.forwarding.upstream import Body, Response
 from proxy.forwarding.upstream.compat import Internals, checked, request_key, response_class
+from proxy.forwarding.upstream.egress import Egress
 from proxy.forwarding.upstream.lean import UpstreamClient
 from proxy.forwarding.upstream.session import SessionTransport
 from proxy.keys import conflicting_keys
@@ -88,6 +89,8 @@ class Forwarder:
         rewriter: IncludeUsage | None = None,
         on_client_gone: ClientGone | None = None,
         policy: Policy | None = None,
+        egress: Egress | None = None,
+        lean: bool = True,
     ) -> None:
         base = URL(upstream)
         self._origin = base.origin()
@@ -96,6 +99,8 @@ class Forwarder:
         self._dispatcher = dispatcher
         self._deadlines = HeaderDeadlines(timeout)
         self._limit = limit
+        # False for a pool that only the collector fetches through (its session's).
+        self._lean_wanted = lean
         self._max_body = max_observed_body
         self._max_request = max_observed_request
         self._read_whole = min(_READ_WHOLE, max_observed_request)
@@ -106,18 +111,45 @@ class Forwarder:
         self._policy = policy
         # Kept from the traffic, for /_proxy/health.
         self.reachability = Reachability()
+        # Resolved once: every request goes to this one origin. A bad proxy URL in the
+        # environment raises ConfigError here, before the proxy listens.
+        egress = egress or Egress()
+        self._route = egress.route(self._origin)
+        self._ssl = egress.ssl_context()
+        self.reachability.via = self._route.shown if self._route is not None else None
         self._session = SessionTransport(
-            str(self._origin) + self._base_path, connect_timeout=connect_timeout, limit=limit
+            str(self._origin) + self._base_path,
+            connect_timeout=connect_timeout,
+            limit=limit,
+            proxy=self._route.proxy if self._route is not None else None,
+            ssl_context=self._ssl,
         )
         self._lean: UpstreamClient | None = None
         self._response_class = response_class(Internals(False, False, False))
 
     async def start(self) -> None:
         internals = checked()
-        if self._limit == 0 and internals.lean_client:
+        route = self._route
+        lean = self._lean_wanted and self._limit == 0 and internals.lean_client
+        if route is not None and self._lean_wanted:
+            # Said once, by the serving process (the collector's pool is not `lean_wanted`).
+            _log.info(
+                "the upstream %s is reached through the egress proxy %s (from %s)%s",
+                self._origin,
+                route.shown,
+                route.source,
+                # The lean client speaks to the upstream only directly; aiohttp's can tunnel.
+                ": every request goes through aiohttp's ClientSession, which can use it"
+                if lean
+                else "",
+            )
+        if lean and route is None:
             # A limit is kept by aiohttp's pool, which the lean client does not share.
             self._lean = UpstreamClient(
-                self._origin, connect_timeout=self._connect_timeout, base_path=self._base_path
+                self._origin,
+                connect_timeout=self._connect_timeout,
+                base_path=self._base_path,
+                ssl_context=self._ssl,
             )
         self._session.start(internals)
         self._response_class = response_class(internals)
@@ -251,6 +283,17 @@ class Forwarder:
         )
         try:
             upstream = await transport.send(request.method, raw_path, headers, data)
+        except aiohttp.ClientHttpProxyError as exc:
+            # The egress proxy refused the tunnel (407: it wants other credentials). Before
+            # ClientResponseError, which it is too; the status is the proxy's, not the URL.
+            raise UpstreamUnreachable(
+                f"the egress proxy refused the connection to the upstream ({exc.status})"
+            ) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise UpstreamUnreachable(
+                "the upstream's TLS certificate could not be verified "
+                f"({type(exc).__name__}); a private CA goes in upstream_ca_file"
+            ) from exc
         except aiohttp.ClientResponseError as exc:
             # The parser refused the response. Named by type only: its bytes are the
             # upstream's, and nothing of them goes into an error or a log line.

@@ -12,12 +12,13 @@ __all__ = ["Reachability"]
 
 
 class Reachability:
-    __slots__ = ("last_failure", "last_failure_reason", "last_success")
+    __slots__ = ("last_failure", "last_failure_reason", "last_success", "via")
 
     def __init__(self) -> None:
         self.last_success: float | None = None  # time.time() of the latest response headers
         self.last_failure: float | None = None
         self.last_failure_reason: str | None = None  # upstream_unreachable, upstream_timeout
+        self.via: str | None = None  # the egress proxy, its password masked (None: direct)
 
     def failed(self, at: float, reason: str) -> None:
         self.last_failure, self.last_failure_reason = at, reason
@@ -33,6 +34,7 @@ class Reachability:
             "last_success": _iso(self.last_success),
             "last_failure": _iso(self.last_failure),
             "last_failure_reason": self.last_failure_reason,
+            "via_proxy": self.via,
         }
 
 

@@ -16,6 +16,9 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+from yarl import URL
+
+from proxy.forwarding.upstream.egress import Egress
 
 __all__ = ["ENV", "AdminApi", "AdminApiError", "AdminKeyRefused"]
 
@@ -45,6 +48,7 @@ class AdminApi:
         max_backoff: float = 60.0,
         timeout: float = 60.0,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        egress: Egress | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {admin_key}"}
@@ -54,12 +58,15 @@ class AdminApi:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
+        self._egress = egress or Egress()
 
     def __repr__(self) -> str:  # never the key
         return f"AdminApi({self._base!r})"
 
     async def __aenter__(self) -> AdminApi:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        # Through the egress proxy and with the CA roots the upstream's traffic uses.
+        options = self._egress.session_options(URL(self._base))
+        self._session = aiohttp.ClientSession(timeout=self._timeout, **options)  # type: ignore[arg-type]
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.billing import take_lease
+from proxy.forwarding.upstream.egress import Egress
 from proxy.metrics import Metrics
 from proxy.reconcile.admin_api import AdminApi, AdminApiError
 from proxy.reconcile.pull import pull
@@ -51,9 +52,10 @@ class BillingSchedule:
         interval: float,
         tolerance: Decimal = Decimal("0.05"),
         holder: str | None = None,
+        egress: Egress | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
-        self._api = lambda: AdminApi(billing_url, admin_key)
+        self._api = lambda: AdminApi(billing_url, admin_key, egress=egress)
         self._interval = interval
         self._tolerance = tolerance
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

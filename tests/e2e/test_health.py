@@ -37,6 +37,7 @@ async def test_health_reports_the_upstream_answering(upstream: FakeUpstream, sta
             "last_success": None,
             "last_failure": None,
             "last_failure_reason": None,
+            "via_proxy": None,
         }
         headers = {"Authorization": f"Bearer {KEY}"}
         async with http.get(proxy.url + "/v1/nowhere", headers=headers) as resp:

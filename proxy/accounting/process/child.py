@@ -32,6 +32,7 @@ from proxy.accounting.usage import UsageRecorded
 from proxy.db.engine import make_engine, make_sessionmaker
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.forward import Forwarder
+from proxy.forwarding.upstream.egress import Egress
 from proxy.gc_settings import collect_less
 from proxy.keys import CredentialStore
 from proxy.logs import configure_logging
@@ -88,6 +89,8 @@ async def _run(fd: int) -> None:
         timeout=settings.upstream_timeout,
         connect_timeout=settings.upstream_connect_timeout,
         limit=settings.upstream_limit,
+        egress=Egress(settings.upstream_proxy, settings.upstream_ca_file),
+        lean=False,
     )
     await upstream.start()
     relay = Relay(writer)

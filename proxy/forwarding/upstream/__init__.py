@@ -1,9 +1,10 @@
 """The upstream, behind one interface: a Transport sends a request and returns its Response
 once the response's headers are in. Two transports: lean.py (a hand-written HTTP/1.1 client
 for requests whose body is in hand: every API call) and session.py (aiohttp's ClientSession:
-streamed uploads, a limited pool, and everything when compat.py finds aiohttp's internals
-changed). Both raise aiohttp.ClientError for the forwarder to translate, and both reuse a
-connection only after a clean exchange (checked.py)."""
+streamed uploads, a limited pool, everything when an egress proxy applies (egress.py: the lean
+client cannot tunnel), and everything when compat.py finds aiohttp's internals changed). Both
+raise aiohttp.ClientError for the forwarder to translate, and both reuse a connection only
+after a clean exchange (checked.py)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ pass-through that uses this instead (bench/README.md). Here the request line, he
 go out in one write, and the response is read with aiohttp's own protocol and C parser
 (`ResponseHandler`), so the forwarder gets the same `StreamReader` body and the same errors
 (`aiohttp.ClientError`) as from a ClientSession. Requests whose body streams, or that go
-through a limited pool, keep using the ClientSession (session.py). (Expect: 100-continue is
-met by the proxy's server and never forwarded, so it needs no special path here.) Every
+through a limited pool or an egress proxy, keep using the ClientSession (session.py).
+(Expect: 100-continue is met by the proxy's server and never forwarded, so it needs no special
+path here.) Every
 connection is a CheckedConnection (checked.py), reused only after a clean exchange. The
 aiohttp internals used here come from compat.py, which checks them at start-up.
 """

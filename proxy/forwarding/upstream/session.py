@@ -1,12 +1,14 @@
 """aiohttp's ClientSession as a Transport: for requests whose body streams, or that go through
 a pool with a connection limit; for every request when the lean client cannot be used
-(compat.py). The collector fetches through its session too. Its connections are
-CheckedConnections (checked.py), or, when compat.py finds that impossible, never reused."""
+(compat.py) or an egress proxy applies (egress.py). The collector fetches through its session
+too. Its connections are CheckedConnections (checked.py), or, when compat.py finds that
+impossible, never reused."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 from collections.abc import Awaitable
 
 import aiohttp
@@ -26,8 +28,21 @@ __all__ = ["SessionTransport"]
 
 
 class SessionTransport:
-    def __init__(self, prefix: str, *, connect_timeout: float, limit: int) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        connect_timeout: float,
+        limit: int,
+        proxy: URL | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._prefix = prefix
+        # Every request of the session, the collector's included, goes through `proxy`
+        # (egress.py resolved it for the upstream; aiohttp sends its user:password@ as
+        # Proxy-Authorization), and verifies TLS with `ssl_context` (None: aiohttp's default).
+        self._proxy = proxy
+        self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=None
         )
@@ -42,6 +57,7 @@ class SessionTransport:
             # Without the checked protocol, no connection is reused: one that an upstream out
             # of step left dirty could hand a client another's response (checked.py).
             force_close=not internals.checked_pool,
+            ssl=self._ssl if self._ssl is not None else True,
         )
         if internals.checked_pool:
             # The pool reuses a connection only when the exchange on it ended cleanly, as the
@@ -61,6 +77,7 @@ class SessionTransport:
             timeout=self._timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
             requote_redirect_url=False,
+            proxy=self._proxy,
             **quiet,  # type: ignore[arg-type]
         )
 
