@@ -26,6 +26,10 @@ from proxy.accounting.sources.assistants.collector import RunCollector
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.names import AssistantNames
 from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
+from proxy.accounting.sources.events.container_collector import (
+    ContainerCollector,
+    ContainerFetcher,
+)
 from proxy.accounting.sources.events.observer import EventObserver
 from proxy.accounting.unpriced import UnpricedUsage
 from proxy.accounting.usage import ASSISTANTS_RUN, UsageSignal
@@ -97,6 +101,7 @@ class Accounting:
         self._forwarder: Forwarder | None = None
         self._forked = forked
         self.collector: RunCollector | CollectorProcess | None = None
+        self.containers: ContainerCollector | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- wiring --------------------------------------------------------------------------
@@ -148,6 +153,27 @@ class Accounting:
                 self.recorded,
                 self.metrics.collection_failed,
             )
+        forwarder = self._forwarder
+        s = self.settings
+        self.containers = ContainerCollector(
+            self.sessionmaker,
+            ContainerFetcher(
+                lambda: forwarder.session,
+                forwarder.upstream_url,
+                timeout=s.collector_fetch_timeout,
+            ),
+            self.credentials,
+            self.prices,
+            self.recorded,
+            poll_interval=s.collector_poll_interval,
+            lease=s.collector_lease,
+            # A key no replica has held this long (it would have been forgotten) never comes
+            # back: the session is then recorded without reading the container.
+            keyless_wait=s.credential_ttl,
+            max_attempts=s.collector_max_attempts,
+            retry_base=s.collector_retry_base,
+            max_backoff=s.collector_max_backoff,
+        )
         if self.attribution.needs_secret:
             self._tasks.append(asyncio.create_task(self.attribution.load_secret()))
         watch = MappingWatch(
@@ -157,12 +183,14 @@ class Accounting:
         )
         self._tasks.append(asyncio.create_task(watch.run()))
         self.collector.start()
+        self.containers.start()
         self.outbox.start()
         self.rows.start()
         try:
             yield
         finally:
             await self.collector.stop()
+            await self.containers.stop()
             # Before the engine is disposed: everything observed so far is written.
             await self.outbox.stop()
             await self.rows.stop()

@@ -77,7 +77,9 @@ class UsageRow:
     code_interpreter_sessions: int = 0
     file_search_calls: int = 0
     web_search_calls: int = 0
+    web_search_preview_calls: int = 0
     function_calls: int = 0
+    deployment: str | None = None
     # None: the model or a tool it used had no price in force ("unpriced"), never a silent 0.
     cost_usd: Decimal | None = Decimal(0)
 

@@ -55,5 +55,9 @@ def _reassign(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     verb = "would move" if args.dry_run else "moved"
     unpriced = f" ({moved.unpriced} of them without a price)" if moved.unpriced else ""
-    print(f"{verb} {moved.rows} rows{unpriced}, {moved.cost_usd:f} USD, to team {args.to_team}")
+    waiting = f" and {moved.jobs} still being collected," if moved.jobs else ""
+    print(
+        f"{verb} {moved.rows} rows{unpriced}, {moved.cost_usd:f} USD,{waiting} "
+        f"to team {args.to_team}"
+    )
     return 0

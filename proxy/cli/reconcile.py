@@ -18,7 +18,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     rec.add_argument("--month", help="one UTC month, YYYY-MM")
     rec.add_argument("--since", help="first UTC day, YYYY-MM-DD (default: this month's first)")
     rec.add_argument("--until", help="UTC day to stop before (default: tomorrow)")
-    rec.add_argument("--group-by", metavar="FIELDS", help="of day,project,key,line_item (all)")
+    rec.add_argument(
+        "--group-by",
+        metavar="FIELDS",
+        help="of day,project,key,line_item,deployment (default: the first four)",
+    )
     rec.add_argument("--tolerance", help="flag residuals above this share of billed (0.05)")
     rec.add_argument("--format", choices=("table", "csv", "json"), default="table")
     rec.add_argument("--true-up", action="store_true", help="write adjustment rows (--month)")

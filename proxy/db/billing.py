@@ -43,7 +43,7 @@ async def replace_billed(
     """Make the billed rows of `source` on `days` exactly `rows` (objects with day, project,
     api_key_id, line_item, amount, currency); returns how many rows were inserted, changed or
     deleted."""
-    wanted = {(r.day, r.project, r.api_key_id, r.line_item): r for r in rows}
+    wanted = {(r.day, r.project, r.api_key_id, _deployment(r), r.line_item): r for r in rows}
     changed = 0
     async with sm() as session, session.begin():
         existing = (
@@ -53,7 +53,7 @@ async def replace_billed(
         ).all()
         seen = set()
         for row in existing:
-            key = (row.day, row.project, row.api_key_id, row.line_item)
+            key = (row.day, row.project, row.api_key_id, row.deployment, row.line_item)
             new = wanted.get(key)
             if new is None:
                 await session.delete(row)
@@ -72,6 +72,7 @@ async def replace_billed(
                         day=new.day,
                         project=new.project,
                         api_key_id=new.api_key_id,
+                        deployment=_deployment(new),
                         line_item=new.line_item,
                         amount=new.amount,
                         currency=new.currency,
@@ -79,6 +80,10 @@ async def replace_billed(
                 )
                 changed += 1
     return changed
+
+
+def _deployment(row: Any) -> str:
+    return getattr(row, "deployment", "") or ""
 
 
 async def upsert_keys(sm: Sessionmaker, keys: Iterable[Any]) -> None:
@@ -111,12 +116,13 @@ async def billed_rows(sm: Sessionmaker, since: str, until: str) -> list[BilledCo
 async def recorded_rows(
     sm: Sessionmaker, since: dt.datetime, until: dt.datetime, *, adjustments: bool = False
 ) -> list[dict[str, Any]]:
-    """Recorded cost in [since, until) summed per UTC day, project, key hint, team, kind and
-    model (dicts with those keys and cost_usd, exact); adjustments only when asked."""
+    """Recorded cost in [since, until) summed per UTC day, project, key hint, team, kind,
+    model and deployment (dicts with those keys and cost_usd, exact); adjustments only when
+    asked."""
     u = UsageRecord
     async with reading(sm) as session:
         day = _utc_day(session.get_bind().dialect.name).label("day")
-        keys = [day, u.project, u.key_hint, u.team, u.kind, u.model]
+        keys = [day, u.project, u.key_hint, u.team, u.kind, u.model, u.deployment]
         query = (
             select(*keys, func.sum(u.cost_usd).label("cost_usd"))
             .where(u.occurred_at >= since, u.occurred_at < until)

@@ -167,8 +167,14 @@ class UsageRecord(Base):
     code_interpreter_calls: Mapped[int] = mapped_column(Integer, default=0)
     code_interpreter_sessions: Mapped[int] = mapped_column(Integer, default=0)
     file_search_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # web_search (and web_search_preview on reasoning models, billed alike) ...
     web_search_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # ... and web_search_preview on non-reasoning models, at its own per-call rate.
+    # A server default: inserts that name the columns of before 0012 still work.
+    web_search_preview_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     function_calls: Mapped[int] = mapped_column(Integer, default=0)
+    # The Azure OpenAI deployment of an /openai/deployments/{name}/... request.
+    deployment: Mapped[str | None] = mapped_column(String(255))
     # NULL: the model or a tool had no price in force when the row was recorded (unpriced).
     cost_usd: Mapped[Decimal | None] = mapped_column(default=Decimal(0))
 
@@ -325,7 +331,13 @@ class BilledCost(Base):
     __tablename__ = "billed_costs"
     __table_args__ = (
         UniqueConstraint(
-            "source", "day", "project", "api_key_id", "line_item", name="uq_billed_costs_source"
+            "source",
+            "day",
+            "project",
+            "api_key_id",
+            "deployment",
+            "line_item",
+            name="uq_billed_costs_source",
         ),
         Index("ix_billed_costs_day", "day"),
     )
@@ -335,6 +347,8 @@ class BilledCost(Base):
     day: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, UTC
     project: Mapped[str] = mapped_column(String(255), default="")
     api_key_id: Mapped[str] = mapped_column(String(255), default="")
+    # An Azure cost export's deployment (its rows have no project or key); "" elsewhere.
+    deployment: Mapped[str] = mapped_column(String(255), default="")
     line_item: Mapped[str] = mapped_column(String(255), default="")
     amount: Mapped[Decimal]
     currency: Mapped[str] = mapped_column(String(8), default="usd")

@@ -38,6 +38,8 @@ GROUP_FIELDS: dict[str, tuple[str, ...]] = {
     "model": ("model",),
     "key": ("key_fingerprint", "key_hint"),
     "project": ("project",),
+    # The Azure OpenAI deployment a request named (/openai/deployments/{name}/...).
+    "deployment": ("deployment",),
     "kind": ("kind",),
     "tag": ("tag",),
     "day": ("day",),

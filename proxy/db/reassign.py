@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, distinct, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.audit import add_entry
-from proxy.db.models import UsageRecord
+from proxy.db.models import CollectionJob, UsageRecord
 
 __all__ = ["SELECTORS", "AmbiguousHint", "Moved", "reassign"]
 
@@ -24,6 +24,15 @@ SELECTORS = {
     "fingerprint": _U.key_fingerprint,
     "project": _U.project,
     "from_team": _U.team,
+}
+_J = CollectionJob
+# The same selectors on the jobs still being collected (Assistants runs, containers): their
+# rows are written later with the job's team, so a move must reach them too.
+_JOB_SELECTORS = {
+    "key_hint": _J.key_hint,
+    "fingerprint": _J.key_fingerprint,
+    "project": _J.project,
+    "from_team": _J.team,
 }
 
 
@@ -39,6 +48,9 @@ class Moved:
     rows: int
     cost_usd: Decimal
     unpriced: int
+    # Collection jobs (usage still to be recorded) whose team moved too, matched by when
+    # they were queued: their rows have no time yet.
+    jobs: int = 0
 
 
 async def reassign(
@@ -78,10 +90,25 @@ async def reassign(
                 ).where(*where)
             )
         ).one()
-        moved = Moved(int(count), cost if cost is not None else Decimal(0), int(unpriced))
-        if dry_run or not moved.rows:
+        # A job without a team gets the mapping's team when it is recorded: nothing to move.
+        job_where = [_JOB_SELECTORS[selector] == value, _J.team.is_not(None), _J.team != to_team]
+        if since is not None:
+            job_where.append(_J.created_at >= since)
+        if until is not None:
+            job_where.append(_J.created_at < until)
+        jobs = await session.scalar(select(func.count()).select_from(_J).where(*job_where))
+        moved = Moved(
+            int(count), cost if cost is not None else Decimal(0), int(unpriced), int(jobs or 0)
+        )
+        if dry_run or not (moved.rows or moved.jobs):
             await session.rollback()
             return moved
+        await session.execute(
+            update(_J)
+            .where(*job_where)
+            .values(team=to_team)
+            .execution_options(synchronize_session=False)
+        )
         await session.execute(
             update(_U)
             .where(*where)
@@ -94,6 +121,7 @@ async def reassign(
             "since": since,
             "until": until,
             "unpriced_rows": moved.unpriced,
+            "waiting_jobs": moved.jobs,
         }
         await add_entry(session, "reassign", detail, moved.rows, moved.cost_usd)
     return moved

@@ -29,6 +29,9 @@ PRICED_FIELDS = (
     "code_interpreter_sessions",
     "file_search_calls",
     "web_search_calls",
+    "web_search_preview_calls",
+    "kind",
+    "estimate_basis",
     "cost_usd",
 )
 

@@ -8,7 +8,10 @@ skipped. A meter name such as "gpt-4o-0806-Inp-glbl Tokens" or "gpt 4o 0513 Outp
 Tokens" maps to a model and a token direction, written as OpenAI writes a line item
 ("gpt-4o-2024-08-06, input"), so that it reconciles the same way. Azure bills a resource, not
 a key or a project, and a deployment serves one model: billed rows carry neither key nor
-project and meet the proxy's Azure rows (which have no OpenAI project) at their model.
+project and meet the proxy's Azure rows (which have no OpenAI project) at their model, and,
+with `--group-by day,deployment`, at their deployment: a row's deployment is its
+`DeploymentName` column where the export has one, else the `deployments/{name}` segment of its
+resource id, else a "DeploymentName" in its `AdditionalInfo` JSON; a row with none stays "".
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -43,6 +47,8 @@ _COLUMNS = {
     "currency": ("BillingCurrencyCode", "billingCurrency", "BillingCurrency", "Currency"),
     "subcategory": ("MeterSubCategory", "meterSubCategory"),
     "resource": ("ResourceId", "resourceId", "InstanceId", "instanceId"),
+    "deployment": ("DeploymentName", "deploymentName"),
+    "info": ("AdditionalInfo", "additionalInfo"),
 }
 
 
@@ -100,17 +106,41 @@ def _is_openai(row: Mapping[str, str], sub: str | None, resource: str | None) ->
     return bool(resource) and "microsoft.cognitiveservices" in (row.get(resource) or "").lower()
 
 
+def _deployment(row: Mapping[str, str], columns: Mapping[str, str | None]) -> str:
+    if (named := columns["deployment"]) and (row.get(named) or "").strip():
+        return row[named].strip()[:255]
+    if resource := columns["resource"]:
+        parts = (row.get(resource) or "").strip("/").split("/")
+        for i, part in enumerate(parts[:-1]):
+            if part.lower() == "deployments" and parts[i + 1]:
+                return parts[i + 1][:255]
+    if (info := columns["info"]) and (text := (row.get(info) or "").strip()):
+        try:
+            found = json.loads(text)
+        except ValueError:
+            return ""
+        if isinstance(found, dict):
+            for key in ("DeploymentName", "deploymentName"):
+                if isinstance(found.get(key), str):
+                    return found[key].strip()[:255]
+    return ""
+
+
 def parse_csv(text: str) -> tuple[list[BilledRow], int]:
-    """(billed rows summed per day and line item, rows skipped as not Azure OpenAI)."""
+    """(billed rows summed per day, deployment and line item, rows skipped as not Azure
+    OpenAI)."""
     reader = csv.DictReader(io.StringIO(text))
     header = list(reader.fieldnames or [])
     date, meter, cost = _column(header, "date"), _column(header, "meter"), _column(header, "cost")
     currency = _column(header, "currency", required=False)
     sub = _column(header, "subcategory", required=False)
     resource = _column(header, "resource", required=False)
+    optional = {
+        name: _column(header, name, required=False) for name in ("resource", "deployment", "info")
+    }
     if sub is None and resource is None:
         raise AzureCsvError("no MeterSubCategory or ResourceId column to find Azure OpenAI by")
-    sums: dict[tuple[str, str, str], Decimal] = {}
+    sums: dict[tuple[str, str, str, str], Decimal] = {}
     skipped = 0
     for line, row in enumerate(reader, start=2):
         if not _is_openai(row, sub, resource):
@@ -122,9 +152,12 @@ def parse_csv(text: str) -> tuple[list[BilledRow], int]:
             raise AzureCsvError(f"line {line}: {row.get(cost)!r} is not a cost") from None
         day = _date(row.get(date) or "", line)
         cur = ((row.get(currency) if currency else None) or "usd").strip().lower()
-        key = (day, meter_line_item(row.get(meter) or ""), cur)
+        key = (day, _deployment(row, optional), meter_line_item(row.get(meter) or ""), cur)
         sums[key] = sums.get(key, Decimal(0)) + amount
-    rows = [BilledRow(d, "", "", item, v, c) for (d, item, c), v in sorted(sums.items())]
+    rows = [
+        BilledRow(d, "", "", item, v, c, deployment=dep)
+        for (d, dep, item, c), v in sorted(sums.items())
+    ]
     return rows, skipped
 
 

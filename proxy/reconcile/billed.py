@@ -25,6 +25,8 @@ class BilledRow:
     line_item: str
     amount: Decimal
     currency: str
+    # An Azure cost export's deployment; "" for OpenAI's costs.
+    deployment: str = ""
 
     @property
     def group(self) -> tuple[str, str, str, str]:

@@ -1,7 +1,8 @@
 """Recorded cost beside billed cost, per group. Pure.
 
-A group is any of day, project, key and line item. Residual = billed - recorded; it is flagged
-when |residual| > tolerance x billed and above one cent. The rows come sorted by their group
+A group is any of day, project, key, line item and (Azure) deployment. Residual = billed -
+recorded; it is flagged when |residual| > tolerance x billed and above one cent. The rows come
+sorted by their group
 (the table view re-sorts by residual), and a totals row comes last.
 """
 
@@ -22,6 +23,8 @@ GROUPS: dict[str, str] = {
     "project": "project",
     "key": "key_hint",
     "line_item": "line_item",
+    # Azure bills a resource's deployments, not keys: its costs meet the proxy's rows here.
+    "deployment": "deployment",
 }
 MONEY = ("recorded_usd", "billed_usd", "residual_usd")
 COLUMNS = (*MONEY, "residual_pct", "flagged")
@@ -74,6 +77,7 @@ def compare(
             "project": r.project,
             "key": r.key_hint,
             "line_item": recorded_label(row["kind"], row["model"]),
+            "deployment": row.get("deployment") or None,
         }
         add(values, r.ambiguous, 0, row["cost_usd"])
     for row in billed:
@@ -85,6 +89,7 @@ def compare(
             "project": b.project,
             "key": b.key_hint,
             "line_item": billed_label(row.line_item),
+            "deployment": getattr(row, "deployment", "") or None,
         }
         add(values, b.ambiguous, 1, row.amount)
     out = []

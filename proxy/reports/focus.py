@@ -91,6 +91,7 @@ _SHARED = (
     "project",
     "organization",
     "usage_source",
+    "deployment",
 )
 
 
@@ -188,7 +189,10 @@ def _row(members: Sequence[Mapping[str, Any]], names: Mapping[str, str | None]) 
         "ConsumedUnit": "Tokens",
         "PricingCategory": "Standard",
         "ResourceId": resource,
-        "ResourceName": (names.get(assistant) if assistant else None) or resource,
+        # An Azure deployment is the resource a request was billed to by name.
+        "ResourceName": (names.get(assistant) if assistant else None)
+        or shared["deployment"]
+        or resource,
         "ResourceType": shared["kind"],
         "ServiceSubcategory": "Generative AI",
         "SkuId": shared["model"],

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.accounting.sources.events.containers import CONTAINER_KIND
 from proxy.accounting.sources.events.rows import CHAT_KIND, EMBEDDING_KIND, RESPONSE_KIND
 from proxy.accounting.usage import ASSISTANTS_RUN
 from proxy.db.billing import ADJUSTMENT
@@ -40,7 +41,7 @@ GROUP_FIELDS: tuple[str, ...] = tuple(_COLUMNS)
 FILTERS = ("team", "kind", "model")
 # Every kind a usage row has: `--kind` takes one of these, so a typo is an error, not an
 # empty report.
-KINDS = (ASSISTANTS_RUN, RESPONSE_KIND, CHAT_KIND, EMBEDDING_KIND, ADJUSTMENT)
+KINDS = (ASSISTANTS_RUN, RESPONSE_KIND, CHAT_KIND, EMBEDDING_KIND, CONTAINER_KIND, ADJUSTMENT)
 _MONTH = re.compile(r"\d{4}-\d{2}")
 # Every format of a report: render's, and FOCUS 1.2 CSV (proxy.reports.focus).
 REPORT_FORMATS = (*FORMATS, "focus")

@@ -31,6 +31,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import brotli
 from aiohttp import web
 
 __all__ = ["Canned", "FakeUpstream"]
@@ -96,6 +97,15 @@ class FakeUpstream:
         self.steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.polls: Counter[str] = Counter()
         self.responses: dict[str, dict[str, Any]] = {}
+        # Containers API: objects by id (None: deleted, 404); an id not here is an expired
+        # container that lived a minute, half an hour ago. `container_fetches`: (id, key).
+        self.containers: dict[str, dict[str, Any] | None] = {}
+        self.container_fetches: list[tuple[str, str]] = []
+        # Azure deployment name -> the model its chat completions answer with.
+        self.deployment_models: dict[str, str] = {}
+        # "gzip" or "br": embeddings answers are compressed; the size of the last one sent.
+        self.compress_embeddings: str | None = None
+        self.last_embeddings_bytes = 0
         self.embedding_request_ids = False
         # Forwarding tests: canned responses by name, a gate that paces /gated-stream one
         # event per token, and the peers (client ports) that reached /whoami.
@@ -198,6 +208,7 @@ class FakeUpstream:
             ("POST", ["embeddings"], self.embeddings),
             ("POST", ["responses"], self.create_response),
             ("GET", ["responses", "*"], self.get_response),
+            ("GET", ["containers", "*"], self.get_container),
             ("POST", ["files"], self.upload),
             ("GET", ["files", "*", "content"], self.download),
             ("GET", ["models"], self.models),
@@ -239,12 +250,15 @@ class FakeUpstream:
         return None
 
     # --- plain endpoints -------------------------------------------------------------------
-    async def chat(self, request: web.Request, key: str) -> web.StreamResponse:
+    async def chat(
+        self, request: web.Request, key: str, deployment: str | None = None
+    ) -> web.StreamResponse:
         body = await request.json()
         if (planned := await self._planned_chat(request, body)) is not None:
             return planned
         cid = self._id("chatcmpl")
-        model = body.get("model", "gpt-4o-mini")
+        # As Azure: a deployment answers with the model it serves.
+        model = self.deployment_models.get(deployment or "") or body.get("model", "gpt-4o-mini")
         usage = {
             "prompt_tokens": 12,
             "completion_tokens": 5,
@@ -294,13 +308,16 @@ class FakeUpstream:
             await self.faults.hold_stream_end.wait()
         return resp
 
-    async def embeddings(self, request: web.Request, key: str) -> web.Response:
+    async def embeddings(
+        self, request: web.Request, key: str, deployment: str | None = None
+    ) -> web.Response:
         body = await request.json()
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        return web.json_response(
+        answer = web.json_response(
             {
                 "object": "list",
-                "model": body.get("model", "text-embedding-3-small"),
+                "model": self.deployment_models.get(deployment or "")
+                or body.get("model", "text-embedding-3-small"),
                 "data": [
                     {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
                     for i in range(len(inputs))
@@ -309,6 +326,17 @@ class FakeUpstream:
             },
             headers={"x-request-id": self._id("req")} if self.embedding_request_ids else None,
         )
+        if self.compress_embeddings:
+            # As the API does for a client that accepts it: the answer compressed on the wire.
+            assert isinstance(answer.body, bytes)
+            coding = self.compress_embeddings
+            packed = (
+                gzip.compress(answer.body) if coding == "gzip" else brotli.compress(answer.body)
+            )
+            answer.body = packed
+            answer.headers["Content-Encoding"] = coding
+            self.last_embeddings_bytes = len(packed)
+        return answer
 
     async def create_response(self, request: web.Request, key: str) -> web.StreamResponse:
         body = await request.json()
@@ -361,6 +389,22 @@ class FakeUpstream:
         final = f"response.{done['status']}"
         await resp.write(_sse({"type": final, "response": done}, event=final))
         return resp
+
+    async def get_container(self, request: web.Request, key: str, cid: str) -> web.Response:
+        self.container_fetches.append((cid, key))
+        if cid in self.containers and self.containers[cid] is None:
+            return web.json_response({"error": {"message": "no such container"}}, status=404)
+        created = int(time.time()) - 1800
+        default = {
+            "id": cid,
+            "object": "container",
+            "name": cid,
+            "created_at": created,
+            "last_active_at": created + 60,
+            "status": "expired",
+            "expires_after": {"anchor": "last_active_at", "minutes": 20},
+        }
+        return web.json_response(self.containers.get(cid) or default)
 
     async def get_response(self, request: web.Request, key: str, rid: str) -> web.Response:
         stored = self.responses.get(rid)
@@ -468,10 +512,10 @@ class FakeUpstream:
 
     # --- usage of chat, responses and embeddings (see the module docstring) -----------------
     async def deployment_chat(self, request: web.Request, key: str, d: str) -> web.StreamResponse:
-        return await self.chat(request, key)
+        return await self.chat(request, key, d)
 
     async def deployment_embeddings(self, request: web.Request, key: str, d: str) -> web.Response:
-        return await self.embeddings(request, key)
+        return await self.embeddings(request, key, d)
 
     async def _planned_chat(
         self, request: web.Request, body: dict[str, Any]
@@ -543,6 +587,17 @@ class FakeUpstream:
         plan = body.get("metadata") or {}
         if "prompt" in body:
             done["prompt"] = body["prompt"]
+        tools = body.get("tools")
+        if isinstance(tools, list):
+            # As the API: a code_interpreter tool's auto container is echoed resolved, as its id.
+            called = "code_interpreter" in plan.get("fake_tools", "")
+            done["tools"] = [
+                {**t, "container": "cntr_" + body.get("model", "x") if called else self._id("cntr")}
+                if t.get("type") == "code_interpreter" and not isinstance(t.get("container"), str)
+                else t
+                for t in tools
+                if isinstance(t, dict)
+            ]
         for tool in filter(None, plan.get("fake_tools", "").split(",")):
             item = {"type": f"{tool}_call", "id": self._id(tool[:2]), "status": "completed"}
             if tool == "code_interpreter":

@@ -224,7 +224,9 @@ async def test_seed_run_is_estimated_exactly(upstream, client, sm) -> None:
         "code_interpreter_sessions": 1,
         "file_search_calls": 0,
         "web_search_calls": 0,
+        "web_search_preview_calls": 0,
         "function_calls": 0,
+        "deployment": None,
         "cost_usd": tokens.total + session_price,
     }
     # The row keeps the bases its estimate was made of: they give the same numbers again.

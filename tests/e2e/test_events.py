@@ -98,11 +98,12 @@ async def test_response_json_with_tools_conversation_and_prompt(proxy_for: Start
     assert (row["tag"], row["team"], row["key_hint"]) == ("nightly", "unassigned", "sk-...1234")
     assert row["key_fingerprint"] == fingerprint(KEY, SECRET.encode())
     assert (row["web_search_calls"], row["file_search_calls"]) == (1, 1)
-    assert (row["code_interpreter_calls"], row["code_interpreter_sessions"]) == (1, 1)
+    # The container's session is a row of its own, priced once it expired (test_tool_prices).
+    assert (row["code_interpreter_calls"], row["code_interpreter_sessions"]) == (1, 0)
     # gpt-4.1: 16 uncached at $2, 4 cached at $0.50, 7 output at $8 per 1M tokens; one web
-    # search at $10/1k, one file search at $2.50/1k, one container at $0.03.
+    # search at $10/1k, one file search at $2.50/1k.
     tokens = (16 * 2 + 4 * Decimal("0.5") + 7 * 8) / Decimal(1_000_000)
-    assert row["cost_usd"] == tokens + Decimal("0.01") + Decimal("0.0025") + Decimal("0.03")
+    assert row["cost_usd"] == tokens + Decimal("0.01") + Decimal("0.0025")
     assert metric(proxy, "usage_proxy_events_recorded_total", kind="response") == 1
 
 

@@ -98,3 +98,25 @@ async def test_an_embeddings_answer_too_large_to_read_is_estimated_from_the_requ
     assert row["prompt_tokens"] == sum(count(text) for text in inputs)
     assert row["model"] == "text-embedding-3-small" and row["cost_usd"] > 0
     assert any("larger than max_observed_body" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+@pytest.mark.parametrize("n", [100, 4000])
+async def test_a_compressed_embeddings_answer_too_large_to_read_is_estimated(
+    db_url: str, upstream, start_proxy, sm, coding: str, n: int
+):
+    """Compressed on the wire: 100 inputs decode past the cap (the copy is whole but too
+    large once decoded); 4,000 are past the cap compressed already (the copy is cut)."""
+    settings = Settings(
+        upstream=upstream.url, database_url=db_url, key_secret="s", max_observed_body=1024
+    )
+    proxy = await start_proxy(settings)
+    upstream.compress_embeddings = coding
+    inputs = [f"hello world {i}" for i in range(n)]
+    await client_for(proxy).embeddings.create(model="text-embedding-3-small", input=inputs)
+    await settle(proxy)
+    assert (upstream.last_embeddings_bytes > 1024) is (n == 4000)
+    [row] = await rows(sm)
+    count = counter_for_model("text-embedding-3-small")
+    assert (row["kind"], row["usage_source"]) == ("embedding", "estimated")
+    assert row["prompt_tokens"] == sum(count(text) for text in inputs)

@@ -169,3 +169,57 @@ def test_an_ambiguous_key_hint_is_refused(capsys, db_url: str):
     code = cli.main(argv)
     _, err = capsys.readouterr()
     assert code == 2 and "matches the rows of 2 keys" in err and len(err.splitlines()) == 1, err
+
+
+async def test_reassign_moves_the_team_of_usage_still_being_collected(
+    db_url: str, upstream, start_proxy, sm, capsys
+):
+    """A container still active is a collection job, not a row yet: the move reaches its
+    job, and the row written once the container expired is the new team's."""
+    import time
+
+    from sqlalchemy import select, update
+
+    from proxy.app import ACCOUNTING
+    from proxy.db.models import CollectionJob
+    from tests.e2e.conftest import wait_for
+
+    settings = Settings(
+        upstream=upstream.url, database_url=db_url, key_secret="s", collector_poll_interval=0.05
+    )
+    proxy = await start_proxy(settings)
+    now = int(time.time())
+    container = {
+        "id": "cntr_gpt-4.1",
+        "created_at": now - 600,
+        "last_active_at": now,
+        "status": "active",
+        "expires_after": {"anchor": "last_active_at", "minutes": 20},
+    }
+    upstream.containers["cntr_gpt-4.1"] = container
+    await client_for(proxy, KEY_A).responses.create(
+        model="gpt-4.1", input="hi", metadata={"fake_tools": "code_interpreter"}
+    )
+    await wait_for(lambda: len(upstream.container_fetches) >= 1)
+
+    async def job_team():
+        async with sm() as session:
+            return await session.scalar(select(CollectionJob.team))
+
+    assert await wait_for(job_team) == "unassigned"
+    base = ["reassign", "--database-url", db_url, "--key-hint", "sk-...aaaa", "--to-team", "red"]
+    code, out, err = await run_cli(capsys, *base)
+    assert code == 0, err
+    assert out.startswith("moved 1 rows, ") and "and 1 still being collected," in out, out
+    assert await job_team() == "red"
+
+    upstream.containers["cntr_gpt-4.1"] = container | {"status": "expired"}
+    async with sm.begin() as session:  # due now rather than at the container's expiry
+        await session.execute(update(CollectionJob).values(next_attempt_at=dt.datetime.now(dt.UTC)))
+    proxy.app[ACCOUNTING].containers.wake()
+
+    async def container_rows():
+        return [r for r in await rows(sm, "container")]
+
+    [row] = await wait_for(container_rows)
+    assert row["team"] == "red"

@@ -11,7 +11,7 @@ import pytest
 
 from proxy import cli
 from proxy.reports.query import KINDS
-from tests.e2e.conftest import RunningProxy
+from tests.e2e.conftest import RunningProxy, wait_for
 from tests.e2e.test_assistants import QUESTION, SM, one_row, settings_for, usage_rows
 from tests.e2e.test_events import settle
 from tests.e2e.test_unpriced import run_cli
@@ -72,9 +72,17 @@ async def test_each_kind_filters_and_group_by_assistant_shows_its_name(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
         )
         await client.embeddings.create(model="text-embedding-3-small", input="hi")
-        await client.responses.create(model="gpt-4.1", input="hi")
+        # A code interpreter call: its container's session becomes a row of its own.
+        await client.responses.create(
+            model="gpt-4.1", input="hi", metadata={"fake_tools": "code_interpreter"}
+        )
         await settle(proxy)
 
+    async def all_kinds():
+        found = await usage_rows(sm)
+        return found if any(r["kind"] == "container" for r in found) else None
+
+    await wait_for(all_kinds)
     # occurred_at: whole seconds on every kind, whether from the API's times or the clock.
     rows = await usage_rows(sm)
     traffic = [k for k in KINDS if k != "adjustment"]  # adjustments come from reconcile

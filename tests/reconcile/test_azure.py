@@ -64,3 +64,21 @@ def test_mca_spelling():
 def test_bad_files(text, message):
     with pytest.raises(AzureCsvError, match=message):
         parse_csv(text)
+
+
+INFO = '{""DeploymentName"": ""info""}'
+
+
+def test_a_row_s_deployment_from_its_column_resource_id_or_additional_info():
+    account = "/subscriptions/s/providers/Microsoft.CognitiveServices/accounts/acme"
+    text = (
+        "Date,MeterSubCategory,MeterName,ResourceId,DeploymentName,AdditionalInfo,Cost\n"
+        f"2026-11-01,Azure OpenAI,gpt-4o-0806-Inp-glbl Tokens,{account},named,,1\n"
+        f"2026-11-01,Azure OpenAI,gpt-4o-0806-Inp-glbl Tokens,{account}/deployments/seg,,,2\n"
+        f'2026-11-01,Azure OpenAI,gpt-4o-0806-Inp-glbl Tokens,{account},,"{INFO}",3\n'
+        f"2026-11-01,Azure OpenAI,Standard Hosting Hours,{account},,,4\n"
+    )
+    rows, _ = parse_csv(text)
+    assert sorted((r.deployment, r.amount) for r in rows) == [
+        ("", Decimal("4")), ("info", Decimal("3")), ("named", Decimal("1")), ("seg", Decimal("2")),
+    ]  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.accounting.pricing.containers import session_cost
 from proxy.accounting.pricing.cost import Usage, cost_of
 from proxy.accounting.pricing.table import TOOLS, PriceTable
 from proxy.db.audit import add_entry
@@ -41,7 +42,24 @@ def _usage(row: dict[str, Any]) -> Usage:
         code_interpreter_sessions=row["code_interpreter_sessions"],
         file_search_calls=row["file_search_calls"],
         web_search_calls=row["web_search_calls"],
+        web_search_preview_calls=row["web_search_preview_calls"],
     )
+
+
+def _container_cost(table: PriceTable, row: dict[str, Any]) -> Decimal | None:
+    """A container session's row (kind "container"): its model names the session's price,
+    its estimate_basis the minutes billed ("12 min"; none: one full session)."""
+    memory = (row["model"] or "").rpartition("_")[2]
+    memory = memory if memory in ("4g", "16g", "64g") else "1g"
+    basis = (row["estimate_basis"] or "").split()
+    minutes = int(basis[0]) if basis and basis[0].isdigit() else None
+    return session_cost(table, memory, row["occurred_at"], minutes)
+
+
+def _cost(table: PriceTable, row: dict[str, Any]) -> Decimal | None:
+    if row["kind"] == "container":
+        return _container_cost(table, row)
+    return cost_of(table, row["model"], row["occurred_at"], _usage(row)).billed
 
 
 async def reprice(
@@ -63,7 +81,7 @@ async def reprice(
         moved = Decimal(0)
         still = 0
         for row in rows:
-            new = cost_of(table, row["model"], row["occurred_at"], _usage(row)).billed
+            new = _cost(table, row)
             if new is None:
                 still += 1
                 continue

@@ -12,14 +12,13 @@ second later, which no report can tell.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.accounting.sources.events.containers import ContainerJob
 from proxy.accounting.usage import UsageRecorded, UsageRow, UsageSink
 from proxy.accounting.writing.write_behind import WriteBehind
 from proxy.db import usage as db_usage
@@ -64,50 +63,43 @@ class RowWriter(WriteBehind[UsageRow]):
             on_pending=on_pending,
         )
         self._sm = sessionmaker
-        self._claims: OrderedDict[str, tuple[tuple[str, ...], Decimal | None]] = OrderedDict()
+        self._claims: OrderedDict[str, tuple[tuple[str, ...], ContainerJob]] = OrderedDict()
         self._resolve = resolve_teams
         self._recorded = recorded
 
     def start(self, name: str = "usage-row-writer") -> None:
         super().start(name)
 
-    def containers(
-        self, response_id: str, containers: tuple[str, ...], session_price: Decimal | None
-    ) -> None:
-        """The code interpreter containers of a response row submitted next, and the price of
-        a session of them: the row is charged a session for each container it is the first
-        to claim, on any replica (proxy.db.containers), when it is written."""
-        self._claims[response_id] = (containers, session_price)
+    def containers(self, response_id: str, containers: tuple[str, ...], job: ContainerJob) -> None:
+        """The code interpreter containers of a response row submitted next: when it is
+        written, the row claims each container, on any replica (proxy.db.containers), and
+        each container it is the first to claim gets a collection job, which prices the
+        session once it is over (proxy.accounting.sources.events.container_collector)."""
+        self._claims[response_id] = (containers, job)
         self._claims.move_to_end(response_id)
         while len(self._claims) > _MAX_CLAIMS:  # rows dropped from the backlog leave these
             self._claims.popitem(last=False)
 
-    async def _claimed(self, batch: Rows) -> Rows:
-        """The batch with each response row charged the sessions of the containers it owns."""
+    async def _claim(self, batch: Rows) -> None:
+        """Claims the containers of the batch's response rows (teams resolved: the jobs keep
+        them) and queues the jobs of the containers they own."""
         mine = [r for r in batch if r.object_id in self._claims and r.kind == RESPONSE_KIND]
         if not mine:
-            return batch
-        wanted = {c: r.object_id for r in mine for c in self._claims[r.object_id][0]}
-        owners = await claim_containers(self._sm(), wanted)
-        charged: dict[int, UsageRow] = {}
+            return
+        wanted: dict[str, str] = {}
+        new_jobs: dict[str, dict[str, object]] = {}
         for row in mine:
-            containers, price = self._claims[row.object_id]
-            owned = sum(owners.get(c) == row.object_id for c in containers)
-            if not owned:
-                continue
-            cost = row.cost_usd
-            # No session price in force: the row is unpriced, never a silent 0.
-            cost = None if cost is None or price is None else cost + owned * price
-            charged[id(row)] = dataclasses.replace(
-                row,
-                code_interpreter_sessions=row.code_interpreter_sessions + owned,
-                cost_usd=cost,
-            )
-        return [charged.get(id(r), r) for r in batch]
+            containers, job = self._claims[row.object_id]
+            for container in containers:
+                wanted.setdefault(container, row.object_id)
+                new_jobs.setdefault(container, job.values(row))
+        await claim_containers(self._sm(), wanted, new_jobs)
 
     async def _record(self, batch: Rows) -> None:
-        batch = await self._claimed(batch)
-        written = await db_usage.record_rows(self._sm(), await self._resolve(batch))
+        batch = await self._resolve(batch)
+        # Before the rows: a row written is never claimed again (its claims are dropped).
+        await self._claim(batch)
+        written = await db_usage.record_rows(self._sm(), batch)
         for row in batch:
             self._claims.pop(row.object_id, None)
         if written:

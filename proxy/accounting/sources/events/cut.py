@@ -19,17 +19,33 @@ from proxy.accounting.estimate.chat import TokenCounter
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.sources.events.rows import embedding_row
 from proxy.accounting.usage import UsageRow
+from proxy.forwarding.decode import DecodeError, Decompressor
 
-__all__ = ["cut_embedding_row", "embedding_input_tokens", "is_cut_embeddings"]
+__all__ = ["cut_embedding_row", "decoded_head", "embedding_input_tokens", "is_cut_embeddings"]
+
+_HEAD_BYTES = 4096
 
 # The head of an embeddings list, whatever the whitespace and the order of its first keys.
 _HEAD = re.compile(rb'^\s*\{[^\[]*"data"\s*:\s*\[\s*\{\s*"object"\s*:\s*"embedding"')
 _LIST = re.compile(rb'"object"\s*:\s*"list"')
 
 
+def decoded_head(raw: bytes, content_encoding: str | None) -> bytes:
+    """The first bytes of a body with its Content-Encoding undone, from a copy that may be cut
+    anywhere (a compressed answer larger than the cap, or one that decodes larger than it):
+    a gzip, deflate or brotli stream decodes its prefix as far as it goes. b"" when it
+    cannot be decoded at all."""
+    if not content_encoding:
+        return raw[:_HEAD_BYTES]
+    try:
+        return Decompressor(content_encoding, limit=_HEAD_BYTES).feed(raw)[:_HEAD_BYTES]
+    except DecodeError:
+        return b""
+
+
 def is_cut_embeddings(head: bytes) -> bool:
     """Whether a cut response body begins as an embeddings list."""
-    start = head[:4096]
+    start = head[:_HEAD_BYTES]
     return bool(_LIST.search(start)) and bool(_HEAD.search(start) or b'"embedding"' in start)
 
 

@@ -38,7 +38,6 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from decimal import Decimal
 from typing import Any, Protocol
 
 from proxy.accounting.attribution import Attribution
@@ -46,8 +45,13 @@ from proxy.accounting.estimate.chat import ChatStream, TokenCounter, estimate_ch
 from proxy.accounting.estimate.partial import estimate_partial_prompt
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import PriceTable
-from proxy.accounting.pricing.cost import session_tool
-from proxy.accounting.sources.events.cut import cut_embedding_row, is_cut_embeddings
+from proxy.accounting.sources.events.containers import ContainerJob, api_context
+from proxy.accounting.sources.events.cut import (
+    cut_embedding_row,
+    decoded_head,
+    is_cut_embeddings,
+)
+from proxy.accounting.sources.events.deployment import deployment_of
 from proxy.accounting.sources.events.rows import (
     TERMINAL_RESPONSE_EVENTS,
     chat_row,
@@ -106,7 +110,7 @@ class EventObserver:
         *,
         api_error: Callable[[str | None, int], None],
         partial: Callable[[str], None] | None = None,
-        containers: Callable[[str, tuple[str, ...], Decimal | None], None] | None = None,
+        containers: Callable[[str, tuple[str, ...], ContainerJob], None] | None = None,
         seen_capacity: int = 100_000,
     ) -> None:
         self._partial = partial
@@ -163,7 +167,7 @@ class EventObserver:
             body is None
             and exchange.response_truncated
             and exchange.method == "POST"
-            and is_cut_embeddings(exchange.raw_response_body)
+            and is_cut_embeddings(decoded_head(exchange.raw_response_body, _encoding(exchange)))
         ):
             await self._cut_embeddings(exchange)
         elif exchange.method != "POST" or not isinstance(body, dict):
@@ -172,11 +176,11 @@ class EventObserver:
             who = await self._who(exchange)
             oid = body.get("id")
             oid = oid if isinstance(oid, str) else _request_id(exchange)
-            self._record(chat_row(body, who, self._prices, _now(), object_id=oid))
+            self._record(chat_row(body, who, self._prices, _now(), object_id=oid), exchange)
         elif is_embedding_list(body):
             who = await self._who(exchange)
             oid = _request_id(exchange)
-            self._record(embedding_row(body, who, self._prices, _now(), object_id=oid))
+            self._record(embedding_row(body, who, self._prices, _now(), object_id=oid), exchange)
 
     async def on_error(self, exchange: Exchange) -> None:
         stream = self._streams.pop(exchange, None)
@@ -201,12 +205,12 @@ class EventObserver:
             response, who, self._prices, _now(), request=request, known_containers=known
         )
         if self._claim is not None and containers:
-            tool = session_tool(container_memory(response, request))
-            price = self._prices.tool_price(tool, row.occurred_at)
-            self._claim(rid, tuple(sorted(containers)), price)
+            prefix, query = api_context(exchange.path, exchange.query_string)
+            job = ContainerJob(prefix, query, container_memory(response, request))
+            self._claim(rid, tuple(sorted(containers)), job)
         for container in containers:
             self._remember(self._containers, container)
-        self._record(row)
+        self._record(row, exchange)
         self._remember(self._seen, rid)
 
     async def _cut_embeddings(self, exchange: Exchange) -> None:
@@ -237,7 +241,7 @@ class EventObserver:
         )
         if row.usage_source == "estimated_partial" and self._partial is not None:
             self._partial(row.kind)
-        self._record(row)
+        self._record(row, exchange)
 
     async def _chat_stream(self, exchange: Exchange, stream: ChatStream) -> None:
         request = exchange.request_json()
@@ -283,9 +287,10 @@ class EventObserver:
             )
             if self._partial is not None:
                 self._partial(row.kind)
-        self._record(row)
+        self._record(row, exchange)
 
-    def _record(self, row: UsageRow) -> None:
+    def _record(self, row: UsageRow, exchange: Exchange) -> None:
+        row.deployment = deployment_of(exchange.path)
         # Handed to the row writer, which batches rows into one transaction: a transaction per
         # row here capped recording at ~600 rows/s (bench/README.md, finding 1).
         self._submit(row)
@@ -350,6 +355,11 @@ def _request_id(exchange: Exchange) -> str:
         if value:
             return value[:255]
     return f"proxy-{uuid.uuid4().hex}"
+
+
+def _encoding(exchange: Exchange) -> str | None:
+    headers = exchange.response_headers
+    return headers.get("Content-Encoding") if headers else None
 
 
 def _json_body(exchange: Exchange) -> Any:

@@ -26,6 +26,7 @@ from proxy.accounting.attribution import Attribution
 from proxy.accounting.estimate.chat import CHAT_ESTIMATOR, ChatStream
 from proxy.accounting.pricing import PriceTable, Usage, cost_of, token_cost
 from proxy.accounting.sources.assistants.rows import to_datetime, to_second
+from proxy.accounting.sources.events.containers import echoed_containers
 from proxy.accounting.sources.events.tools import container_memory, uses_search_preview
 from proxy.accounting.usage import UsageRow, row_from, row_template
 
@@ -114,8 +115,9 @@ def is_embedding_list(body: object) -> bool:
 
 # --- responses -----------------------------------------------------------------------------
 def response_containers(response: Mapping[str, Any]) -> set[str]:
-    """Ids of the containers the response's code interpreter calls ran in."""
-    return {
+    """Ids of the containers the response's code interpreter calls ran in, and those its echoed
+    code_interpreter tools resolved to (an auto container no call used)."""
+    return echoed_containers(response) | {
         cid
         for item in _items(response)
         if item.get("type") == "code_interpreter_call" and (cid := _str(item.get("container_id")))
@@ -191,7 +193,8 @@ def response_row(
         code_interpreter_calls=ci_calls,
         code_interpreter_sessions=sessions,
         file_search_calls=billed.file_search_calls,
-        web_search_calls=searches,
+        web_search_calls=billed.web_search_calls,
+        web_search_preview_calls=billed.web_search_preview_calls,
         function_calls=types.count("function_call"),
         cost_usd=cost_of(prices, model, when, billed).billed,
     )

@@ -48,7 +48,8 @@ def uses_search_preview(
 
 def container_memory(response: Mapping[str, Any], request: Mapping[str, Any] | None) -> str:
     """The memory_limit of the code interpreter tool's container ("1g" when not given)."""
-    for tool in _tools(response, request):
+    # The request's too: a response echoes a resolved container as its id, without the memory.
+    for tool in [*_tools(response, None), *_tools({}, request)]:
         if tool.get("type") == "code_interpreter":
             container = tool.get("container")
             limit = container.get("memory_limit") if isinstance(container, dict) else None
