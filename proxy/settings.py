@@ -103,7 +103,13 @@ class Settings:
     )
     admin_token: str = _opt(
         "",
-        "bearer token for /_proxy/usage and /_proxy/metrics (unset: both answer 404)",
+        "bearer token for /_proxy/usage, /_proxy/metrics and the dashboard /_proxy/ui/ "
+        "(unset: they answer 404)",
+        secret=True,
+    )
+    viewer_token: str = _opt(
+        "",
+        "read-only token: the dashboard /_proxy/ui/ and /_proxy/usage, nothing else",
         secret=True,
     )
     log_format: str = _opt("text", "text or json")
@@ -121,7 +127,12 @@ class Settings:
     )
     collector_workers: int = _opt(16, "concurrent run collections per process", flag=False)
     collector_poll_interval: float = _opt(1.0, "seconds between scans of the job table", flag=False)
-    collector_lease: float = _opt(120.0, "seconds a claimed job stays claimed", flag=False)
+    collector_lease: float = _opt(
+        10.0,
+        "seconds a claimed job stays claimed unless renewed (every third of it, while held): a "
+        "dead replica's jobs are free this long after its last renewal",
+        flag=False,
+    )
     collector_retry_base: float = _opt(
         1.0, "first retry delay in seconds; doubles per attempt", flag=False
     )

@@ -219,8 +219,9 @@ class Accounting:
 
     # --- writes --------------------------------------------------------------------------
     async def open_job(self, sighting: RunSighting) -> None:
-        """A run was seen finished: queue its collection job for the outbox writer, which
-        inserts it with the jobs that came meanwhile (or keeps it until the DB is back)."""
+        """A run was seen (first, or first finished): queue its collection job for the outbox
+        writer, which inserts it with the jobs that came meanwhile (or keeps it until the DB is
+        back). Queued, never awaited: the client's answer does not wait for the write."""
         who = await self.attribute(
             sighting.upstream_headers, sighting.request_headers, query=sighting.query_string
         )
@@ -233,7 +234,8 @@ class Accounting:
             api_query=sighting.api_query,
             object_json=sighting.run_json,
             **who.columns(),
-            has_reported_usage=isinstance(run.get("usage"), dict),
+            has_reported_usage=sighting.terminal and isinstance(run.get("usage"), dict),
+            in_progress=not sighting.terminal,
         )
         self.outbox.submit(job)
 

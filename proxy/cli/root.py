@@ -18,6 +18,7 @@ from proxy.cli import (
     reassign,
     reconcile,
     report,
+    rollup,
     serve,
     sql,
 )
@@ -38,6 +39,7 @@ _GROUPS = (
     billing,
     reconcile,
     budgets,
+    rollup,
 )
 
 

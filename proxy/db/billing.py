@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, delete, func, literal_column, select, upda
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.db import rollup
 from proxy.db.engine import reading
 from proxy.db.models import BilledCost, BillingKey, BillingLease, Reconciliation, UsageRecord
 
@@ -170,6 +171,8 @@ async def write_adjustments(
                     cost_usd=r["amount"],
                 )
             )
+        await session.flush()
+        await rollup.add_where(session, _adjustments_of(rec.id))
         return rec.id
 
 
@@ -179,13 +182,14 @@ async def delete_adjustments(sm: Sessionmaker, month: str) -> int:
         rid = await session.scalar(select(Reconciliation.id).where(Reconciliation.month == month))
         if rid is None:
             return 0
-        result = await session.execute(
-            delete(UsageRecord).where(
-                UsageRecord.kind == ADJUSTMENT, UsageRecord.tag == f"reconciliation:{rid}"
-            )
-        )
+        await rollup.remove_where(session, _adjustments_of(rid))
+        result = await session.execute(delete(UsageRecord).where(*_adjustments_of(rid)))
         await session.execute(delete(Reconciliation).where(Reconciliation.id == rid))
         return result.rowcount or 0
+
+
+def _adjustments_of(rid: int) -> list[ColumnElement[bool]]:
+    return [UsageRecord.kind == ADJUSTMENT, UsageRecord.tag == f"reconciliation:{rid}"]
 
 
 async def take_lease(sm: Sessionmaker, name: str, holder: str, seconds: float) -> bool:

@@ -1,5 +1,6 @@
-"""The outbox of objects still to collect, per usage source (table collection_jobs): finished
-Assistants runs, so far.
+"""The outbox of objects still to collect, per usage source (table collection_jobs):
+Assistants runs, so far, from the first time each is seen (`in_progress` until it is seen
+finished: the collector follows such a job by retrieving the run itself, see `follow`).
 
 Every function takes the async_sessionmaker and runs one short transaction of its own, so a
 caller never holds a transaction open across an upstream fetch.
@@ -8,7 +9,8 @@ A job is claimed by one worker at a time, for a lease: `claim` sets claimed_by a
 claimed_until, and a claim whose lease has run out is claimable again, so a replica that dies
 mid-job strands nothing. `complete`, `retry` and `release` act only while the job is still
 claimed by the same worker; they return False when it is not (the lease ran out and another
-worker took the job), and the caller then drops its copy.
+worker took the job), and the caller then drops its copy. Leases are short and renewed while
+the worker holds the jobs (proxy.db.job_claims).
 
 Claiming is one UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING. On PostgreSQL the
 SELECT is FOR UPDATE SKIP LOCKED, so concurrent claimers skip each other's rows instead of
@@ -47,6 +49,7 @@ __all__ = [
     "complete_many",
     "enqueue",
     "enqueue_many",
+    "follow",
     "pending_count",
     "release",
     "release_many",
@@ -57,6 +60,8 @@ _jobs: Table = CollectionJob.__table__  # type: ignore[assignment]
 # The source of every job written before jobs named theirs (and the only one so far).
 ASSISTANTS_SOURCE = "assistants.run"
 _MAX_ERROR = 2000
+# Seconds before the collector first retrieves a run seen in progress itself.
+FOLLOW_FIRST = 2.0
 # Defence in depth: callers pass safe text, but an upstream error body could echo a key.
 
 
@@ -78,6 +83,8 @@ class NewJob:
     project: str | None = None
     organization: str | None = None
     has_reported_usage: bool = False
+    # Not seen finished yet: the collector follows the object until it is.
+    in_progress: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,11 +104,20 @@ _CLAIMED_FIELDS = tuple(f.name for f in dataclasses.fields(ClaimedJob))
 # Statements are built once, at import, and executed with parameters: building one per call
 # costs more CPU than the database spends on it (bench/README.md, finding 2).
 def _enqueue(insert: Callable[[Table], Any]) -> Any:
-    return (
-        insert(_jobs)
-        .on_conflict_do_nothing(index_elements=["source", "object_id"])
-        .returning(_jobs.c.object_id)
-    )
+    stmt = insert(_jobs)
+    new = stmt.excluded
+    # A job opened in progress takes the object as it was seen finished (the collector stops
+    # following it, and collects it at once); any other repeat changes nothing.
+    return stmt.on_conflict_do_update(
+        index_elements=["source", "object_id"],
+        set_={
+            "object_json": new.object_json,
+            "has_reported_usage": new.has_reported_usage,
+            "in_progress": new.in_progress,
+            "next_attempt_at": new.next_attempt_at,
+        },
+        where=and_(_jobs.c.in_progress.is_(True), new.in_progress.is_(False)),
+    ).returning(_jobs.c.object_id)
 
 
 def _claim(*, skip_locked: bool) -> Any:
@@ -154,7 +170,8 @@ def _dialect(session: AsyncSession) -> str:
 async def enqueue(
     sm: async_sessionmaker[AsyncSession], job: NewJob, *, now: dt.datetime | None = None
 ) -> bool:
-    """Insert the job unless its source has one for its object. True if this call inserted it."""
+    """Insert the job unless its source has one for its object, or finish the in-progress job
+    it has with this finished one. True if this call inserted or finished it."""
     return await enqueue_many(sm, [job], now=now) == 1
 
 
@@ -163,17 +180,23 @@ async def enqueue_many(
     new_jobs: Iterable[NewJob],
     *,
     now: dt.datetime | None = None,
+    follow_after: float = FOLLOW_FIRST,
 ) -> int:
-    """Insert, in one transaction, the jobs whose (source, object_id) has no job yet (one
-    repeated in `new_jobs` counts once, from its first job); how many this call inserted. All
-    or nothing: a job the database refuses fails the whole call."""
+    """Insert, in one transaction, the jobs whose (source, object_id) has no job yet, and turn
+    an in-progress job into the finished one when a job of `new_jobs` is finished; how many
+    this call inserted or finished. One repeated in `new_jobs` counts once: its first finished
+    job, else its first. An in-progress job is first due `follow_after` seconds from now (the
+    client's own polls usually show it finished before then). All or nothing: a job the
+    database refuses fails the whole call."""
     now = now or utcnow()
     params: dict[tuple[str, str], dict[str, Any]] = {}
     for job in new_jobs:
         key = (job.source, job.object_id)
-        if key not in params:
+        seen = params.get(key)
+        if seen is None or (seen["in_progress"] and not job.in_progress):
             values = {name: getattr(job, name) for name in _NEW_FIELDS}
-            values.update(created_at=now, next_attempt_at=now, attempts=0)
+            due = now + dt.timedelta(seconds=follow_after) if job.in_progress else now
+            values.update(created_at=now, next_attempt_at=due, attempts=0)
             params[key] = values
     if not params:
         return 0
@@ -311,6 +334,42 @@ async def _update_claimed(
             update(_jobs).where(_jobs.c.id == job_id, _jobs.c.claimed_by == worker).values(**values)
         )
         return (await session.execute(stmt)).rowcount == 1
+
+
+async def follow(
+    sm: async_sessionmaker[AsyncSession],
+    job_id: int,
+    worker: str,
+    *,
+    object_json: str,
+    delay: float,
+    now: dt.datetime | None = None,
+) -> bool:
+    """An in-progress job whose object `worker` retrieved and found still in progress: keep
+    the fresher object, make the job due in `delay` seconds and release the claim, without
+    counting an attempt. When the job was finished meanwhile (a client's poll showed the
+    object finished), only release it, due at once. True if `worker` still held the job."""
+    now = now or utcnow()
+    values = {
+        "object_json": object_json,
+        "next_attempt_at": now + dt.timedelta(seconds=max(delay, 0.0)),
+        "claimed_by": None,
+        "claimed_until": None,
+    }
+    async with sm.begin() as session:
+        stmt = (
+            update(_jobs)
+            .where(
+                _jobs.c.id == job_id,
+                _jobs.c.claimed_by == worker,
+                _jobs.c.in_progress.is_(True),
+            )
+            .values(**values)
+        )
+        if (await session.execute(stmt)).rowcount == 1:
+            return True
+        result = await session.execute(_RELEASE, {"ids": [job_id], "worker": worker})
+        return bool(result.scalars().all())
 
 
 async def pending_count(sm: async_sessionmaker[AsyncSession]) -> int:

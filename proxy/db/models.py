@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -45,6 +46,8 @@ __all__ = [
     "ThreadSession",
     "UTCDateTime",
     "UsageRecord",
+    "UsageRollup",
+    "UsageRollupMonth",
     "utcnow",
 ]
 
@@ -206,9 +209,10 @@ class AuditEntry(Base):
 
 
 class CollectionJob(Base):
-    """The outbox: an object of a usage source (an Assistants run) seen in a terminal status,
-    still to be collected and recorded. `source` names the source that collects it (the kind
-    of the usage row it becomes); a new source adds its jobs here and its columns by migration.
+    """The outbox: an object of a usage source (an Assistants run), opened when the object is
+    first seen in any status, still to be collected and recorded. `source` names the source
+    that collects it (the kind of the usage row it becomes); a new source adds its jobs here
+    and its columns by migration.
 
     Written before any fetch, so a restart loses nothing. The credential is not here (never at
     rest): a replica only claims jobs whose key fingerprint it holds in memory, or jobs whose
@@ -240,6 +244,8 @@ class CollectionJob(Base):
     project: Mapped[str | None] = mapped_column(String(255))
     organization: Mapped[str | None] = mapped_column(String(255))
     has_reported_usage: Mapped[bool] = mapped_column(default=False)
+    # Opened when the object was first seen, not yet seen finished: the collector follows it.
+    in_progress: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -441,3 +447,59 @@ class BudgetAlert(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_until: Mapped[dt.datetime | None]
     sent_at: Mapped[dt.datetime | None]
+
+
+class UsageRollup(Base):
+    """usage_records summed per UTC day, team, key, assistant, model, kind and tag, kept in the
+    same transaction as every write of usage rows (proxy.db.rollup), so that reports and the
+    dashboard read a month in cells instead of events. A NULL dimension is '' here: a unique
+    key must compare NULLs as equal, and '' is what no real value of these columns is.
+    cost_usd sums the priced events; unpriced_events and unpriced_tokens count the others."""
+
+    __tablename__ = "usage_rollup"
+    __table_args__ = (Index("ix_usage_rollup_team_day", "team", "day"),)
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    team: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    code_interpreter_sessions: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal]
+    unpriced_events: Mapped[int] = mapped_column(BigInteger)
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageRollupMonth(Base):
+    """usage_rollup summed per UTC month (YYYY-MM): the same cells without the day, kept by the
+    same writes. A month's overview reads its ~6,000 cells instead of ~84,000 daily ones."""
+
+    __tablename__ = "usage_rollup_month"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    team: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    code_interpreter_sessions: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal]
+    unpriced_events: Mapped[int] = mapped_column(BigInteger)
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)

@@ -8,7 +8,7 @@ Days and months are UTC. Money comes back as Decimal, summed exactly in SQL on b
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from proxy.db.engine import reading
 from proxy.db.models import AssistantName, UsageRecord
 
-__all__ = ["EVENT_COLUMNS", "FILTERS", "GROUP_FIELDS", "SUMS", "usage_events", "usage_groups"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "FILTERS",
+    "GROUP_FIELDS",
+    "SUMS",
+    "finish_groups",
+    "stream_events",
+    "usage_events",
+    "usage_groups",
+]
 
 _U = UsageRecord
 _NAMES = AssistantName.__table__
@@ -107,6 +116,27 @@ async def usage_events(
     return rows
 
 
+async def stream_events(
+    sm: async_sessionmaker[AsyncSession],
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    *,
+    batch: int = 2000,
+    **filters: str | None,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """usage_events' rows in batches, read through a server-side cursor (PostgreSQL) or a
+    stepped statement (SQLite): memory holds one batch, whatever the row count."""
+    cols = [_U.__table__.c[name] for name in EVENT_COLUMNS if name != "priced"]
+    stmt = _where(select(*cols), since, until, filters).order_by(_U.occurred_at, _U.id)
+    async with reading(sm) as session:
+        result = await session.stream(stmt.execution_options(yield_per=batch))
+        async for part in result.mappings().partitions(batch):
+            rows = [dict(row) for row in part]
+            for row in rows:
+                row["priced"] = row["cost_usd"] is not None
+            yield rows
+
+
 def _period(dialect: str, field: str) -> ColumnElement[str]:
     # Literals, not bound parameters: GROUP BY must repeat the SELECT expression exactly, and
     # PostgreSQL sees two different parameters as two different expressions.
@@ -179,6 +209,11 @@ async def usage_groups(
         if keys:
             stmt = stmt.group_by(*keys).order_by(*(key.asc().nulls_last() for key in keys))
         rows = (await session.execute(stmt)).mappings().all()
+    return finish_groups(rows)
+
+
+def finish_groups(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """Group rows as usage_groups returns them, from the rows of its SQL (or the rollup's)."""
     out = []
     for row in rows:
         item = dict(row)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, distinct, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.db import rollup
 from proxy.db.audit import add_entry
 from proxy.db.models import CollectionJob, UsageRecord
 
@@ -103,6 +104,7 @@ async def reassign(
         if dry_run or not (moved.rows or moved.jobs):
             await session.rollback()
             return moved
+        cells = await rollup.cells_where(session, where)
         await session.execute(
             update(_J)
             .where(*job_where)
@@ -115,6 +117,12 @@ async def reassign(
             .values(team=to_team)
             .execution_options(synchronize_session=False)
         )
+        # Out of the old cells and into the new in one write, in key order: the cells are
+        # locked in the order every batch of new rows locks them, so neither waits in a circle.
+        tally = rollup.Tally()
+        tally.add_cells(cells, -1)
+        tally.add_cells(cells, team=to_team)
+        await rollup.apply(session, tally)
         detail: dict[str, Any] = {
             selector: value,
             "to_team": to_team,

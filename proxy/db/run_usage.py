@@ -13,7 +13,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.db import sessions
+from proxy.db import rollup, sessions
 from proxy.db.dialects import INSERTS, Insert, check_returning, dialect_of
 from proxy.db.models import CodeInterpreterCall, ThreadSession, UsageRecord, utcnow
 from proxy.db.sessions import SESSION_LENGTH
@@ -176,6 +176,10 @@ async def _record_items(
         kept = [i for k, i in given.items() if k in inserted]
         if len(kept) < len(given):
             await _reshare(session, kept, earlier)
+        tally = rollup.Tally()
+        for item in kept:
+            tally.add_mapping(item.values_at(now))
+        await rollup.apply(session, tally)
         calls = [
             {"thread_id": i.thread, "run_id": i.values["object_id"], "called_at": t}
             for i in kept

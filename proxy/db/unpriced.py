@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.db import rollup
 from proxy.db.billing import ADJUSTMENT
 from proxy.db.engine import reading
 from proxy.db.models import UsageRecord
@@ -119,7 +120,21 @@ _SET_COST = (
 )
 
 
+_ROLLUP_ROWS = select(_U.__table__.c.id, *(_U.__table__.c[c] for c in rollup.ROW_FIELDS)).where(
+    _U.__table__.c.id.in_(bindparam("ids", expanding=True))
+)
+_CHUNK = 5000
+
+
 async def set_costs(session: AsyncSession, costs: Sequence[tuple[int, Any]]) -> None:
-    """Set cost_usd of rows by id, in the caller's transaction."""
-    if costs:
-        await session.execute(_SET_COST, [{"i": i, "c": c} for i, c in costs])
+    """Set cost_usd of rows by id, in the caller's transaction, and move the rollup's cells
+    from the old costs to the new."""
+    for start in range(0, len(costs), _CHUNK):
+        chunk = dict(costs[start : start + _CHUNK])
+        tally = rollup.Tally()
+        for row in await session.execute(_ROLLUP_ROWS, {"ids": list(chunk)}):
+            old = tuple(row[1:])
+            tally.add(old, -1)
+            tally.add((*old[:-1], chunk[row[0]]))
+        await session.execute(_SET_COST, [{"i": i, "c": c} for i, c in chunk.items()])
+        await rollup.apply(session, tally)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.db import rollup
 from proxy.db.bulk_insert import BulkInsert, Conflicted
 from proxy.db.dialects import check_returning, dialect_of
 from proxy.db.engine import reading
@@ -107,7 +108,13 @@ async def record_rows(sm: async_sessionmaker[AsyncSession], rows: Sequence[Row])
         async with sm.begin() as session:
             check_returning(dialect_of(session))
             conn = await session.connection()
-            return {(k, o) for k, o in await ROWS.run(conn, params, returning=returning)}
+            inserted = {(k, o) for k, o in await ROWS.run(conn, params, returning=returning)}
+            tally = rollup.Tally()
+            for values in params:
+                if not returning or (values[_KIND_AT], values[_OBJECT_ID_AT]) in inserted:
+                    tally.add(_GET_ROLLUP(values))
+            await rollup.apply(session, tally)
+            return inserted
 
     inserted = await insert_once(insert)
     return [row for key, row in given.items() if key in inserted]
@@ -159,6 +166,7 @@ _YIELD_EVERY = 128
 _KIND_AT, _OBJECT_ID_AT = USAGE_FIELDS.index("kind"), USAGE_FIELDS.index("object_id")
 _CLIP_AT = tuple((USAGE_FIELDS.index(name), length) for name, length in _LENGTHS)
 _GET_FIELDS = operator.attrgetter(*USAGE_FIELDS)
+_GET_ROLLUP = operator.itemgetter(*(USAGE_FIELDS.index(name) for name in rollup.ROW_FIELDS))
 
 
 def _row_values(row: Any, now: dt.datetime) -> tuple[Any, ...]:

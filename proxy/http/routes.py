@@ -2,15 +2,18 @@
 
 - GET /_proxy/health: always, without a token (health.py).
 - GET /_proxy/usage: the report of `usage-proxy report` over HTTP, as JSON or CSV. Needs the
-  admin token and accounting (usage.py).
+  admin or the viewer token, and accounting (usage.py).
 - GET /_proxy/metrics: Prometheus text. Needs the admin token (metrics.py).
+- GET /_proxy/ui/: the chargeback dashboard (ui/). Needs the admin or the viewer token (a
+  bearer token or the login form's session cookie) and accounting.
 - GET /_proxy/reconcile: recorded beside billed cost, as `usage-proxy reconcile` gives it.
   Needs the admin token and accounting (reconcile.py).
 - GET /_proxy/budgets: each budget's spend, ratio, forecast and state, as `usage-proxy budgets
   list` gives it. Needs the admin token and accounting (budgets.py).
 
-Without a configured admin_token, usage and metrics are not routed at all and answer 404 like
-any unknown /_proxy/ path: a proxy nobody configured for it exposes no billing data. With one,
+Without a configured admin_token (or viewer_token, for usage and the dashboard), these are not
+routed at all and answer 404 like any unknown /_proxy/ path: a proxy nobody configured for it
+exposes no billing data. With one,
 `Authorization: Bearer <token>` is compared in constant time; anything else gets 401 before
 any parameter is looked at.
 """
@@ -22,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.budgets.service import Budgets
+from proxy.db.secrets import get_or_create_secret
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.reachability import Reachability
 from proxy.http.auth import AdminToken, error
@@ -29,11 +33,22 @@ from proxy.http.budgets import BudgetsEndpoint
 from proxy.http.health import Health
 from proxy.http.metrics import MetricsEndpoint
 from proxy.http.reconcile import Reconcile
+from proxy.http.ui import install_ui
 from proxy.http.usage import Usage
 from proxy.metrics import Metrics
 from proxy.settings import Settings
 
 __all__ = ["install"]
+
+
+def _ui_budgets(budgets: Budgets | None) -> Any:
+    """The dashboard's view of the budgets: (name, spend, limit, state), as last refreshed."""
+    if budgets is None:
+        return None
+    tracker = budgets.tracker
+    return lambda: [
+        (s.rule.subject_label, s.spend, s.rule.limit_usd, s.state) for s in tracker.statuses
+    ]
 
 
 async def _not_found(request: web.Request) -> web.Response:
@@ -60,10 +75,21 @@ def install(
             "/_proxy/metrics", MetricsEndpoint(token, metrics, dispatcher, pending).handle
         )
         if accounting is not None:
-            app.router.add_get("/_proxy/usage", Usage(token, accounting.sessionmaker).handle)
             app.router.add_get(
                 "/_proxy/reconcile", Reconcile(token, accounting.sessionmaker).handle
             )
         if budgets is not None:
             app.router.add_get("/_proxy/budgets", BudgetsEndpoint(token, budgets).handle)
+    readers = [t for t in (settings.admin_token, settings.viewer_token) if t]
+    if readers and accounting is not None:
+        sm = accounting.sessionmaker
+        app.router.add_get("/_proxy/usage", Usage(AdminToken(*readers), sm).handle)
+        install_ui(
+            app,
+            admin_token=settings.admin_token,
+            viewer_token=settings.viewer_token,
+            sessionmaker=sm,
+            load_secret=lambda: get_or_create_secret(sm(), "ui_session"),
+            budgets=_ui_budgets(budgets),
+        )
     app.router.add_route("*", "/_proxy/{tail:.*}", _not_found)

@@ -11,8 +11,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.http.auth import AdminToken, error
+from proxy.http.streaming import send_stream
 from proxy.reports.query import ReportError, ReportQuery
-from proxy.reports.run import run_report
+from proxy.reports.run import run_report, stream_report
 
 __all__ = ["Usage"]
 
@@ -28,13 +29,23 @@ class Usage:
         self._token = token
         self._sessionmaker = sessionmaker
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         if not self._token.allows(request):
             return self._token.refused()
         try:
             query = ReportQuery.from_params(request.query)
         except ReportError as exc:
             return error(400, str(exc), "invalid_parameter", exc.param)
+        pieces = stream_report(self._sessionmaker(), query)
+        if pieces is not None:
+            name = _FILENAMES[query.fmt]
+            try:
+                return await send_stream(
+                    request, pieces, "text/csv", f'attachment; filename="{name}"'
+                )
+            except (SQLAlchemyError, OSError) as exc:
+                _log.warning("usage report failed: %s", type(exc).__name__)
+                return error(503, "the usage database is not available", "database_unavailable")
         try:
             text = await run_report(self._sessionmaker(), query)
         except (SQLAlchemyError, OSError) as exc:

@@ -3,18 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.assistant_names import names_of
-from proxy.db.queries import EVENT_COLUMNS, GROUP_FIELDS, SUMS, usage_events, usage_groups
+from proxy.db.queries import EVENT_COLUMNS, GROUP_FIELDS, SUMS, stream_events, usage_events
+from proxy.db.rollup_query import report_groups
 from proxy.reports.focus import FOCUS_COLUMNS, focus_rows
 from proxy.reports.query import ReportQuery
 from proxy.reports.render import EVENT_TABLE_COLUMNS, render, to_csv
 
-__all__ = ["run_report", "unpriced_note"]
+__all__ = ["run_report", "stream_report", "unpriced_note"]
 
 # The table shows unpriced_events and unpriced_tokens; `priced` is for programs (CSV, JSON).
 _GROUP_TABLE_SUMS = tuple(name for name in SUMS if name != "priced")
@@ -31,7 +32,7 @@ async def run_report(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -
     if query.fmt == "focus":
         return await _focus(sm, query)
     if query.group_by:
-        rows = await usage_groups(sm, query.group_by, query.since, query.until, **filters)
+        rows = await report_groups(sm, query.group_by, query.since, query.until, **filters)
         columns = [c for name in dict.fromkeys(query.group_by) for c in GROUP_FIELDS[name]]
         return render(
             rows,
@@ -45,6 +46,24 @@ async def run_report(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -
         rows, EVENT_COLUMNS, query.fmt, table_columns=EVENT_TABLE_COLUMNS, numeric=_NUMERIC
     )
     return text + unpriced_note(rows) if query.fmt == "table" else text
+
+
+def stream_report(
+    sm: async_sessionmaker[AsyncSession], query: ReportQuery
+) -> AsyncIterator[str] | None:
+    """The report's text in pieces, for a per-event CSV (the one report whose size grows with
+    the rows); None for any other report, which run_report gives whole. The pieces join to
+    exactly run_report's text."""
+    if query.fmt != "csv" or query.group_by:
+        return None
+
+    async def pieces() -> AsyncIterator[str]:
+        yield to_csv([], EVENT_COLUMNS)
+        async for rows in stream_events(sm, query.since, query.until, **dict(query.filters)):
+            # One CSV of the batch without its header line: the same rows to_csv writes.
+            yield to_csv(rows, EVENT_COLUMNS).split("\r\n", 1)[1]
+
+    return pieces()
 
 
 async def _focus(sm: async_sessionmaker[AsyncSession], query: ReportQuery) -> str:

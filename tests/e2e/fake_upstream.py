@@ -79,6 +79,7 @@ class FakeUpstream:
         self.messages_page_size = 100
         self.polls_to_complete = 2  # queued -> in_progress -> terminal on successive retrieves
         self.poll_after_ms = "5"
+        self.stream_pause = 0.0  # seconds between a streamed run's in_progress and its end
         # As the real API: /v1 Assistants endpoints answer 400 without OpenAI-Beta: assistants=v2.
         self.require_beta = False
         # Gzip JSON answers of the Assistants endpoints for clients that accept it, as the API does.
@@ -888,6 +889,8 @@ class FakeUpstream:
             await resp.write(_sse(self._public(run), event="thread.run.created"))
         run["status"] = "in_progress"
         await resp.write(_sse(self._public(run), event="thread.run.in_progress"))
+        if self.stream_pause:
+            await asyncio.sleep(self.stream_pause)  # a run takes time
         self._finish(run)
         for step in self.steps[run["id"]]:
             await resp.write(_sse(step, event="thread.run.step.completed"))

@@ -390,7 +390,9 @@ async def test_requires_action_is_not_terminal(upstream, client, sm) -> None:
     await client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id)
 
     await sentinel(client, sm)
-    assert await usage_rows(sm, run.id) == [] and await jobs(sm, run.id) == []
+    # Followed from its creation, not recorded: it has not ended.
+    assert await usage_rows(sm, run.id) == []
+    assert [j["in_progress"] for j in await jobs(sm, run.id)] == [True]
 
     (call,) = waiting.required_action.submit_tool_outputs.tool_calls
     done = await client.beta.threads.runs.submit_tool_outputs_and_poll(

@@ -56,7 +56,8 @@ class Replica:
 @dataclass(frozen=True)
 class RunSpec:
     plan: str
-    mode: str  # "poll", "create_and_run" or "stream"
+    # "poll", "create_and_run", "stream", or "forget" (create the run, never ask again)
+    mode: str
     home: int  # index of the replica the run goes through
     extra_polls: int  # retrieves after the run was seen terminal
     cross: bool  # the first extra poll goes through another replica
@@ -75,11 +76,24 @@ class Tally:
     in_flight: Counter[str] = field(default_factory=Counter)  # replica name -> SDK calls
     plans: dict[str, str] = field(default_factory=dict)  # run id -> plan
     keys: dict[str, str] = field(default_factory=dict)  # run id -> key
+    # Runs never polled after their create: where and when (monotonic) the create answered.
+    forgotten: dict[str, tuple[tuple[str, int], float]] = field(default_factory=dict)
+    # Called with (run id, (replica, incarnation)) as a client receives a finished run.
+    on_sighting: list[Callable[[str, tuple[str, int]], None]] = field(default_factory=list)
 
 
 class Client:
-    def __init__(self, key: str, replicas: list[Replica], tally: Tally, rng: random.Random):
+    def __init__(
+        self,
+        key: str,
+        replicas: list[Replica],
+        tally: Tally,
+        rng: random.Random,
+        *,
+        pace: float = _POLL_PACE,
+    ):
         self.key = key
+        self._pace = pace
         self._replicas = replicas
         self._tally = tally
         self._rng = rng
@@ -142,6 +156,8 @@ class Client:
             self._tally.threads[run.id] = run.thread_id
             self._tally.sighted_at[run.id] = time.monotonic()
             self._tally.keys[run.id] = self.key
+            for hook in self._tally.on_sighting:
+                hook(run.id, via)
 
     # --- one run ---------------------------------------------------------------------------
     async def _assistant(self, plan: str) -> str:
@@ -160,6 +176,17 @@ class Client:
         """Drive one run to a terminal status, then poll it `extra_polls` more times; its id."""
         assistant = await self._assistant(spec.plan)
         messages = [{"role": "user", "content": QUESTION}]
+        if spec.mode == "forget":
+            thread, _ = await self.call(lambda c: c.beta.threads.create(messages=messages))
+            run, via = await self.call(
+                lambda c: c.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant),
+                spec.home,
+            )
+            self._tally.plans[run.id] = spec.plan
+            self._tally.keys[run.id] = self.key
+            self._tally.forgotten[run.id] = (via, time.monotonic())
+            self._tally.runs_done += 1
+            return run.id
         if spec.mode == "create_and_run":
             run, _ = await self.call(
                 lambda c: c.beta.threads.create_and_run(
@@ -215,7 +242,7 @@ class Client:
             if run.status in TERMINAL:
                 self._sighted(run, via)
                 return run
-            await asyncio.sleep(_POLL_PACE)
+            await asyncio.sleep(self._pace)
         raise AssertionError(f"run {run_id} never finished")
 
     async def _streamed(self, thread_id: str, assistant: str, home: int) -> Any:

@@ -97,6 +97,9 @@ class ProxyProcess:
     port: int = field(default_factory=free_port)
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
+    # How `usage-proxy` is run: a prefix may put it elsewhere (another UTS namespace, so
+    # another host name), as long as the process it starts ends up as the proxy (exec).
+    command: list[str] = field(default_factory=lambda: list(_CLI))
 
     @property
     def url(self) -> str:
@@ -137,7 +140,12 @@ class ProxyProcess:
         mark = self.stdout_path.stat().st_size if self.stdout_path.exists() else 0
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                *_CLI, *args, stdout=out, stderr=err, stdin=asyncio.subprocess.DEVNULL, env=env
+                *self.command,
+                *args,
+                stdout=out,
+                stderr=err,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
             )
         self.starts += 1
 

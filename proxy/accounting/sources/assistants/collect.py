@@ -3,6 +3,9 @@ the client's own key (fetch.py), its tokens estimated (proxy.accounting.estimate
 from what it reported, its team, priced (rows.py). What to do with the job otherwise is the
 collector's: give it back while its key is not in memory, or retry it later.
 
+- a run still in progress (its job was opened when it was first seen) is retrieved first: still
+  in progress, the job is given back to be retrieved again later, backing off with the run's
+  age (Follow); finished, or past its `expires_at`, it is collected like any other;
 - a fetch that fails with 429/5xx/timeout is retried with backoff (429 honours retry-after);
 - a fetch the upstream refuses for good (401/403/404) records what the run itself tells;
 - a job that has failed `max_attempts` times is recorded from the run alone, flagged gave_up.
@@ -11,6 +14,7 @@ collector's: give it back while its key is not in memory, or retry it later.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +28,8 @@ from proxy.accounting.estimate.runs import RunEstimate, estimate_run
 from proxy.accounting.estimate.tokenizer import counter_for_model, is_loaded
 from proxy.accounting.pricing import PriceTable
 from proxy.accounting.sources.assistants.fetch import RunFetcher
-from proxy.accounting.sources.assistants.rows import RunRow, run_row
+from proxy.accounting.sources.assistants.rows import RunRow, run_row, to_datetime
+from proxy.accounting.sources.assistants.sightings import dump_run, is_terminal
 from proxy.accounting.usage import ASSISTANTS_RUN
 from proxy.db import jobs, mappings
 from proxy.db.models import utcnow
@@ -32,7 +37,7 @@ from proxy.errors import FetchError
 from proxy.forwarding.decode import parse_json
 from proxy.keys import CredentialStore, replay_request
 
-__all__ = ["WAIT", "Failures", "Retry", "RunCollect", "Shield", "Wait"]
+__all__ = ["WAIT", "Failures", "Follow", "Retry", "RunCollect", "Shield", "Wait", "follow_delay"]
 
 _log = logging.getLogger("proxy.accounting.collector")
 
@@ -41,6 +46,12 @@ _ASSISTANTS_BETA = "assistants=v2"
 # Bytes of run, steps and messages up to which a run is estimated on the event loop (~0.1-0.3 ms
 # of tokenizing at most); larger runs go to a thread.
 _INLINE_ESTIMATE = 8192
+# Following a run in progress: retrieved again after half its age, within these bounds, so a
+# long run costs a few dozen retrieves at most; and recorded as it stands once this long past
+# its expires_at (the API should have expired it by then).
+_FOLLOW_MIN = 1.0
+_FOLLOW_MAX = 30.0
+_EXPIRY_GRACE = dt.timedelta(seconds=60)
 
 _T = TypeVar("_T")
 # A collection failure: (reason, how many runs).
@@ -61,6 +72,25 @@ class Retry:
 
     error: str
     retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """The run is still in progress: keep `object_json`, retrieve it again in `delay` seconds."""
+
+    object_json: str
+    delay: float
+
+
+def follow_delay(created_at: dt.datetime, now: dt.datetime) -> float:
+    """Seconds until a run in progress is retrieved again: half the age of its job, bounded."""
+    age = (now - created_at).total_seconds()
+    return min(_FOLLOW_MAX, max(_FOLLOW_MIN, age / 2))
+
+
+def _past_expiry(run: dict[str, Any], now: dt.datetime) -> bool:
+    expires = to_datetime(run.get("expires_at"))
+    return expires is not None and now > expires + _EXPIRY_GRACE
 
 
 class RunCollect:
@@ -85,14 +115,31 @@ class RunCollect:
         self._failed = failed
         self._max_attempts = max_attempts
 
-    async def __call__(self, job: jobs.ClaimedJob, db: Shield) -> RunRow | Retry | Wait:
+    async def __call__(self, job: jobs.ClaimedJob, db: Shield) -> RunRow | Retry | Wait | Follow:
         """The run's row; or WAIT when the job's key is not in memory (the collector gives the
-        job back until it is), or a Retry. `db` runs a database operation shielded from
-        cancellation (see the collector)."""
+        job back until it is), a Retry, or Follow while the run is in progress. `db` runs a
+        database operation shielded from cancellation (see the collector)."""
         run = parse_json(job.object_json)
         gave_up = job.attempts >= self._max_attempts
         headers = self._credentials.get(job.key_fingerprint) if job.key_fingerprint else None
         estimate: RunEstimate | None = None
+        if job.in_progress and not gave_up:
+            if headers is None:
+                return WAIT
+            try:
+                run = await self._retrieve(job, headers)
+            except FetchError as exc:
+                self._failed(_reason(exc), 1)
+                if exc.retryable:
+                    _log.warning("retrieving run %s: %s; will retry", job.object_id, exc)
+                    return Retry(str(exc), exc.retry_after)
+                # Refused for good (the thread was deleted, the key revoked): what is known.
+                _log.warning("retrieving run %s: %s; recording it as seen", job.object_id, exc)
+                gave_up = True
+            else:
+                now = utcnow()
+                if not is_terminal(run) and not _past_expiry(run, now):
+                    return Follow(dump_run(run), follow_delay(job.created_at, now))
         if gave_up:
             # Retrying for ever would keep the job (and its cost) unrecorded for good.
             _log.warning(
@@ -129,6 +176,15 @@ class RunCollect:
             job.key_fingerprint, job.key_hint, team, job.tag, job.project, job.organization
         )
         return run_row(run, who, estimate, self._prices, utcnow(), gave_up=gave_up)
+
+    async def _retrieve(self, job: jobs.ClaimedJob, headers: Mapping[str, str]) -> dict[str, Any]:
+        scoped, query = replay_request(_scoped(headers, job), job.api_query)
+        run = await self._fetcher.retrieve(
+            job.api_prefix, query, job.thread_id or "", job.object_id, scoped
+        )
+        if run.get("id") != job.object_id or run.get("object") != "thread.run":
+            raise FetchError(f"GET run {job.object_id}: not the run")
+        return run
 
     async def _estimate(
         self, job: jobs.ClaimedJob, run: dict[str, Any], headers: Mapping[str, str]

@@ -1,7 +1,14 @@
-"""The collector: claims the jobs of its source (finished Assistants runs) from the jobs table,
-has each one's row built (collect.py: fetched with the client's own credentials, estimated,
-priced) and records them exactly once, in batches with the deletion of their jobs. Nothing
-here but the construction knows the source: it asks collect.py for the source's kind.
+"""The collector: claims the jobs of its source (Assistants runs) from the jobs table, has each
+one's row built (collect.py: followed while in progress, fetched with the client's own
+credentials, estimated, priced) and records them exactly once, in batches with the deletion of
+their jobs. Nothing here but the construction knows the source: it asks collect.py for the
+source's kind.
+
+Claims are short leases (`collector_lease`, 10 s by default), renewed every third of a lease
+while the jobs are held, so a replica that dies leaves its jobs free within a lease on any
+host. On its own host it does better: at start and every lease, the collector frees the claims
+of workers of this host that are certainly dead (proxy.accounting.process.owners), so a
+restarted proxy takes over its predecessor's jobs at once.
 
 Failure handling (fail open for traffic, lose nothing for accounting): a database that is down
 leaves the job claimed, and its lease runs out and it is claimed again; an unexpected error is
@@ -23,7 +30,6 @@ import datetime as dt
 import functools
 import logging
 import os
-import socket
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -31,9 +37,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.estimate.constants import ConstantsTable
 from proxy.accounting.pricing import PriceTable
+from proxy.accounting.process.owners import worker_id
 from proxy.accounting.shielded import Shielded
-from proxy.accounting.sources.assistants.collect import WAIT, Failures, Retry, RunCollect
+from proxy.accounting.sources.assistants.collect import WAIT, Failures, Follow, Retry, RunCollect
 from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.leases import Leases
 from proxy.accounting.sources.assistants.rows import RunRow
 from proxy.accounting.usage import UsageRecorded, UsageSink
 from proxy.db import jobs, run_usage
@@ -80,7 +88,7 @@ class RunCollector:
         workers: int = 2,
         claim_size: int = 100,
         poll_interval: float = 1.0,
-        lease: float = 120.0,
+        lease: float = 10.0,
         reported_wait: float = 600.0,
         max_backoff: float = 300.0,
         retry_base: float = 1.0,
@@ -101,7 +109,7 @@ class RunCollector:
         self._max_backoff = max_backoff
         self._retry_base = retry_base
         self._max_attempts = max_attempts
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.worker_id = worker_id(os.urandom(3).hex())
         self._wake = asyncio.Event()
         # Every job this worker holds, until it is recorded, retried or given back.
         self._held: dict[int, jobs.ClaimedJob] = {}
@@ -112,6 +120,7 @@ class RunCollector:
         self._db = Shielded()  # see proxy.accounting.shielded; stop() waits for them
         self._task: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
+        self._leases: asyncio.Task[None] | None = None
         self._stopping = False
 
     @classmethod
@@ -156,18 +165,27 @@ class RunCollector:
         self._stopping = False
         self._task = asyncio.create_task(self._loop(), name="run-collector")
         self._recorder = asyncio.create_task(self._record_loop(), name="run-recorder")
+        leases = Leases(
+            self._sm,
+            lambda: self._held,
+            self.worker_id,
+            self._lease,
+            self._db,
+            on_freed=self._wake.set,
+        )
+        self._leases = asyncio.create_task(leases.run(), name="run-leases")
 
     async def stop(self) -> None:
         """Stop claiming, abandon fetches in flight, let database operations finish, record
         the runs already fetched, and give back the jobs still held. Returns before the engine
         may be disposed of."""
         self._stopping = True
-        for task in (self._task, self._recorder):
+        for task in (self._task, self._recorder, self._leases):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._recorder = None
+        self._task = self._recorder = self._leases = None
         for task in list(self._busy):
             task.cancel()
         await asyncio.gather(*self._busy, return_exceptions=True)
@@ -303,6 +321,17 @@ class RunCollector:
                 built = None
             elif built is WAIT:
                 await self._db(jobs.release(self._sm(), job.id, self.worker_id))
+                built = None
+            elif isinstance(built, Follow):
+                await self._db(
+                    jobs.follow(
+                        self._sm(),
+                        job.id,
+                        self.worker_id,
+                        object_json=built.object_json,
+                        delay=built.delay,
+                    )
+                )
                 built = None
         except asyncio.CancelledError:
             raise  # stop() gives the job back

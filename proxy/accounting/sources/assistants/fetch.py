@@ -1,5 +1,6 @@
-"""Fetching a run's steps and its thread's messages from the upstream, page by page, with the
-client's own credentials. I/O only; what the pages mean is decided elsewhere.
+"""Fetching a run (while it is in progress), its steps and its thread's messages from the
+upstream, page by page, with the client's own credentials. I/O only; what the pages mean is
+decided elsewhere.
 
 Every finished run costs two of these GETs on the serving event loop, so the per-page work is
 kept small: orjson, no decompressor for an identity body, a prebuilt first-page query."""
@@ -80,6 +81,14 @@ class RunFetcher:
             self._all_pages(_messages_path(prefix, thread_id), query, headers, size),
         )
         return FetchedRun(steps, messages, size[0])
+
+    async def retrieve(
+        self, prefix: str, query: str, thread_id: str, run_id: str, headers: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """The run itself, as it is now."""
+        path = f"{prefix}/threads/{quote(thread_id)}/runs/{quote(run_id)}"
+        tail = query.strip("&")
+        return await self._get(f"{path}?{tail}" if tail else path, dict(headers), None)
 
     async def steps(
         self, prefix: str, query: str, thread_id: str, run_id: str, headers: Mapping[str, str]

@@ -1,10 +1,14 @@
-"""Seeing Assistants runs finish, on any endpoint and any upstream.
+"""Seeing Assistants runs, on any endpoint and any upstream, from their creation to their end.
 
 Runs are recognised by content (`"object": "thread.run"`), in JSON bodies (a run, or a list of
 runs) and in server-sent events (`thread.run.*` whose data is a run). The first time a run is
-seen in a terminal status, a collection job is written to the database (the outbox) carrying
-the context needed to fetch its steps and messages later: the path prefix and query of the
-request it was seen in, and the key's fingerprint. The key itself stays in memory.
+seen, in any status (its create, its first poll, a stream's `thread.run.created`), a collection
+job is written to the database (the outbox) carrying the context needed to retrieve the run and
+fetch its steps and messages later: the path prefix and query of the request it was seen in,
+and the key's fingerprint. The key itself stays in memory. The first time the run is seen
+finished, the job is written again with the finished run, so the collector need not retrieve
+it itself. A crash between a client receiving a finished run and that write loses nothing:
+the job was opened when the run was first seen, and the collector follows it.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ __all__ = [
     "RunObserver",
     "RunSighting",
     "api_context",
+    "dump_run",
+    "is_terminal",
+    "run_in_event",
     "runs_in_body",
-    "terminal_run_in_event",
 ]
 
 _log = logging.getLogger("proxy.accounting.runs")
@@ -39,35 +45,48 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "expired", "i
 _PAGING = frozenset({"limit", "after", "before", "order", "include", "include[]", "run_id"})
 
 
-def _is_terminal_run(obj: object) -> bool:
+def _is_run(obj: object) -> bool:
     return (
         isinstance(obj, dict)
         and obj.get("object") == "thread.run"
-        and obj.get("status") in TERMINAL_STATUSES
         and isinstance(obj.get("id"), str)
         and isinstance(obj.get("thread_id"), str)
     )
 
 
+def is_terminal(run: Mapping[str, Any]) -> bool:
+    """Whether the run has ended (its usage is final)."""
+    return run.get("status") in TERMINAL_STATUSES
+
+
 def runs_in_body(body: object) -> Iterator[dict[str, Any]]:
-    """Terminal runs in a JSON body: the body itself, or the items of a list of runs."""
-    if _is_terminal_run(body):
+    """Runs, in any status, in a JSON body: the body itself, or the items of a list of runs."""
+    if _is_run(body):
         yield body  # type: ignore[misc]
     elif isinstance(body, dict) and body.get("object") == "list":
         for item in body.get("data") or ():
-            if _is_terminal_run(item):
+            if _is_run(item):
                 yield item
 
 
-def terminal_run_in_event(event: SSEEvent) -> dict[str, Any] | None:
-    """The run carried by a `thread.run.*` event, when it is terminal."""
+def run_in_event(event: SSEEvent) -> dict[str, Any] | None:
+    """The run carried by a `thread.run.*` event (not a step's), in any status."""
     if not event.event.startswith("thread.run.") or event.event.startswith("thread.run.step"):
         return None
     try:
         data = event.json()
     except DecodeError:
         return None
-    return data if _is_terminal_run(data) else None
+    return data if _is_run(data) else None
+
+
+def dump_run(run: Mapping[str, Any]) -> str:
+    """The run as JSON text, to store in its job."""
+    try:
+        return orjson.dumps(run).decode()
+    except orjson.JSONEncodeError:
+        # An integer beyond 64 bits: the standard library writes it.
+        return json.dumps(run, separators=(",", ":"))
 
 
 def api_context(path: str, query_string: str) -> tuple[str, str]:
@@ -85,7 +104,7 @@ def api_context(path: str, query_string: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class RunSighting:
-    """A terminal run and the request context it was seen in."""
+    """A run, in any status, and the request context it was seen in."""
 
     run: dict[str, Any]
     api_prefix: str
@@ -95,19 +114,21 @@ class RunSighting:
     query_string: str = ""  # as sent: it may carry the credential too (never stored)
 
     @property
+    def terminal(self) -> bool:
+        return is_terminal(self.run)
+
+    @property
     def run_json(self) -> str:
-        try:
-            return orjson.dumps(self.run).decode()
-        except orjson.JSONEncodeError:
-            # An integer beyond 64 bits: the standard library writes it.
-            return json.dumps(self.run, separators=(",", ":"))
+        return dump_run(self.run)
 
 
 class RunObserver:
-    """Observer: turns terminal runs into sightings handed to `open_job`.
+    """Observer: turns runs into sightings handed to `open_job`: a run's first sighting, and
+    its first sighting finished.
 
-    A bounded in-memory set of run ids already handed over is only a fast path, so a run polled
-    a thousand times costs one database write; the database's unique (source, object_id) decides.
+    Bounded in-memory sets of run ids already handed over (seen, and seen finished) are only a
+    fast path, so a run polled a thousand times costs two database writes at most; the
+    database's unique (source, object_id) decides.
     """
 
     def __init__(
@@ -120,10 +141,11 @@ class RunObserver:
         self._open_job = open_job
         self._remember_key = remember_key
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._capacity = seen_capacity
 
     async def on_event(self, exchange: Exchange, event: SSEEvent) -> None:
-        run = terminal_run_in_event(event)
+        run = run_in_event(event)
         if run is not None:
             await self._sighted(exchange, run)
 
@@ -148,7 +170,8 @@ class RunObserver:
 
     async def _sighted(self, exchange: Exchange, run: dict[str, Any]) -> None:
         run_id = run["id"]
-        if run_id in self._seen:
+        ended = is_terminal(run)
+        if run_id in (self._ended if ended else self._seen):
             return
         prefix, query = api_context(exchange.path, exchange.query_string)
         await self._open_job(
@@ -161,9 +184,10 @@ class RunObserver:
                 exchange.query_string,
             )
         )
-        self._seen[run_id] = None
-        if len(self._seen) > self._capacity:
-            self._seen.popitem(last=False)
+        for seen in (self._seen, self._ended) if ended else (self._seen,):
+            seen[run_id] = None
+            if len(seen) > self._capacity:
+                seen.popitem(last=False)
 
 
 def _compressed(exchange: Exchange) -> bool:

@@ -5,8 +5,12 @@ gives back."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from proxy.accounting.estimate.runs import default_table, estimate_run
 from proxy.accounting.estimate.tokenizer import counter_for_model
 from proxy.accounting.pricing import load_price_table
+from proxy.accounting.process.owners import worker_id
 from proxy.accounting.sources.assistants.collector import RunCollector
 from proxy.accounting.sources.assistants.fetch import FetchedRun
 from proxy.accounting.usage import UsageRecorded, UsageRow
@@ -85,6 +90,19 @@ class Fetcher:
         self.fetched: list[str] = []
         self.active = 0
         self.most = 0
+        # Runs in progress: how many retrieves each answers in progress before it has ended.
+        self.progress: dict[str, int] = {}
+        self.retrieved: list[str] = []
+
+    async def retrieve(
+        self, prefix: str, query: str, thread_id: str, run_id: str, headers: Any
+    ) -> dict[str, Any]:
+        self.retrieved.append(run_id)
+        left = self.progress.get(run_id, 0)
+        self.progress[run_id] = left - 1
+        if left > 0:
+            return {**self.runs[run_id], "status": "in_progress", "completed_at": None}
+        return self.runs[run_id]
 
     async def run(
         self,
@@ -300,29 +318,118 @@ async def test_a_run_recorded_before_is_completed_without_a_fetch(sm: SM, start:
     assert (await usage(sm))[ids[0]].usage_source == "reported"
 
 
-async def test_jobs_whose_lease_runs_short_before_their_turn_are_claimed_anew(
-    sm: SM, start: Start, monkeypatch: pytest.MonkeyPatch
-):
-    released: list[set[int]] = []
-    release_many = jobs.release_many
-
-    async def spying(*args: Any, **kw: Any) -> set[int]:
-        got = await release_many(*args, **kw)
-        released.append(got)
-        return got
-
-    monkeypatch.setattr(jobs, "release_many", spying)
+async def test_held_jobs_keep_their_claim_while_a_fetch_outlasts_the_lease(sm: SM, start: Start):
     fetcher = Fetcher()
     ids = await add_runs(sm, fetcher, 4)
     fetcher.gates[ids[0]] = asyncio.Event()
-    # One fetch slot, held by ids[0] until less than half of the others' lease is left: they
-    # are not fetched on a lease that may run out mid-fetch, but given back and claimed anew.
-    collector = await start(fetcher, workers=1, lease=4.0)
+    # One fetch slot, held by ids[0] for several leases: the leases of all four are renewed
+    # meanwhile, so no other replica takes them, and each is fetched once.
+    # Its claim loop sleeps meanwhile: only renewal keeps the claims.
+    collector = await start(fetcher, workers=1, lease=1.0, poll_interval=30.0)
     await wait_until(lambda: fetcher.active == 1 and len(collector._held) == 4)
-    queued = {j.id for j in collector._held.values() if j.object_id != ids[0]}
-    until = min(j.claimed_until for j in collector._held.values())
-    await wait_until(lambda: utcnow() > until - dt.timedelta(seconds=1.5))
+    first = utcnow()
+    await wait_until(lambda: utcnow() > first + dt.timedelta(seconds=3))
+    assert {j.claimed_by for j in (await left(sm)).values()} == {collector.worker_id}
+    taken = await jobs.claim(
+        sm, worker="other", fingerprints=[FP], reported_wait=600, lease=1.0, limit=5
+    )
+    assert taken == []
     fetcher.gates[ids[0]].set()
     await wait_until(lambda: _all_done(sm, 4), timeout=15)
-    assert queued <= set().union(*released)
     assert sorted(fetcher.fetched) == ids  # once each
+
+
+async def test_a_run_in_progress_is_followed_until_it_ends(sm: SM, start: Start):
+    fetcher = Fetcher()
+    run = run_of("run_live", "thread_live", T0)
+    fetcher.runs[run["id"]] = run
+    fetcher.progress[run["id"]] = 2
+    seen = {**run, "status": "queued", "completed_at": None}
+    job = jobs.NewJob(
+        object_id=run["id"],
+        thread_id=run["thread_id"],
+        api_prefix="/v1",
+        object_json=json.dumps(seen),
+        key_fingerprint=FP,
+        in_progress=True,
+    )
+    await jobs.enqueue_many(sm, [job], follow_after=0.0)
+    collector = await start(fetcher)
+    await wait_until(lambda: _all_done(sm, 1), timeout=20)
+    # Retrieved until it ended (twice in progress, then completed), then collected once.
+    assert fetcher.retrieved == [run["id"]] * 3
+    assert fetcher.fetched == [run["id"]]
+    row = (await usage(sm))[run["id"]]
+    assert (row.status, row.usage_source) == ("completed", "estimated")
+    assert not collector._held
+
+
+async def test_a_finished_sighting_ends_the_following(sm: SM, start: Start):
+    fetcher = Fetcher()
+    run = run_of("run_seen", "thread_seen", T0)
+    fetcher.runs[run["id"]] = run
+    fetcher.progress[run["id"]] = 1000  # the collector would never see it end by itself
+    opened = jobs.NewJob(
+        object_id=run["id"],
+        thread_id=run["thread_id"],
+        api_prefix="/v1",
+        object_json=json.dumps({**run, "status": "queued"}),
+        key_fingerprint=FP,
+        in_progress=True,
+    )
+    await jobs.enqueue_many(sm, [opened], follow_after=0.0)
+    await start(fetcher)
+    await wait_until(lambda: len(fetcher.retrieved) >= 2, timeout=20)
+    # A client's poll through a proxy saw it completed: the job takes that run.
+    ended = dataclasses.replace(opened, object_json=json.dumps(run), in_progress=False)
+    assert await jobs.enqueue(sm, ended)
+    await wait_until(lambda: _all_done(sm, 1), timeout=20)
+    assert (await usage(sm))[run["id"]].status == "completed"
+    assert fetcher.fetched == [run["id"]]
+    assert len(fetcher.retrieved) < 1000  # it stopped following: the fake never ends it
+
+
+async def test_a_restart_takes_over_a_dead_predecessors_claims_at_once(sm: SM, start: Start):
+    fetcher = Fetcher()
+    ids = await add_runs(sm, fetcher, 5)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    # Claimed for ten minutes by a process of this host that has died since.
+    dead = worker_id("dead").replace(f":{os.getpid()}:", f":{child.pid}:")
+    claimed = await jobs.claim(
+        sm, worker=dead, fingerprints=[FP], reported_wait=600, lease=600, limit=10
+    )
+    assert len(claimed) == 5
+    # A live neighbour's claims stay its own.
+    [live] = await add_runs_named(sm, fetcher, ["run_live"])
+    neighbour = worker_id("alive")
+    assert await jobs.claim(
+        sm, worker=neighbour, fingerprints=[FP], reported_wait=600, lease=600, limit=10
+    )
+    await start(fetcher, lease=600.0)
+    await wait_until(lambda: _recorded_all(sm, ids), timeout=10)
+    assert sorted(fetcher.fetched) == ids
+    assert [j.claimed_by for j in (await left(sm)).values()] == [neighbour]
+    assert live not in fetcher.fetched
+
+
+async def _recorded_all(sm: SM, ids: list[str]) -> bool:
+    return set(ids) <= set(await usage(sm)) and len(await left(sm)) == 1
+
+
+async def add_runs_named(sm: SM, fetcher: Fetcher, names: list[str]) -> list[str]:
+    new = []
+    for name in names:
+        run = run_of(name, f"thread_{name}", T0)
+        fetcher.runs[name] = run
+        new.append(
+            jobs.NewJob(
+                object_id=name,
+                thread_id=run["thread_id"],
+                api_prefix="/v1",
+                object_json=json.dumps(run),
+                key_fingerprint=FP,
+            )
+        )
+    await jobs.enqueue_many(sm, new)
+    return names
