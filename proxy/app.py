@@ -4,16 +4,18 @@ import. Each resource has its own cleanup_ctx, so start-up and shutdown are symm
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import errno
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
 from proxy.accounting.process.supervisor import Forked, fork_collector
 from proxy.accounting.service import Accounting
+from proxy.budgets.service import Budgets
 from proxy.db.engine import describe_url
 from proxy.errors import ConfigError
 from proxy.forwarding.exchange import Dispatcher
@@ -34,6 +36,7 @@ from proxy.settings import Settings
 __all__ = [
     "ACCOUNTING",
     "BILLING",
+    "BUDGETS",
     "DISPATCHER",
     "FORWARDER",
     "METRICS",
@@ -54,6 +57,8 @@ METRICS = web.AppKey("metrics", Metrics)
 ACCOUNTING = web.AppKey("accounting", Accounting)
 # The scheduled billing pull, when billing_pull_interval and an admin key are given.
 BILLING = web.AppKey("billing", BillingSchedule)
+# Budgets, alerts and enforcement, whenever there is accounting.
+BUDGETS = web.AppKey("budgets", Budgets)
 
 
 def make_app(
@@ -63,12 +68,14 @@ def make_app(
     accounting: bool = True,
     collector: Forked | None = None,
     admin_key: str | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> web.Application:
     """Build the proxy. `observers=None` means the built-in accounting observers; a list
     replaces them (tests pass recording observers). `accounting=False` runs a bare proxy with no
     database and no collector. `collector`: a collector process `serve` forked already.
     `admin_key`: the OpenAI admin key for the scheduled billing pull (`serve` passes
-    $OPENAI_ADMIN_KEY); it pulls when `billing_pull_interval` is set too."""
+    $OPENAI_ADMIN_KEY); it pulls when `billing_pull_interval` is set too. `clock`: the time
+    budgets read their periods by (tests move it across a month's end)."""
     app = web.Application(client_max_size=0)
     app[SETTINGS] = settings
     service = None
@@ -80,6 +87,9 @@ def make_app(
         if observers is not None
         else (service.observers() if service is not None else [])
     )
+    budgets = None
+    if service is not None:
+        budgets = Budgets(settings, service, now=clock) if clock else Budgets(settings, service)
     # Request metrics are operations, not accounting: counted whichever observers were chosen.
     dispatcher = Dispatcher([MetricsObserver(metrics), *chosen])
     egress = Egress(settings.upstream_proxy, settings.upstream_ca_file)
@@ -93,6 +103,7 @@ def make_app(
         max_observed_request=settings.max_observed_request,
         rewriter=IncludeUsage() if settings.chat_include_usage else None,
         on_client_gone=log_client_gone,
+        policy=budgets.policy if budgets is not None else None,
         egress=egress,
     )
     if service is not None:
@@ -106,6 +117,9 @@ def make_app(
     app.cleanup_ctx.append(_forwarder_ctx)
     if service is not None:
         app.cleanup_ctx.append(service.context)
+    if budgets is not None:
+        app[BUDGETS] = budgets
+        app.cleanup_ctx.append(budgets.context)
     app.cleanup_ctx.append(_dispatcher_ctx)
     if service is not None and settings.billing_pull_interval > 0:
         if admin_key:
@@ -130,6 +144,7 @@ def make_app(
         dispatcher=dispatcher,
         accounting=service,
         reachability=forwarder.reachability,
+        budgets=budgets,
     )
     app.router.add_route("*", "/{tail:.*}", forwarder.handle)
     return app

@@ -24,6 +24,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, Request, StreamResponse
 
 from proxy.forwarding.forward import REQUEST_ID
+from proxy.forwarding.policy import REFUSED_BY
 from proxy.redact import redact
 from proxy.settings import Settings
 
@@ -205,14 +206,18 @@ class AccessLogger(AbstractAccessLogger):
         }
         if upstream_id:
             fields["upstream_request_id"] = upstream_id
+        refused_by = request.get(REFUSED_BY)  # the proxy answered it (a budget), not upstream
+        if refused_by:
+            fields["refused_by"] = refused_by
         self.logger.info(
-            "%s %s %s %.1fms id=%s%s",
+            "%s %s %s %.1fms id=%s%s%s",
             method,
             path,
             response.status,
             ms,
             request_id,
             f" upstream_id={upstream_id}" if upstream_id else "",
+            f" refused_by={refused_by.replace(' ', '_')}" if refused_by else "",
             extra=fields,
         )
 

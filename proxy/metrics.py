@@ -85,6 +85,28 @@ class Metrics:
         self.credentials_held = Gauge(
             "usage_proxy_credentials_held", "API keys held in memory for collection", registry=r
         )
+        # Budgets (proxy/budgets): labelled by budget id, at most _MAX_LABEL_VALUES of them.
+        self.budget_used_ratio = Gauge(
+            "usage_proxy_budget_used_ratio",
+            "Spend in the current period over the limit, per budget",
+            ["budget"],
+            registry=r,
+        )
+        self.budget_refusals = Counter(
+            "usage_proxy_budget_refusals",
+            "Requests refused (429) by an enforced budget",
+            ["budget"],
+            registry=r,
+        )
+        self.alerts_sent = Counter(
+            "usage_proxy_alerts_sent", "Budget alerts delivered to the webhook", registry=r
+        )
+        self.alert_webhook_failures = Counter(
+            "usage_proxy_alert_webhook_failures",
+            "Budget alert deliveries that failed (each is retried)",
+            registry=r,
+        )
+        self._budgets: set[str] = set()
         self._team = _Bounded()
         self._model = _Bounded()
         # Children by label values: `labels()` costs microseconds per call. The label values
@@ -149,6 +171,18 @@ class Metrics:
     def unpriced_events(self, model: str | None, n: int) -> None:
         """`n` usage rows of `model` recorded without a price."""
         self.unpriced.labels(model=self._model(model)).inc(n)
+
+    def budget_ratios(self, ratios: dict[int, float]) -> None:
+        """The used ratio of every budget now; the gauges of budgets gone are removed."""
+        shown = {str(i): r for i, r in sorted(ratios.items())[:_MAX_LABEL_VALUES]}
+        for gone in self._budgets - shown.keys():
+            self.budget_used_ratio.remove(gone)
+        for budget, ratio in shown.items():
+            self.budget_used_ratio.labels(budget=budget).set(ratio)
+        self._budgets = set(shown)
+
+    def budget_refused(self, budget: int) -> None:
+        self.budget_refusals.labels(budget=str(budget)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

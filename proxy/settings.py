@@ -210,6 +210,29 @@ class Settings:
         "OPENAI_ADMIN_KEY in the environment",
         flag=False,
     )
+    # Budgets and alerts (proxy/budgets, README "Budgets").
+    budget_refresh_interval: float = _opt(
+        0.5,
+        "seconds between reads of the budgets and their spend: enforcement and budget changes "
+        "apply on every replica within this (and sooner after this replica records usage)",
+        flag=False,
+    )
+    alert_webhook_url: str = _opt(
+        "",
+        "where budget alerts are posted as JSON (Slack and Teams incoming webhooks show its "
+        "`text`); unset: alerts are kept in the database only",
+        secret=True,
+        flag=False,
+    )
+    alert_webhook_secret: str = _opt(
+        "",
+        "HMAC-SHA256 key of the alerts' X-Usage-Proxy-Signature header",
+        secret=True,
+        flag=False,
+    )
+    alert_retry_base: float = _opt(
+        5.0, "first retry delay of a failed alert delivery, in seconds; doubles", flag=False
+    )
     config: str = _opt("", "TOML config file")
 
     def __post_init__(self) -> None:
@@ -295,6 +318,10 @@ def _validate(s: Settings) -> None:
     billing = urlsplit(s.billing_url)
     if billing.scheme not in ("http", "https") or not billing.hostname:
         raise ConfigError(f"billing_url: {s.billing_url!r} is not an http(s) URL with a host")
+    hook = urlsplit(s.alert_webhook_url)
+    if s.alert_webhook_url and (hook.scheme not in ("http", "https") or not hook.hostname):
+        # Not echoed: a Slack or Teams webhook URL is itself a credential.
+        raise ConfigError("alert_webhook_url: the value is not an http(s) URL with a host")
     if s.upstream_proxy:
         check_proxy_url(s.upstream_proxy, "upstream_proxy")
     if s.upstream_ca_file:
@@ -314,6 +341,8 @@ def _validate(s: Settings) -> None:
         "collector_poll_interval",
         "collector_fetch_timeout",
         "mapping_poll_interval",
+        "budget_refresh_interval",
+        "alert_retry_base",
         "client_header_timeout",
         "client_body_timeout",
         "client_keepalive_timeout",

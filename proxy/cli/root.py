@@ -11,6 +11,7 @@ from proxy import __version__
 from proxy.cli import (
     audit,
     billing,
+    budgets,
     calibration,
     mappings,
     prices,
@@ -37,6 +38,7 @@ _GROUPS = (
     calibration,
     billing,
     reconcile,
+    budgets,
     rollup,
 )
 

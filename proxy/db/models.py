@@ -32,6 +32,8 @@ __all__ = [
     "BilledCost",
     "BillingKey",
     "BillingLease",
+    "Budget",
+    "BudgetAlert",
     "CodeInterpreterCall",
     "CollectionJob",
     "KeyTeam",
@@ -394,6 +396,57 @@ class BillingLease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[dt.datetime]
+
+
+class Budget(Base):
+    """A spending limit on one subject (a team, a key by fingerprint, or an OpenAI project) per
+    UTC calendar period (month, week from Monday, day), with the percentages at which an alert
+    goes out and whether requests are refused once it is reached. One per subject and period:
+    `budgets set` replaces it. Every replica reads this table each refresh (proxy/budgets)."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (
+        UniqueConstraint("subject_kind", "subject", "period", name="uq_budgets_subject_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(String(16))  # "team" | "key" | "project"
+    subject: Mapped[str] = mapped_column(String(255))  # a team, a fingerprint, a project id
+    key_hint: Mapped[str | None] = mapped_column(String(32))  # a key's, for people to read
+    limit_usd: Mapped[Decimal]
+    period: Mapped[str] = mapped_column(String(8))  # "month" | "week" | "day"
+    warn: Mapped[str] = mapped_column(String(128), default="")  # ascending percents, "50,80"
+    enforce: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class BudgetAlert(Base):
+    """The alert outbox: one row per budget, period, kind ("threshold" or "forecast") and
+    threshold (percent; 0 for a forecast), inserted or nothing, so an alert exists once
+    whichever replicas saw the crossing. A sender claims it under a lease (claimed_by,
+    claimed_until), posts `payload`, and sets sent_at; a failure sets next_attempt_at."""
+
+    __tablename__ = "budget_alerts"
+    __table_args__ = (
+        UniqueConstraint(
+            "budget_id", "period_start", "kind", "threshold", name="uq_budget_alerts_budget_id"
+        ),
+        Index("ix_budget_alerts_sent_at", "sent_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    budget_id: Mapped[int] = mapped_column(Integer)
+    period_start: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, UTC
+    kind: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_until: Mapped[dt.datetime | None]
+    sent_at: Mapped[dt.datetime | None]
 
 
 class UsageRollup(Base):

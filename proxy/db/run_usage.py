@@ -19,7 +19,7 @@ from proxy.db.models import CodeInterpreterCall, ThreadSession, UsageRecord, utc
 from proxy.db.sessions import SESSION_LENGTH
 from proxy.db.usage import ROWS, Key, insert_once, row_params
 
-__all__ = ["SESSION_LENGTH", "RunUsage", "record_usage", "record_usage_many"]
+__all__ = ["SESSION_LENGTH", "RunUsage", "Stored", "record_usage", "record_usage_many"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,15 @@ class RunUsage:
     row: Any
     call_times: Sequence[dt.datetime] = ()
     session_price: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What an inserted row was stored with, where it may differ from the row given: its
+    code interpreter sessions (counted here from the thread's calls) and its cost with them."""
+
+    code_interpreter_sessions: int
+    cost_usd: Decimal | None
 
 
 _usage: Table = UsageRecord.__table__  # type: ignore[assignment]
@@ -83,8 +92,8 @@ async def record_usage(
     """Insert the row unless (kind, object_id) exists; True if this call inserted it.
     `record_usage_many` of one row (see there for sessions and their price)."""
     item = RunUsage(row, code_interpreter_call_times, session_price)
-    [inserted] = await record_usage_many(sm, [item])
-    return inserted
+    [stored] = await record_usage_many(sm, [item])
+    return stored is not None
 
 
 async def record_usage_many(
@@ -92,11 +101,13 @@ async def record_usage_many(
     items: Sequence[RunUsage],
     *,
     also: Callable[[AsyncSession], Awaitable[object]] | None = None,
-) -> list[bool]:
+) -> list[Stored | None]:
     """Insert, in one transaction, the rows whose (kind, object_id) does not exist yet; for
-    each item, True if this call inserted its row (a key repeated in `items` is inserted once,
-    from its first item). `also`, if given, runs last in the same transaction (the collector
-    deletes the jobs it recorded there), so the rows and what it does commit together.
+    each item, what its row was stored with if this call inserted it, else None (a key
+    repeated in `items` is inserted once, from its first item). The stored cost is the one to
+    tell others of (UsageRecorded): the row's own cost omits its sessions. `also`, if given,
+    runs last in the same transaction (the collector deletes the jobs it recorded there), so
+    the rows and what it does commit together.
 
     With call times, the row's code_interpreter_sessions is computed here: a session lasts one
     hour from its first call, a thread's sessions are the fewest that cover all its recorded
@@ -127,9 +138,13 @@ async def record_usage_many(
         lambda returning: _record_items(sm, given, now, also, returning=returning)
     )
     first: set[Key] = set()
-    out = []
+    out: list[Stored | None] = []
     for key in order:
-        out.append(key in inserted and key not in first)
+        if key in inserted and key not in first:
+            item = given[key]
+            out.append(Stored(item.sessions, _cost(item)))
+        else:
+            out.append(None)
         first.add(key)
     return out
 

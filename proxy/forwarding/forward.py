@@ -28,6 +28,7 @@ from proxy.errors import (
 )
 from proxy.forwarding.deadlines import HeaderDeadlines
 from proxy.forwarding.exchange import Dispatcher, Exchange
+from proxy.forwarding.policy import REFUSED_BY, Policy, RequestMeta
 from proxy.forwarding.reachability import Reachability
 from proxy.forwarding.rewrite import IncludeUsage
 from proxy.forwarding.taps import CopyTap, SSETap
@@ -87,6 +88,7 @@ class Forwarder:
         max_observed_request: int = 4 * 1024 * 1024,
         rewriter: IncludeUsage | None = None,
         on_client_gone: ClientGone | None = None,
+        policy: Policy | None = None,
         egress: Egress | None = None,
         lean: bool = True,
     ) -> None:
@@ -105,6 +107,8 @@ class Forwarder:
         # The one change the proxy may make to traffic, opt-in: see proxy.forwarding.rewrite.
         self._rewriter = rewriter
         self._on_client_gone = on_client_gone
+        # What may refuse a request before it is forwarded (budgets): see policy.py.
+        self._policy = policy
         # Kept from the traffic, for /_proxy/health.
         self.reachability = Reachability()
         # Resolved once: every request goes to this one origin. A bad proxy URL in the
@@ -184,6 +188,10 @@ class Forwarder:
                 "the request carries two different API keys (Authorization and api-key)",
                 "ambiguous_credentials",
             )
+        if self._policy is not None:
+            refused = await self._refused(request, sent)
+            if refused is not None:
+                return refused
         exchange = Exchange(
             request_id=f"{_ID_PREFIX}-{next(_ids)}",
             method=request.method,
@@ -218,6 +226,27 @@ class Forwarder:
                 exchange.error = "the proxy failed to forward the request"
             exchange.ended_at = time.time()
             self._dispatcher.submit("on_error" if exchange.error else "on_response", exchange)
+
+    async def _refused(self, request: web.Request, sent: CIMultiDict[str]) -> web.Response | None:
+        assert self._policy is not None
+        meta = RequestMeta(
+            request.method, request.path, request.query_string, sent, request.headers
+        )
+        try:
+            refusal = await self._policy.refusal(meta)
+        except Exception:
+            # Fail open: a policy that cannot decide must not stop traffic.
+            _log.exception("the request policy failed; forwarding the request")
+            return None
+        if refusal is None:
+            return None
+        request[REFUSED_BY] = refusal.by
+        return web.Response(
+            status=refusal.status,
+            body=refusal.body,
+            content_type="application/json",
+            headers=refusal.headers,
+        )
 
     async def _forward(
         self, request: web.Request, raw_path: str, exchange: Exchange, sent: CIMultiDict[str]

@@ -87,8 +87,8 @@ async def seeded(sm):
         )
         for n in range(3)
     ]
-    assert await record_usage_many(sm, runs) == [True, True, True]
-    assert await record_usage_many(sm, runs[:1]) == [False]
+    assert all(await record_usage_many(sm, runs))
+    assert await record_usage_many(sm, runs[:1]) == [None]
     return sm
 
 

@@ -174,7 +174,8 @@ async def test_record_usage_many_counts_a_threads_sessions_exactly_in_one_batch(
     batch = [run_item(run_id, _RUN_CALLS[run_id]) for run_id in ("run_c", "run_a", "run_b")]
     batch.append(run_item("run_x", [0, 90], thread_id="thread_2"))
     batch.append(run_usage.RunUsage(chat("chat_1", code_interpreter_sessions=1), (), PRICE))
-    assert await run_usage.record_usage_many(sm, batch) == [True] * 5
+    returned = await run_usage.record_usage_many(sm, batch)
+    assert all(returned)
     got = await shares(sm)
     assert sum(got[r] for r in _RUN_CALLS) == 3
     assert all(got[r] >= 0 for r in _RUN_CALLS)
@@ -182,18 +183,24 @@ async def test_record_usage_many_counts_a_threads_sessions_exactly_in_one_batch(
     for stored in await rows(sm):
         sessions = stored.code_interpreter_sessions
         assert stored.cost_usd == Decimal("0.0012345678") + sessions * PRICE, stored.object_id
+    # What the call returns is what was stored: the cost with the sessions, for UsageRecorded.
+    by_id = {item.row.object_id: s for item, s in zip(batch, returned, strict=True)}
+    for row in await rows(sm):
+        assert by_id[row.object_id] == run_usage.Stored(
+            row.code_interpreter_sessions, row.cost_usd
+        ), row.object_id
     assert ((await thread(sm)).sessions, (await thread(sm, "thread_2")).sessions) == (3, 2)
     assert (await thread(sm)).session_started_at == at(200)
     # Recorded once: a second batch of the same runs changes nothing.
-    assert await run_usage.record_usage_many(sm, batch) == [False] * 5
+    assert await run_usage.record_usage_many(sm, batch) == [None] * 5
     assert await shares(sm) == got
     assert (await thread(sm)).sessions == 3
 
 
 async def test_record_usage_many_continues_the_sessions_of_earlier_batches(sm):
-    assert await run_usage.record_usage_many(sm, [run_item("run_a", [0, 30])]) == [True]
+    assert all(await run_usage.record_usage_many(sm, [run_item("run_a", [0, 30])]))
     later = [run_item("run_b", [45]), run_item("run_c", [70]), run_item("run_d", [100])]
-    assert await run_usage.record_usage_many(sm, later) == [True] * 3
+    assert all(await run_usage.record_usage_many(sm, later))
     assert await shares(sm) == {"run_a": 1, "run_b": 0, "run_c": 1, "run_d": 0}
     state = await thread(sm)
     assert (state.sessions, state.session_started_at) == (2, at(70))
@@ -204,7 +211,8 @@ async def test_a_duplicate_in_a_batch_does_not_count_toward_the_others(sm):
     # replica's fetch), it is refused, and its 200-minute call must not cover run_b's.
     assert await run_usage.record_usage(sm, make_row("run_a"), code_interpreter_call_times=[at(0)])
     batch = [run_item("run_a", [200]), run_item("run_b", [230]), run_item("run_b", [5])]
-    assert await run_usage.record_usage_many(sm, batch) == [False, True, False]
+    stored = await run_usage.record_usage_many(sm, batch)
+    assert [s is not None for s in stored] == [False, True, False]
     got = {r.object_id: r for r in await rows(sm)}
     assert got["run_b"].code_interpreter_sessions == 1
     assert got["run_b"].cost_usd == Decimal("0.0012345678") + PRICE
@@ -226,7 +234,7 @@ async def test_record_usage_many_runs_also_in_its_transaction(sm):
     async def sees_the_rows(session) -> None:
         seen.extend(await session.scalars(select(UsageRecord.object_id)))
 
-    assert await run_usage.record_usage_many(sm, batch, also=sees_the_rows) == [True, True]
+    assert all(await run_usage.record_usage_many(sm, batch, also=sees_the_rows))
     assert sorted(seen) == ["run_a", "run_b"]
     assert await run_usage.record_usage_many(sm, [], also=sees_the_rows) == []
 
@@ -261,7 +269,7 @@ async def test_concurrent_batches_count_each_run_and_session_once(db_url: str, s
     finally:
         for engine in engines:
             await engine.dispose()
-    assert sum(flag for flags in results for flag in flags) == 12
+    assert sum(s is not None for stored in results for s in stored) == 12
     got = await shares(sm)
     assert len(got) == 12
     # thread_0: calls at 0, 50, ..., 250 -> sessions from 0, 100, 200; thread_1: 25, 75, ...
@@ -355,7 +363,7 @@ async def test_concurrent_writers_to_a_thread_with_a_session_count_sessions_once
     finally:
         for engine in engines:
             await engine.dispose()
-    assert results == [[True]] * writers
+    assert [[s is not None for s in stored] for stored in results] == [[True]] * writers
     got = await shares(sm)
     assert got.pop("run_0") == 1
     assert sorted(got.values()) == [0] * (writers - 1) + [1], got
@@ -372,8 +380,9 @@ async def test_record_usage_many_writes_again_with_returning_only_on_a_conflict(
         also_ran.append(sorted(await session.scalars(select(UsageRecord.object_id))))
 
     batch = [run_item("run_a", [0]), run_item("run_b", [90])]
-    assert await run_usage.record_usage_many(sm, batch[:1], also=also) == [True]
-    assert await run_usage.record_usage_many(sm, batch, also=also) == [False, True]
+    assert all(await run_usage.record_usage_many(sm, batch[:1], also=also))
+    [again, new] = await run_usage.record_usage_many(sm, batch, also=also)
+    assert again is None and new is not None
     assert ["RETURNING" in s for s in inserts] == [False, False, True]
     # `also` ran once per committed transaction, never in the one rolled back.
     assert also_ran == [["run_a"], ["run_a", "run_b"]]

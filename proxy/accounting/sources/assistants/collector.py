@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -396,10 +397,19 @@ class RunCollector:
         done = functools.partial(
             jobs.complete_held, job_ids=[job.id for job, _ in batch], worker=self.worker_id
         )
-        inserted = await run_usage.record_usage_many(
+        stored = await run_usage.record_usage_many(
             self._sm(), [built for _, built in batch], also=done
         )
-        rows = [built.row for (_, built), new in zip(batch, inserted, strict=True) if new]
+        # Signalled as stored: a run's sessions and their cost are settled in the transaction.
+        rows = [
+            dataclasses.replace(
+                built.row,
+                code_interpreter_sessions=s.code_interpreter_sessions,
+                cost_usd=s.cost_usd,
+            )
+            for (_, built), s in zip(batch, stored, strict=True)
+            if s is not None
+        ]
         # Per batch, not per run: in a collector process each signal is a line to the serving
         # process, which reads them on the loop that forwards requests.
         if rows:

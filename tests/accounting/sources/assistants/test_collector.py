@@ -200,7 +200,7 @@ async def test_claims_in_bulk_fetches_workers_at_a_time_and_records_in_batches(
         claimed.append(len(got))
         return got
 
-    async def counting_record(sm: SM, items: Any, **kw: Any) -> list[bool]:
+    async def counting_record(sm: SM, items: Any, **kw: Any) -> list[Any]:
         recorded.append(len(items))
         return await record_many(sm, items, **kw)
 
@@ -248,6 +248,10 @@ async def test_usage_is_signalled_per_batch_not_per_run(sm: SM, start: Start):
     rows = (await usage(sm)).values()
     assert sum(t.prompt_tokens for t in totals) == sum(r.prompt_tokens for r in rows)
     assert sum(t.completion_tokens for t in totals) == sum(r.completion_tokens for r in rows)
+    # The cost signalled is the cost stored, code interpreter sessions included (they are
+    # counted in the write's transaction, after the row was built without them).
+    assert sum(r.code_interpreter_sessions for r in rows) > 0
+    assert sum(t.cost_usd for t in totals) == sum(r.cost_usd for r in rows)
 
 
 async def _all_done(sm: SM, n: int) -> bool:
