@@ -19,6 +19,7 @@ import aiohttp
 from yarl import URL
 
 from proxy.forwarding.upstream.egress import Egress
+from proxy.retry_after import parse_retry_after
 
 __all__ = ["ENV", "AdminApi", "AdminApiError", "AdminKeyRefused"]
 
@@ -131,7 +132,8 @@ class AdminApi:
                             f"{ENV} to an admin key with read access to usage"
                         )
                     if resp.status in _RETRY_STATUS:
-                        wait = _retry_after(resp.headers.get("Retry-After"), wait)
+                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                        wait = wait if retry_after is None else retry_after
                         problem = f"{resp.status}"
                     elif resp.status != 200:
                         raise AdminApiError(f"{path} answered {resp.status}")
@@ -143,13 +145,6 @@ class AdminApi:
                 break
             await self._sleep(min(wait, self._max_backoff))
         raise AdminApiError(f"{path}: {problem} after {self._attempts} attempts")
-
-
-def _retry_after(value: str | None, default: float) -> float:
-    try:
-        return max(0.0, float(value)) if value is not None else default
-    except ValueError:
-        return default  # an HTTP date: rare from this API; the backoff is as good
 
 
 def _json(body: bytes, path: str) -> dict[str, Any]:

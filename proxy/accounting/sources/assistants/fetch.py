@@ -18,8 +18,9 @@ from yarl import URL
 
 from proxy.errors import FetchError
 from proxy.forwarding.decode import DecodeError, decode_body, parse_json
+from proxy.retry_after import parse_retry_after
 
-__all__ = ["FetchedRun", "RunFetcher", "parse_retry_after"]
+__all__ = ["FetchedRun", "RunFetcher"]
 
 _MAX_PAGES = 10_000  # a guard against an upstream whose has_more never ends
 _FIRST_PAGE = "limit=100&order=asc"
@@ -36,17 +37,6 @@ class FetchedRun:
     steps: list[dict[str, Any]]
     messages: list[dict[str, Any]]
     nbytes: int
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After (or retry-after-ms style) value; None when absent or odd."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return max(seconds, 0.0)
 
 
 class RunFetcher:

@@ -46,6 +46,7 @@ from proxy.db.models import utcnow
 from proxy.errors import FetchError
 from proxy.forwarding.decode import decode_body, parse_json
 from proxy.keys import CredentialStore, replay_request
+from proxy.retry_after import parse_retry_after
 
 __all__ = ["ContainerCollector", "ContainerFetcher"]
 
@@ -86,7 +87,7 @@ class ContainerFetcher:
                         raise FetchError(
                             f"GET {prefix}/containers/... answered {resp.status}",
                             status=resp.status,
-                            retry_after=_seconds(retry),
+                            retry_after=parse_retry_after(retry),
                         )
                     encoding = resp.headers.get("Content-Encoding")
                     found = parse_json(decode_body(body, encoding) if encoding else body)
@@ -97,13 +98,6 @@ class ContainerFetcher:
         except ValueError as exc:  # DecodeError
             raise FetchError("GET container: unreadable body") from exc
         return found if isinstance(found, dict) else None
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(float(value), 0.0) if value else None
-    except ValueError:
-        return None
 
 
 class ContainerCollector:
