@@ -130,6 +130,7 @@ def make_app(
                 admin_key=admin_key,
                 interval=settings.billing_pull_interval,
                 egress=egress,
+                alert_webhook=bool(settings.alert_webhook_url),
             )
             app[BILLING] = billing
             app.cleanup_ctx.append(billing.context)

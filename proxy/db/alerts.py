@@ -1,7 +1,10 @@
 """The budget alert outbox: an alert is inserted once per (budget, period, kind, threshold),
 whichever replica saw it first; a sender claims due alerts under a lease, then marks each sent,
 or due again later. Claimed with FOR UPDATE SKIP LOCKED on PostgreSQL; on SQLite the
-transaction holds the single write lock and the UPDATE re-checks the lease."""
+transaction holds the single write lock and the UPDATE re-checks the lease.
+
+Budget ids start at 1, so budget_id 0 (RESIDUAL) holds proxy.reconcile's alerts on flagged billing
+residuals, one per closed day, delivered by the same sender."""
 
 from __future__ import annotations
 
@@ -17,9 +20,19 @@ from proxy.db.dialects import check_returning, dialect_of, insert_for
 from proxy.db.engine import reading
 from proxy.db.models import BudgetAlert, utcnow
 
-__all__ = ["ClaimedAlert", "NewAlert", "add_alerts", "alerted", "claim", "failed", "sent"]
+__all__ = [
+    "RESIDUAL",
+    "ClaimedAlert",
+    "NewAlert",
+    "add_alerts",
+    "alerted",
+    "claim",
+    "failed",
+    "sent",
+]
 
 _alerts: Table = BudgetAlert.__table__  # type: ignore[assignment]
+RESIDUAL = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from prometheus_client import Gauge
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.db import alerts as db_alerts
 from proxy.db.billing import take_lease
 from proxy.forwarding.upstream.egress import Egress
 from proxy.metrics import Metrics
@@ -53,11 +55,13 @@ class BillingSchedule:
         tolerance: Decimal = Decimal("0.05"),
         holder: str | None = None,
         egress: Egress | None = None,
+        alert_webhook: bool = False,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._api = lambda: AdminApi(billing_url, admin_key, egress=egress)
         self._interval = interval
         self._tolerance = tolerance
+        self._webhook = alert_webhook
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._alerted: set[tuple[Any, ...]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -145,11 +149,14 @@ class BillingSchedule:
         # Closed days only: today's bill is still growing and would always look short.
         since = today - dt.timedelta(days=_DAYS - 1)
         query = ReconcileQuery(since, today, ("day", "project"), self._tolerance)
+        flagged: dict[str, list[dict[str, Any]]] = {}
         for row in (await reconcile_rows(sm, query))[:-1]:
+            if not row["flagged"]:
+                continue
+            flagged.setdefault(str(row["day"]), []).append(row)
             key = (row["day"], row["project"], row["billed_usd"], row["recorded_usd"])
-            if row["flagged"] and key not in self._alerted:
+            if key not in self._alerted:
                 self._alerted.add(key)
-                # No alert webhook exists yet (budgets would bring one): the log is the alert.
                 _log.warning(
                     "billing residual flagged: day=%s project=%s billed=%s recorded=%s "
                     "residual=%s (%s%%)",
@@ -160,3 +167,39 @@ class BillingSchedule:
                     row["residual_usd"],
                     row["residual_pct"],
                 )
+        if self._webhook and flagged:
+            # One outbox row per closed day, whichever replica pulled: the budgets' sender
+            # delivers it once, signed, with retries.
+            new = [_residual_alert(day, rows) for day, rows in sorted(flagged.items())]
+            await db_alerts.add_alerts(sm, new)
+
+
+def _residual_alert(day: str, rows: list[dict[str, Any]]) -> db_alerts.NewAlert:
+    residuals = [
+        {
+            "project": row["project"],
+            "billed_usd": str(row["billed_usd"]),
+            "recorded_usd": str(row["recorded_usd"]),
+            "residual_usd": str(row["residual_usd"]),
+            "residual_pct": None if row["residual_pct"] is None else str(row["residual_pct"]),
+        }
+        for row in rows
+    ]
+    parts = [
+        f"{r['project'] or 'no project'} billed ${r['billed_usd']}, recorded ${r['recorded_usd']}"
+        f" (residual ${r['residual_usd']})"
+        for r in residuals
+    ]
+    payload = {
+        "text": f"Billing residual on {day}: " + "; ".join(parts),
+        "kind": "billing_residual",
+        "day": day,
+        "residuals": residuals,
+    }
+    return db_alerts.NewAlert(
+        budget_id=db_alerts.RESIDUAL,
+        period_start=day,
+        kind="residual",
+        threshold=0,
+        payload=json.dumps(payload),
+    )

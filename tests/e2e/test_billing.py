@@ -6,9 +6,11 @@ command line answers."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
+import time
 from decimal import Decimal
 
 import aiohttp
@@ -16,7 +18,9 @@ import pytest
 
 from proxy import cli
 from proxy.app import BILLING
+from proxy.budgets.signing import verify
 from proxy.settings import Settings
+from tests.e2e.budget_helpers import HOOK_SECRET, Receiver
 from tests.e2e.conftest import client_for, wait_for
 from tests.reconcile.fake_admin import cost
 from tests.reconcile.scenario import ADMIN_KEY, GPT, RED_KEY, fake_admin
@@ -192,3 +196,40 @@ async def _count(recorded, *wanted: tuple[str, int]) -> bool:
         if (await recorded(project))[0] < n:
             return False
     return True
+
+
+async def test_a_flagged_day_is_sent_once_through_the_alert_webhook(
+    db_url, upstream, admin, start_proxy
+) -> None:
+    hook = Receiver()
+    await hook.start()
+    try:
+        s = dataclasses.replace(
+            settings(db_url, upstream.url, admin.url),
+            alert_webhook_url=hook.url,
+            alert_webhook_secret=HOOK_SECRET,
+        )
+        first = await start_proxy(s, admin_key=ADMIN_KEY)
+        second = await start_proxy(s, admin_key=ADMIN_KEY)
+        a, b = first.app[BILLING], second.app[BILLING]
+
+        def residuals() -> list[dict]:
+            return [d for d in hook.delivered if d.get("kind") == "billing_residual"]
+
+        [alert] = await wait_for(residuals, timeout=20)
+        # Several more rounds, with either replica able to send: still the one alert.
+        pulls = a.pulls + b.pulls
+        await wait_for(lambda: a.pulls + b.pulls >= pulls + 3, timeout=20)
+        assert len(residuals()) == 1
+        assert len(hook.posts) == 1
+        yesterday = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+        assert alert["day"] == yesterday, "the open day never"
+        [row] = alert["residuals"]
+        assert row["project"] == "proj_red"
+        assert (Decimal(row["billed_usd"]), Decimal(row["recorded_usd"])) == (Decimal("2.50"), 0)
+        assert f"Billing residual on {yesterday}" in alert["text"]
+        delivery = hook.posts[0]
+        signature = delivery.headers["X-Usage-Proxy-Signature"]
+        assert verify(HOOK_SECRET, signature, delivery.body, time.time())
+    finally:
+        await hook.close()
