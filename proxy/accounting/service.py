@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -21,8 +22,10 @@ from proxy.accounting.attributor import Attributor
 from proxy.accounting.estimate.constants import table_from_settings
 from proxy.accounting.mapping_watch import MappingWatch
 from proxy.accounting.pricing import load_price_table
+from proxy.accounting.process.owners import worker_id
 from proxy.accounting.process.supervisor import CollectorProcess, Forked
 from proxy.accounting.sources.assistants.collector import RunCollector
+from proxy.accounting.sources.assistants.creates import RunCreates
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.names import AssistantNames
 from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
@@ -34,7 +37,7 @@ from proxy.accounting.sources.events.observer import EventObserver
 from proxy.accounting.unpriced import UnpricedUsage
 from proxy.accounting.usage import ASSISTANTS_RUN, UsageSignal
 from proxy.accounting.usage_metrics import UsageMetrics
-from proxy.accounting.writing.outbox import JobWriter
+from proxy.accounting.writing.outbox import JobWriter, OutboxJob
 from proxy.accounting.writing.row_writer import RowWriter
 from proxy.accounting.writing.stored import StoredRelease
 from proxy.db import jobs
@@ -100,6 +103,10 @@ class Accounting:
             limit=_BACKLOG_LIMIT,
             on_pending=lambda _: self._show_backlog(),
         )
+        # Run creates: their intents before, their answers held until their jobs are stored.
+        self.creates = RunCreates(
+            self.sessionmaker, self.attribute, self.remember_key, worker_id(os.urandom(3).hex())
+        )
         self._forwarder: Forwarder | None = None
         self._forked = forked
         self.collector: RunCollector | CollectorProcess | None = None
@@ -122,12 +129,13 @@ class Accounting:
         )
         names = AssistantNames(lambda found: remember_names(self.sessionmaker(), found))
         runs = RunObserver(self.open_job, remember_key=self.remember_key)
-        # Last: releases held answers once what the others queued for them is written.
-        return [runs, events, names, StoredRelease([self.outbox, self.rows])]
+        # After the run observer (a create's intent goes with its job, or alone once it
+        # ended); last, what releases held answers once what the others queued is written.
+        return [runs, self.creates, events, names, StoredRelease([self.outbox, self.rows])]
 
     def holders(self) -> list[Holder]:
         """What holds an answer's end until what it showed is stored (proxy.forwarding.holds)."""
-        return []
+        return [self.creates]
 
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         assert self._sm is not None, "accounting is not started"
@@ -234,7 +242,8 @@ class Accounting:
             sighting.upstream_headers, sighting.request_headers, query=sighting.query_string
         )
         run = sighting.run
-        job = jobs.NewJob(
+        job = OutboxJob(
+            intent=self.creates.intent_of(sighting.request_id),
             source=ASSISTANTS_RUN,
             object_id=run["id"],
             thread_id=run["thread_id"],

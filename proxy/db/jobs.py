@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +181,7 @@ async def enqueue_many(
     *,
     now: dt.datetime | None = None,
     follow_after: float = FOLLOW_FIRST,
+    also: Callable[[AsyncSession], Awaitable[object]] | None = None,  # in the same transaction
 ) -> int:
     """Insert, in one transaction, the jobs whose (source, object_id) has no job yet, and turn
     an in-progress job into the finished one when a job of `new_jobs` is finished; how many
@@ -202,6 +203,8 @@ async def enqueue_many(
         return 0
     async with sm.begin() as session:
         result = await session.execute(_ENQUEUE[_dialect(session)], list(params.values()))
+        if also is not None:
+            await also(session)
         return len(result.all())
 
 

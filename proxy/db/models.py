@@ -503,3 +503,26 @@ class UsageRollupMonth(Base):
     cost_usd: Mapped[Decimal]
     unpriced_events: Mapped[int] = mapped_column(BigInteger)
     unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class RunIntent(Base):
+    """A run create on its way upstream (proxy.db.run_intents): written before the create is
+    forwarded, deleted with the job of the run it made (or at once when it made none). One left
+    behind by a dead worker is recovered by listing the thread's runs. The key is not here:
+    only its fingerprint, as in collection_jobs."""
+
+    __tablename__ = "run_intents"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(255))
+    api_prefix: Mapped[str] = mapped_column(String(512))
+    api_query: Mapped[str] = mapped_column(String(1024), default="")
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
+    key_hint: Mapped[str | None] = mapped_column(String(32))
+    team: Mapped[str | None] = mapped_column(String(128))
+    tag: Mapped[str | None] = mapped_column(String(128))
+    project: Mapped[str | None] = mapped_column(String(255))
+    organization: Mapped[str | None] = mapped_column(String(255))
+    # The serving process that forwards the create (proxy.accounting.process.owners).
+    worker: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

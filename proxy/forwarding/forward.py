@@ -207,6 +207,10 @@ class Forwarder:
         request[REQUEST_ID] = exchange.request_id
         done = False
         try:
+            holds = self.holds
+            if holds is not None and holds.befores:
+                exchange.upstream_headers = sent
+                await holds.before(exchange)
             response = await self._forward(request, raw_path, exchange, sent)
             done = True
             return response

@@ -7,6 +7,11 @@ what they queue, and release it once that is durably stored), waits until the ho
 or `timeout` passes, then writes the last bytes. Fail open: on the timeout the answer goes out
 anyway, counted in `timed_out` (a database that is down costs each held answer `timeout`).
 
+A holder may also define `async def before(exchange) -> None`, awaited before the request is
+forwarded (the exchange has its request side and `upstream_headers`), for at most `timeout`
+seconds: then the request goes on and `before` finishes on its own (fail open, counted in
+`before_timed_out`). A holder without it is not asked.
+
 With no holder nothing of this runs: the Forwarder keeps no Holds. A holder is asked on every
 request, so it must be cheap when it does not care: a synchronous check first (method, path,
 status), before anything it awaits.
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from proxy.forwarding.exchange import Exchange, Hold
@@ -34,13 +39,32 @@ class Holder(Protocol):
 
 
 class Holds:
-    """The holders, asked in order (the first yes wins), and the bounded wait."""
+    """The holders, asked in order (the first yes wins), and the bounded waits."""
 
     def __init__(self, holders: Sequence[Holder], timeout: float) -> None:
         self.holders = tuple(holders)
+        # Those with a `before` (a missing hook means "not interested").
+        self.befores: tuple[Callable[[Exchange], Awaitable[None]], ...] = tuple(
+            h.before  # type: ignore[attr-defined]
+            for h in holders
+            if callable(getattr(h, "before", None))
+        )
         self.timeout = timeout
         self.held = 0  # answers held
         self.timed_out = 0  # of those, sent at the timeout, unreleased
+        self.before_timed_out = 0
+
+    async def before(self, exchange: Exchange) -> None:
+        """Every holder's `before`, at once, for at most `timeout` seconds."""
+        tasks = [asyncio.ensure_future(fn(exchange)) for fn in self.befores]
+        done, pending = await asyncio.wait(tasks, timeout=self.timeout)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                _log.error("a holder's before failed", exc_info=task.exception())
+        for task in pending:
+            # Fail open: the request goes on; the hook ends on its own.
+            self.before_timed_out += 1
+            task.add_done_callback(_retrieved)
 
     async def wanted(self, exchange: Exchange) -> bool:
         for holder in self.holders:
@@ -67,3 +91,8 @@ class Holds:
             _log.debug(
                 "%s: held %g s without release; answered anyway", exchange.request_id, self.timeout
             )
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("a holder's before failed", exc_info=task.exception())

@@ -80,6 +80,10 @@ class FakeUpstream:
         self.polls_to_complete = 2  # queued -> in_progress -> terminal on successive retrieves
         self.poll_after_ms = "5"
         self.stream_pause = 0.0  # seconds between a streamed run's in_progress and its end
+        # Seconds a non-streamed run create waits, the run already created, before answering;
+        # the runs whose create was answered (non-streamed, on a thread).
+        self.create_pause = 0.0
+        self.creates_answered: list[str] = []
         # As the real API: /v1 Assistants endpoints answer 400 without OpenAI-Beta: assistants=v2.
         self.require_beta = False
         # Gzip JSON answers of the Assistants endpoints for clients that accept it, as the API does.
@@ -91,6 +95,9 @@ class FakeUpstream:
         self.uploads: dict[str, bytes] = {}
         self._ids = itertools.count(1)
         self._clock = itertools.count(int(time.time()) - 3600)
+        # True: created_at and friends are the wall clock's seconds, as the API's are (what a
+        # run intent's recovery compares with); False: a counter an hour back, which tests move.
+        self.wall_clock = False
         self.assistants: dict[str, dict[str, Any]] = {}
         self.threads: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -139,6 +146,8 @@ class FakeUpstream:
         return f"{prefix}_{next(self._ids):06d}"
 
     def _now(self) -> int:
+        if self.wall_clock:
+            return int(time.time())
         return next(self._clock)
 
     def advance_clock(self, seconds: int) -> None:
@@ -870,6 +879,9 @@ class FakeUpstream:
         run = self._new_run(tid, body)
         if body.get("stream"):
             return await self._stream_run(request, run)
+        if self.create_pause:
+            await asyncio.sleep(self.create_pause)
+        self.creates_answered.append(run["id"])
         return self._run_response(run)
 
     async def create_thread_and_run(self, request: web.Request, key: str) -> web.StreamResponse:

@@ -72,6 +72,8 @@ class Tally:
     runs_done: int = 0
     sightings: dict[str, set[tuple[str, int]]] = field(default_factory=lambda: defaultdict(set))
     threads: dict[str, str] = field(default_factory=dict)  # run id -> thread id
+    # Threads clients created themselves (their runs' creates name them: a run intent's).
+    created_threads: set[str] = field(default_factory=set)
     sighted_at: dict[str, float] = field(default_factory=dict)  # run id -> last, monotonic
     in_flight: Counter[str] = field(default_factory=Counter)  # replica name -> SDK calls
     plans: dict[str, str] = field(default_factory=dict)  # run id -> plan
@@ -178,6 +180,7 @@ class Client:
         messages = [{"role": "user", "content": QUESTION}]
         if spec.mode == "forget":
             thread, _ = await self.call(lambda c: c.beta.threads.create(messages=messages))
+            self._tally.created_threads.add(thread.id)
             run, via = await self.call(
                 lambda c: c.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant),
                 spec.home,
@@ -197,6 +200,7 @@ class Client:
             run = await self.poll(run.thread_id, run.id, spec.home)
         else:
             thread, _ = await self.call(lambda c: c.beta.threads.create(messages=messages))
+            self._tally.created_threads.add(thread.id)
             if spec.mode == "stream":
                 run = await self._streamed(thread.id, assistant, spec.home)
             else:

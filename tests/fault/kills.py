@@ -10,12 +10,14 @@ fifth of them never poll at all ("forget": create the run, then nothing). The le
 run the upstream created: each must end with exactly one usage row, collected by the replicas
 on their own.
 
-One window remains, and is counted apart: a run whose only sighting is its create (never polled
-again), answered by a replica killed before it wrote the job, a transaction's time (ms) later
-(`lost_unpolled`, with how long before the kill its create was answered); and likewise a run
-whose create answer died with its replica before the client saw it (`orphans`: the client's
-retry made another run). No proxy can write a job before it answers without delaying the answer,
-which it never does.
+Two guards close the windows a kill used to leave (proxy/accounting/sources/assistants/
+creates.py): a create's answer is held until its job is stored, so a run only created (never
+polled again) is never answered before the database knows it (`lost_unpolled`); and a create
+on a thread writes an intent before it is forwarded, so a create whose answer died with its
+replica (the client saw a connection error and retried: `orphans`) is found again by listing
+the thread. A create-and-run names no thread, so its orphans cannot be found: they are counted
+apart (`orphans_create_and_run`). The fake upstream's clock is the wall clock here, as the
+API's is: an intent's recovery compares the runs' created_at with the intent's time.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class KillOutcome:
     lost_ages: list[float | None]
     lost_unpolled: list[str]  # missing runs only created, with their create's age at the kill
     unpolled_ages: list[float | None]  # seconds from each one's create answer to its kill
-    orphans: list[str]  # missing runs no client saw (see the module docstring)
+    orphans: list[str]  # missing runs no client saw, created on a thread (an intent's)
+    orphans_create_and_run: list[str]  # the same, by a create-and-run (no intent possible)
     kills: int = 0
     kills_after_finish: int = 0  # landed right after a client received a finished run
     finish_lost_with_process: int = 0  # runs seen finished only by processes killed later
@@ -84,7 +87,8 @@ class KillOutcome:
         return [
             f"[{self.backend}, kills] {self.ledger.line()}; {len(self.lost)} lost, "
             f"{len(self.lost_unpolled)} never-polled runs lost {self.lost_unpolled}, "
-            f"{len(self.orphans)} orphaned creates lost",
+            f"{len(self.orphans)} orphaned creates on a thread lost {self.orphans}, "
+            f"{len(self.orphans_create_and_run)} orphaned create-and-runs lost",
             f"{self.kills} SIGKILLs ({self.kills_after_finish} right after a client received a "
             f"finished run); {self.finish_lost_with_process} runs seen finished only by processes "
             f"killed later; {self.forgotten} runs never polled after their create",
@@ -123,6 +127,7 @@ class KillScenario:
         f.latency, f.retry_after, f.rng = 0.01, "0.1", random.Random(self.rng.random())
         self.fake.polls_to_complete = 4
         self.fake.stream_pause = 0.3
+        self.fake.wall_clock = True
         await self.fake.start()
         sm = make_sessionmaker(self._engine)
         for key in self.keys:
@@ -322,7 +327,10 @@ class KillScenario:
         lost_runs = [run for run in ledger.missing if run in seen and run not in forgotten]
         lost = [self._describe(run) for run in lost_runs]
         lost_ages = [self.unwritten_for(run) for run in lost_runs]
-        orphans = [run for run in ledger.missing if run not in seen]
+        unseen = [run for run in ledger.missing if run not in seen]
+        threads = self.tally.created_threads
+        orphans = [r for r in unseen if self.fake.runs[r]["thread_id"] in threads]
+        orphans_cr = [r for r in unseen if self.fake.runs[r]["thread_id"] not in threads]
         unpolled = []
         for run in ledger.missing:
             if run in forgotten:
@@ -352,6 +360,7 @@ class KillScenario:
             lost_unpolled=unpolled,
             unpolled_ages=self.unpolled_ages,
             orphans=orphans,
+            orphans_create_and_run=orphans_cr,
             kills=self.kills,
             kills_after_finish=self.kills_after_finish,
             finish_lost_with_process=died,

@@ -11,38 +11,27 @@ test_regressions.py (the scenario prints how many rows went to the wrong team).
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_ENV
+from tests.fault.conftest import BACKENDS, run_once_per_backend
 from tests.fault.outcome import CI, FULL, Outcome
 from tests.fault.scenario import run_scenario
 
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 
 SIZE = FULL if os.environ.get("FAULT_SUITE_SIZE") == "full" else CI
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "postgres",
-        id="postgres",
-        marks=pytest.mark.skipif(not os.environ.get(PG_ENV), reason=f"set {PG_ENV}"),
-    ),
-]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def outcome(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Outcome]:
-    workdir: Path = tmp_path_factory.mktemp(f"fault-{request.param}")
-    result = asyncio.run(run_scenario(request.param, SIZE, workdir, os.environ.get(PG_ENV, "")))
-    print("\n" + "\n".join(result.lines()))
-    yield result
+    yield from run_once_per_backend(
+        request, tmp_path_factory, "fault", lambda b, w, pg: run_scenario(b, SIZE, w, pg)
+    )
 
 
 def test_every_completed_run_is_recorded_exactly_once(outcome: Outcome) -> None:

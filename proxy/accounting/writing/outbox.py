@@ -14,16 +14,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.writing.write_behind import WriteBehind
-from proxy.db import jobs
+from proxy.db import jobs, run_intents
 from proxy.metrics import Metrics
 
-__all__ = ["JobWriter"]
+__all__ = ["JobWriter", "OutboxJob"]
 
 _log = logging.getLogger("proxy.accounting.outbox")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxJob(jobs.NewJob):
+    """A job, and the run intent (proxy.db.run_intents) it resolves: deleted in its
+    transaction. Not a column of the job."""
+
+    intent: int | None = None
 
 
 class JobWriter(WriteBehind[jobs.NewJob]):
@@ -60,6 +69,8 @@ class JobWriter(WriteBehind[jobs.NewJob]):
         super().start(name)
 
     async def _enqueue(self, batch: list[jobs.NewJob]) -> None:
-        await jobs.enqueue_many(self._sm(), batch)
+        intents = [j.intent for j in batch if isinstance(j, OutboxJob) and j.intent is not None]
+        also = run_intents.resolved_by(intents) if intents else None
+        await jobs.enqueue_many(self._sm(), batch, also=also)
         if self._on_written is not None:
             self._on_written()

@@ -37,7 +37,17 @@ from proxy.errors import FetchError
 from proxy.forwarding.decode import parse_json
 from proxy.keys import CredentialStore, replay_request
 
-__all__ = ["WAIT", "Failures", "Follow", "Retry", "RunCollect", "Shield", "Wait", "follow_delay"]
+__all__ = [
+    "WAIT",
+    "Failures",
+    "Follow",
+    "Retry",
+    "RunCollect",
+    "Shield",
+    "Wait",
+    "follow_delay",
+    "scoped_headers",
+]
 
 _log = logging.getLogger("proxy.accounting.collector")
 
@@ -227,16 +237,22 @@ class RunCollect:
 
 
 def _scoped(headers: Mapping[str, str], job: jobs.ClaimedJob) -> dict[str, str]:
+    return scoped_headers(headers, job.project, job.organization)
+
+
+def scoped_headers(
+    headers: Mapping[str, str], project: str | None, organization: str | None
+) -> dict[str, str]:
     """The key's headers (from its latest request) fitted to this run: the project and
     organization of the request the run was seen in, since the latest one may have named
     another project, where the thread is unknown; and the Assistants beta header, which the
     latest request (say, a chat completion) may not have carried, and without which the API
     refuses the fetch."""
     scoped = {k: v for k, v in headers.items() if k.lower() not in _SCOPE_HEADERS}
-    if job.project:
-        scoped["OpenAI-Project"] = job.project
-    if job.organization:
-        scoped["OpenAI-Organization"] = job.organization
+    if project:
+        scoped["OpenAI-Project"] = project
+    if organization:
+        scoped["OpenAI-Organization"] = organization
     beta = next((v for k, v in headers.items() if k.lower() == "openai-beta"), "")
     scoped["OpenAI-Beta"] = beta if "assistants=" in beta else _ASSISTANTS_BETA
     return scoped

@@ -41,6 +41,7 @@ from proxy.accounting.process.owners import worker_id
 from proxy.accounting.shielded import Shielded
 from proxy.accounting.sources.assistants.collect import WAIT, Failures, Follow, Retry, RunCollect
 from proxy.accounting.sources.assistants.fetch import RunFetcher
+from proxy.accounting.sources.assistants.intents import IntentRecovery
 from proxy.accounting.sources.assistants.leases import Leases
 from proxy.accounting.sources.assistants.rows import RunRow
 from proxy.accounting.usage import UsageRecorded, UsageSink
@@ -96,6 +97,7 @@ class RunCollector:
     ) -> None:
         self._sm = sm
         self._credentials = credentials
+        self._fetcher = fetcher
         self._collect = RunCollect(
             sm, fetcher, credentials, prices, constants, failed, max_attempts=max_attempts
         )
@@ -121,6 +123,7 @@ class RunCollector:
         self._task: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
         self._leases: asyncio.Task[None] | None = None
+        self._intents: asyncio.Task[None] | None = None
         self._stopping = False
 
     @classmethod
@@ -174,18 +177,28 @@ class RunCollector:
             on_freed=self._wake.set,
         )
         self._leases = asyncio.create_task(leases.run(), name="run-leases")
+        recovery = IntentRecovery(
+            self._sm,
+            self._fetcher,
+            self._credentials,
+            self._db,
+            every=max(self._poll, 0.1),
+            lease=self._lease,
+            on_opened=self._wake.set,
+        )
+        self._intents = asyncio.create_task(recovery.run(), name="run-intents")
 
     async def stop(self) -> None:
         """Stop claiming, abandon fetches in flight, let database operations finish, record
         the runs already fetched, and give back the jobs still held. Returns before the engine
         may be disposed of."""
         self._stopping = True
-        for task in (self._task, self._recorder, self._leases):
+        for task in (self._task, self._recorder, self._leases, self._intents):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._recorder = self._leases = None
+        self._task = self._recorder = self._leases = self._intents = None
         for task in list(self._busy):
             task.cancel()
         await asyncio.gather(*self._busy, return_exceptions=True)

@@ -80,6 +80,18 @@ class RunFetcher:
         tail = query.strip("&")
         return await self._get(f"{path}?{tail}" if tail else path, dict(headers), None)
 
+    async def runs(
+        self, prefix: str, query: str, thread_id: str, headers: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """The thread's latest runs, newest first (one page: a thread has one run at a time)."""
+        path = f"{prefix}/threads/{quote(thread_id)}/runs?order=desc&limit=100"
+        tail = query.strip("&")
+        page = await self._get(f"{path}&{tail}" if tail else path, dict(headers), None)
+        data = page.get("data")
+        if not isinstance(data, list):
+            raise FetchError(f"unexpected list body from {prefix}/threads/.../runs")
+        return [d for d in data if isinstance(d, dict) and isinstance(d.get("id"), str)]
+
     async def steps(
         self, prefix: str, query: str, thread_id: str, run_id: str, headers: Mapping[str, str]
     ) -> list[dict[str, Any]]:

@@ -112,6 +112,7 @@ class RunSighting:
     request_headers: Mapping[str, str]
     upstream_headers: Mapping[str, str] | None  # as sent: the credential comes from these
     query_string: str = ""  # as sent: it may carry the credential too (never stored)
+    request_id: str = ""  # the exchange's: a run create's intent is found by it (creates.py)
 
     @property
     def terminal(self) -> bool:
@@ -182,6 +183,7 @@ class RunObserver:
                 exchange.request_headers,
                 exchange.upstream_headers,
                 exchange.query_string,
+                exchange.request_id,
             )
         )
         for seen in (self._seen, self._ended) if ended else (self._seen,):
