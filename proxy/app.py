@@ -110,7 +110,7 @@ def make_app(
     )
     if forwarder.holds is not None:
         holds = forwarder.holds
-        metrics.holds_timed_out.set_function(lambda: holds.timed_out)
+        metrics.holds_timed_out.set_function(lambda: holds.timed_out + holds.before_timed_out)
     if service is not None:
         service.attach_forwarder(forwarder)
         app[ACCOUNTING] = service

@@ -84,7 +84,8 @@ class Metrics:
         )
         self.holds_timed_out = Gauge(
             "usage_proxy_holds_timed_out",
-            "Held answers sent at hold_timeout, before what they showed was stored",
+            "Held answers sent, and requests forwarded, at hold_timeout, before accounting"
+            " had stored what it waited for",
             registry=r,
         )
         self.credentials_held = Gauge(

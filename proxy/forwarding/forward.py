@@ -210,7 +210,8 @@ class Forwarder:
             holds = self.holds
             if holds is not None and holds.befores:
                 exchange.upstream_headers = sent
-                await holds.before(exchange)
+                if (waiting := holds.before(exchange)) is not None:
+                    await waiting
             response = await self._forward(request, raw_path, exchange, sent)
             done = True
             return response

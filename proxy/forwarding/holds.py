@@ -7,10 +7,11 @@ what they queue, and release it once that is durably stored), waits until the ho
 or `timeout` passes, then writes the last bytes. Fail open: on the timeout the answer goes out
 anyway, counted in `timed_out` (a database that is down costs each held answer `timeout`).
 
-A holder may also define `async def before(exchange) -> None`, awaited before the request is
-forwarded (the exchange has its request side and `upstream_headers`), for at most `timeout`
-seconds: then the request goes on and `before` finishes on its own (fail open, counted in
-`before_timed_out`). A holder without it is not asked.
+A holder may also define `before(exchange) -> Awaitable[None] | None`, called before every
+request is forwarded (the exchange has its request side and `upstream_headers`): a plain,
+cheap method that returns None when it does not care, or an awaitable, which is awaited for at
+most `timeout` seconds; then the request goes on and the awaitable finishes on its own (fail
+open, counted in `before_timed_out`). A holder without it is not asked.
 
 With no holder nothing of this runs: the Forwarder keeps no Holds. A holder is asked on every
 request, so it must be cheap when it does not care: a synchronous check first (method, path,
@@ -39,12 +40,13 @@ class Holder(Protocol):
 
 
 class Holds:
-    """The holders, asked in order (the first yes wins), and the bounded waits."""
+    """The holders, asked in order by the relay (the first yes wins; one that raises is a
+    no), and the bounded waits."""
 
     def __init__(self, holders: Sequence[Holder], timeout: float) -> None:
         self.holders = tuple(holders)
         # Those with a `before` (a missing hook means "not interested").
-        self.befores: tuple[Callable[[Exchange], Awaitable[None]], ...] = tuple(
+        self.befores: tuple[Callable[[Exchange], Awaitable[None] | None], ...] = tuple(
             h.before  # type: ignore[attr-defined]
             for h in holders
             if callable(getattr(h, "before", None))
@@ -54,9 +56,20 @@ class Holds:
         self.timed_out = 0  # of those, sent at the timeout, unreleased
         self.before_timed_out = 0
 
-    async def before(self, exchange: Exchange) -> None:
-        """Every holder's `before`, at once, for at most `timeout` seconds."""
-        tasks = [asyncio.ensure_future(fn(exchange)) for fn in self.befores]
+    def before(self, exchange: Exchange) -> Awaitable[None] | None:
+        """Every holder's `before`: None when none cares (no coroutine on the hot path), else
+        what to await: what they returned, at once, for at most `timeout` seconds."""
+        waits = None
+        for fn in self.befores:
+            try:
+                if (wait := fn(exchange)) is not None:
+                    waits = [*(waits or ()), wait]
+            except Exception:
+                _log.exception("a holder's before failed")  # fail open: forwarded anyway
+        return self._before(waits) if waits else None
+
+    async def _before(self, waits: list[Awaitable[None]]) -> None:
+        tasks = [asyncio.ensure_future(w) for w in waits]
         done, pending = await asyncio.wait(tasks, timeout=self.timeout)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
@@ -65,16 +78,6 @@ class Holds:
             # Fail open: the request goes on; the hook ends on its own.
             self.before_timed_out += 1
             task.add_done_callback(_retrieved)
-
-    async def wanted(self, exchange: Exchange) -> bool:
-        for holder in self.holders:
-            try:
-                if await holder.hold(exchange):
-                    return True
-            except Exception:
-                # Fail open: a holder that cannot decide holds nothing.
-                _log.exception("holder %s failed; not holding", type(holder).__name__)
-        return False
 
     def start(self, exchange: Exchange) -> Hold:
         hold = exchange.hold = Hold()

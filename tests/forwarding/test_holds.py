@@ -25,6 +25,18 @@ class Holder:
     def __init__(self) -> None:
         self.answer: bool | Exception = True
         self.asked = 0
+        self.before_takes: float | None = None  # None: not interested
+        self.befores: list[tuple[str, float]] = []  # (path, when it ended)
+
+    def before(self, exchange: Exchange) -> Any:
+        if self.before_takes is None:
+            return None
+        return self._before(exchange, self.before_takes)
+
+    async def _before(self, exchange: Exchange, takes: float) -> None:
+        assert exchange.upstream_headers is not None
+        await asyncio.sleep(takes)
+        self.befores.append((exchange.path, time.monotonic()))
 
     async def hold(self, exchange: Exchange) -> bool:
         self.asked += 1
@@ -128,6 +140,29 @@ async def test_an_answer_not_held_is_delivered_once_after_it_ended(
     [exchange] = retainer.ended
     assert exchange.hold is None and retainer.releases == []
     assert holder.asked == 1 and forwarder.holds.held == 0
+
+
+async def test_before_is_awaited_before_the_request_is_forwarded(proxied: Any) -> None:
+    url, holder, _, forwarder = proxied
+    holder.answer = False
+    holder.before_takes = 0.2
+    started = time.monotonic()
+    _, arrived = await chat(url)
+    [(path, ended)] = holder.befores
+    assert path == "/v1/chat/completions" and started + 0.2 <= ended <= arrived
+    assert forwarder.holds.before_timed_out == 0
+
+
+async def test_a_slow_before_is_waited_for_only_until_the_timeout(proxied: Any) -> None:
+    url, holder, _, forwarder = proxied
+    forwarder.holds.timeout = 0.2
+    holder.answer = False
+    holder.before_takes = 1.0
+    started = time.monotonic()
+    _, arrived = await chat(url)
+    assert arrived - started < 1.0 and holder.befores == []
+    assert forwarder.holds.before_timed_out == 1
+    await wait_until(lambda: holder.befores, 10, what="the before to end on its own")
 
 
 async def test_no_holder_no_holds() -> None:

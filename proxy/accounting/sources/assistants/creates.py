@@ -71,21 +71,24 @@ class RunCreates:
         self._resolving: set[asyncio.Task[None]] = set()
 
     # --- the holder -------------------------------------------------------------------------
-    async def before(self, exchange: Exchange) -> None:
+    def before(self, exchange: Exchange) -> Awaitable[None] | None:
+        """Asked of every request: a create on a thread gets its intent written."""
         if not _is_create(exchange):
-            return
+            return None
         found = _ON_THREAD.search(exchange.path)
-        if found is None:
-            return  # create-and-run: no thread to list later
+        if found is None or exchange.upstream_headers is None:
+            return None  # create-and-run: no thread to list later
+        return self._intend(exchange, found.group(1))
+
+    async def _intend(self, exchange: Exchange, thread_id: str) -> None:
         sent = exchange.upstream_headers
-        if sent is None:
-            return
+        assert sent is not None
         # The key in memory now: the collector recovers an intent with it.
         self._remember_key(sent, exchange.query_string)
         who = await self._attribute(sent, exchange.request_headers, query=exchange.query_string)
         prefix, query = api_context(exchange.path, exchange.query_string)
         intent = run_intents.NewIntent(
-            thread_id=found.group(1),
+            thread_id=thread_id,
             api_prefix=prefix,
             api_query=query,
             worker=self.worker,
