@@ -64,6 +64,8 @@ class KillOutcome:
     lost: list[str]  # missing runs some client polled or streamed
     # For each: seconds from its last sighting to its process's kill (None: a seer lives on)
     lost_ages: list[float | None]
+    # Of those, the runs created on a thread (their create held, and with an intent).
+    lost_on_a_thread: list[str]
     lost_unpolled: list[str]  # missing runs only created, with their create's age at the kill
     unpolled_ages: list[float | None]  # seconds from each one's create answer to its kill
     orphans: list[str]  # missing runs no client saw, created on a thread (an intent's)
@@ -325,10 +327,11 @@ class KillScenario:
         seen = set(self.tally.plans) | set(self.tally.sightings)
         forgotten = self.tally.forgotten
         lost_runs = [run for run in ledger.missing if run in seen and run not in forgotten]
+        threads = self.tally.created_threads
         lost = [self._describe(run) for run in lost_runs]
         lost_ages = [self.unwritten_for(run) for run in lost_runs]
+        on_thread = [r for r in lost_runs if self.fake.runs[r]["thread_id"] in threads]
         unseen = [run for run in ledger.missing if run not in seen]
-        threads = self.tally.created_threads
         orphans = [r for r in unseen if self.fake.runs[r]["thread_id"] in threads]
         orphans_cr = [r for r in unseen if self.fake.runs[r]["thread_id"] not in threads]
         unpolled = []
@@ -357,6 +360,7 @@ class KillScenario:
             ledger=ledger,
             lost=lost,
             lost_ages=lost_ages,
+            lost_on_a_thread=on_thread,
             lost_unpolled=unpolled,
             unpolled_ages=self.unpolled_ages,
             orphans=orphans,
