@@ -120,7 +120,7 @@ class IntentRecovery:
             self._on_opened()
         else:
             await self._db(run_intents.resolve(self._sm(), [intent.id]))
-        _log.info("recovered a run intent of a dead worker: %d run(s) of its thread", len(new))
+        _log.info("recovered a run intent left behind: %d run(s) of its thread", len(new))
         return True
 
 
