@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from sqlalchemy import select, text
@@ -138,3 +139,25 @@ async def test_a_create_whose_answer_died_with_its_replica_is_recovered_by_the_n
         assert await intents(sm) == []
     finally:
         await asyncio.gather(first.stop(), second.stop())
+
+
+async def test_a_create_that_made_no_run_leaves_no_intent(
+    upstream: FakeUpstream, start_proxy: Any, db_url: str, sm: Any
+) -> None:
+    upstream.require_beta = True  # the create is refused: no run
+    # A long lease: the collector would recover a live worker's intent after one.
+    proxy = await start_proxy(settings_for(upstream, db_url, collector_lease=120.0))
+    sent = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            proxy.base_url + "/threads/thread_x/runs", json={"assistant_id": "a"}, headers=sent
+        ) as answer,
+    ):
+        assert answer.status == 400
+    assert creates(upstream)  # forwarded, so it had its intent
+    await wait_for(lambda: _no_intents(sm), 10)
+
+
+async def _no_intents(sm: Any) -> bool:
+    return await intents(sm) == []
