@@ -8,7 +8,8 @@ Claims are short leases (`collector_lease`, 10 s by default), renewed every thir
 while the jobs are held, so a replica that dies leaves its jobs free within a lease on any
 host. On its own host it does better: at start and every lease, the collector frees the claims
 of workers of this host that are certainly dead (proxy.accounting.process.owners), so a
-restarted proxy takes over its predecessor's jobs at once.
+restarted proxy takes over its predecessor's jobs at once. Beside the claims, it recovers run
+intents left behind by dead workers (intents.py): run creates whose jobs were never written.
 
 Failure handling (fail open for traffic, lose nothing for accounting): a database that is down
 leaves the job claimed, and its lease runs out and it is claimed again; an unexpected error is
