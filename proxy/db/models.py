@@ -449,7 +449,30 @@ class BudgetAlert(Base):
     sent_at: Mapped[dt.datetime | None]
 
 
-class UsageRollup(Base):
+class _RollupCell:
+    """The columns of a rollup cell after its period, the same in the day and the month
+    table: the dimensions ('' for NULL: part of the primary key) and the sums."""
+
+    team: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    code_interpreter_sessions: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal]
+    unpriced_events: Mapped[int] = mapped_column(BigInteger)
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageRollup(_RollupCell, Base):
     """usage_records summed per UTC day, team, key, assistant, model, kind and tag, kept in the
     same transaction as every write of usage rows (proxy.db.rollup), so that reports and the
     dashboard read a month in cells instead of events. A NULL dimension is '' here: a unique
@@ -460,46 +483,12 @@ class UsageRollup(Base):
     __table_args__ = (Index("ix_usage_rollup_team_day", "team", "day"),)
 
     day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
-    team: Mapped[str] = mapped_column(String(128), primary_key=True)
-    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
-    key_hint: Mapped[str] = mapped_column(String(32), primary_key=True)
-    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    model: Mapped[str] = mapped_column(String(128), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
-    events: Mapped[int] = mapped_column(BigInteger)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger)
-    total_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger)
-    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
-    code_interpreter_sessions: Mapped[int] = mapped_column(BigInteger)
-    cost_usd: Mapped[Decimal]
-    unpriced_events: Mapped[int] = mapped_column(BigInteger)
-    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
 
 
-class UsageRollupMonth(Base):
+class UsageRollupMonth(_RollupCell, Base):
     """usage_rollup summed per UTC month (YYYY-MM): the same cells without the day, kept by the
     same writes. A month's overview reads its ~6,000 cells instead of ~84,000 daily ones."""
 
     __tablename__ = "usage_rollup_month"
 
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
-    team: Mapped[str] = mapped_column(String(128), primary_key=True)
-    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
-    key_hint: Mapped[str] = mapped_column(String(32), primary_key=True)
-    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    model: Mapped[str] = mapped_column(String(128), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
-    events: Mapped[int] = mapped_column(BigInteger)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger)
-    total_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger)
-    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
-    code_interpreter_sessions: Mapped[int] = mapped_column(BigInteger)
-    cost_usd: Mapped[Decimal]
-    unpriced_events: Mapped[int] = mapped_column(BigInteger)
-    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
