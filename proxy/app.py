@@ -101,11 +101,7 @@ def make_app(
         limit=settings.upstream_limit,
         max_observed_body=settings.max_observed_body,
         max_observed_request=settings.max_observed_request,
-        rewriter=(
-            IncludeUsage(max_decoded=settings.max_observed_body)
-            if settings.chat_include_usage
-            else None
-        ),
+        rewriter=IncludeUsage() if settings.chat_include_usage else None,
         on_client_gone=log_client_gone,
         policy=budgets.policy if budgets is not None else None,
         egress=egress,

@@ -18,9 +18,9 @@ client's view: a request body with a Content-Encoding, without a Content-Length 
 had no `stream_options` gets the member spliced in after its opening brace, and one that had
 them is re-serialised compactly. A compressed reply is decoded to be filtered and sent decoded,
 without Content-Encoding, since the filter cannot re-encode it byte for byte; Content-Length is
-dropped from a filtered reply. Its decoding is capped like the observers' copy
-(max_observed_body): a small compressed reply may decode to gigabytes, so no call decodes more
-than the cap, and a reply that decodes longer ends there for the client.
+dropped from a filtered reply. Its decoding is capped (64 MiB, far above a real chat
+stream): a small compressed reply may decode to gigabytes, so no call decodes more than the
+cap, and a reply that decodes longer ends there for the client, with a log line.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ from proxy.forwarding.decode import DecodeError, Decompressor
 __all__ = ["IncludeUsage", "UsageChunkFilter", "add_include_usage"]
 
 _log = logging.getLogger("proxy.chat_usage")
-# The default max_observed_body: the cap of the observers' decoded copy (proxy.settings).
-_MAX_DECODED = 8 * 1024 * 1024
+# What a filtered reply may decode to. A compressed reply can decode to gigabytes in one call,
+# so there is a cap; it is the client's answer that is cut there, so it sits far above any
+# real chat stream (128k tokens at ~200 bytes of event each: ~25 MiB), not at the observers'.
+_MAX_DECODED = 64 * 1024 * 1024
 
 _MEMBER = b'"stream_options":{"include_usage":true},'
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')

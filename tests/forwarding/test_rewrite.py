@@ -205,10 +205,10 @@ def test_a_stream_that_decodes_past_the_cap_ends_there() -> None:
     assert f.close() == b""
 
 
-@pytest.mark.parametrize(("made", "cap"), [({}, 8 * 1024 * 1024), ({"max_decoded": 5000}, 5000)])
-def test_the_reply_filter_is_capped(made: dict[str, int], cap: int) -> None:
+def test_the_reply_filter_is_capped() -> None:
+    cap = 5000
     hdrs = CIMultiDict({"Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
-    f = IncludeUsage(**made).response_filter(200, hdrs)
+    f = IncludeUsage(max_decoded=cap).response_filter(200, hdrs)
     assert f is not None
     event = b'data: {"choices":[],"pad":"' + b"x" * 1000 + b'"}\n\n'
     out = f.feed(gzip.compress(event * (cap // len(event) + 10), compresslevel=1))
