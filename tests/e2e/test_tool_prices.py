@@ -147,6 +147,27 @@ async def test_a_container_read_that_outlasts_leases_stays_with_its_claimer(
     assert len(upstream.container_fetches) == 1
 
 
+async def test_a_stopped_replica_gives_its_container_job_back(
+    db_url: str, upstream, start_proxy, sm
+):
+    """A clean stop mid-read gives the claim back: another replica settles the container at
+    once, although the lease (long here) would hold it for minutes."""
+    settings = dataclasses.replace(_settings(upstream, db_url), collector_lease=120)
+    first = await start_proxy(settings)
+    upstream.containers["cntr_gpt-4.1"] = _container(12)
+    upstream.faults.container_gate = asyncio.Event()
+    plan = {"fake_tools": "code_interpreter"}
+    await client_for(first).responses.create(model="gpt-4.1", input="hi", metadata=plan)
+    await wait_for(lambda: upstream.container_fetches)
+    second = await start_proxy(settings)
+    await client_for(second).models.list()
+    await first.runner.cleanup()
+    upstream.faults.container_gate.set()
+    [session] = await wait_for(lambda: _kind(sm, "container", 1))
+    assert session["cost_usd"] == Decimal("0.018")
+    assert len(upstream.container_fetches) == 2  # the stopped read, then the second's
+
+
 async def _no_jobs(sm) -> bool:
     return not await _jobs_left(sm)
 

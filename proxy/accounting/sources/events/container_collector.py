@@ -213,12 +213,16 @@ class ContainerCollector:
             source=CONTAINER_KIND,
         )
         self._held.update((job.id, job) for job in claimed)
-        for job in claimed:
-            try:
-                await self._settle(job)
-            finally:
-                # Settled, or given back, retried, or left to its lease on an error.
+        try:
+            for job in claimed:
+                await self._settle(job)  # recorded, given back or retried: no longer held
+                del self._held[job.id]
+        except Exception:
+            # Left to their leases, which run out (and the jobs are claimed again), instead of
+            # renewed for ever. On cancellation they stay held, for stop() to give back.
+            for job in claimed:
                 self._held.pop(job.id, None)
+            raise
         return len(claimed)
 
     async def _settle(self, job: jobs.ClaimedJob) -> None:
