@@ -12,10 +12,11 @@ import sqlalchemy as sa
 from alembic.util.exc import CommandError
 from sqlalchemy import inspect, text
 
-from proxy.db import migrate
-from proxy.db.engine import make_engine, split_url
+from proxy.db import alerts, migrate
+from proxy.db.engine import make_engine, make_sessionmaker, split_url
 from proxy.db.models import Base
 from proxy.errors import ConfigError
+from proxy.reconcile.schedule import _residual_alert
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,10 +187,6 @@ async def _rows(engine, sql: str) -> list[tuple]:
 async def test_budget_alerts_move_to_the_alerts_outbox_and_back(empty_db_url: str):
     """0015 carries each budget_alerts row, with its state, into `alerts` under the identity
     the code now gives it (so nothing is queued, or sent, twice), and its downgrade back."""
-    from proxy.db import alerts
-    from proxy.db.engine import make_sessionmaker
-    from proxy.reconcile.schedule import _residual_alert
-
     await migrate.upgrade(empty_db_url, "0015-1")
     engine = make_engine(empty_db_url)
     old = [
