@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "Alert",
     "AssistantName",
     "AuditEntry",
     "Base",
@@ -33,7 +34,6 @@ __all__ = [
     "BillingKey",
     "BillingLease",
     "Budget",
-    "BudgetAlert",
     "CodeInterpreterCall",
     "CollectionJob",
     "KeyTeam",
@@ -420,25 +420,22 @@ class Budget(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class BudgetAlert(Base):
-    """The alert outbox: one row per budget, period, kind ("threshold" or "forecast") and
-    threshold (percent; 0 for a forecast), inserted or nothing, so an alert exists once
-    whichever replicas saw the crossing. A sender claims it under a lease (claimed_by,
-    claimed_until), posts `payload`, and sets sent_at; a failure sets next_attempt_at."""
+class Alert(Base):
+    """The alert outbox of every source ("budget", "reconcile", ...): one row per source and
+    `dedup_key` (the source's own identity of the alert, such as a budget's period and
+    threshold), inserted or nothing, so an alert exists once whichever replicas saw its cause.
+    A sender claims it under a lease (claimed_by, claimed_until), posts `payload`, and sets
+    sent_at; a failure sets next_attempt_at."""
 
-    __tablename__ = "budget_alerts"
+    __tablename__ = "alerts"
     __table_args__ = (
-        UniqueConstraint(
-            "budget_id", "period_start", "kind", "threshold", name="uq_budget_alerts_budget_id"
-        ),
-        Index("ix_budget_alerts_sent_at", "sent_at"),
+        UniqueConstraint("source", "dedup_key", name="uq_alerts_source"),
+        Index("ix_alerts_sent_at", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    budget_id: Mapped[int] = mapped_column(Integer)
-    period_start: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, UTC
-    kind: Mapped[str] = mapped_column(String(16))
-    threshold: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(32))
+    dedup_key: Mapped[str] = mapped_column(String(255))
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
