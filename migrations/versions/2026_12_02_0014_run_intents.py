@@ -3,7 +3,7 @@ before it stored the run's job leaves something to recover the run from.
 Written by hand after the model change, checked by `alembic check`.
 
 Revision ID: 0014
-Revises: 0010
+Revises: 0015
 Create Date: 2026-12-02 18:00:00+00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | Sequence[str] | None = "0010"
+down_revision: str | Sequence[str] | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
