@@ -91,6 +91,8 @@ class KillOutcome:
             f"{len(self.lost_unpolled)} never-polled runs lost {self.lost_unpolled}, "
             f"{len(self.orphans)} orphaned creates on a thread lost {self.orphans}, "
             f"{len(self.orphans_create_and_run)} orphaned create-and-runs lost",
+            f"lost: {self.lost} (on a thread: {self.lost_on_a_thread}; seconds from the last "
+            f"sighting to the kill: {self.lost_ages})",
             f"{self.kills} SIGKILLs ({self.kills_after_finish} right after a client received a "
             f"finished run); {self.finish_lost_with_process} runs seen finished only by processes "
             f"killed later; {self.forgotten} runs never polled after their create",

