@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.accounting.service import Accounting
 from proxy.budgets.enforce import BudgetPolicy
+from proxy.budgets.fresh import FreshReads
 from proxy.budgets.tracker import BudgetTracker
 from proxy.budgets.webhook import AlertSender
 from proxy.db.models import utcnow
@@ -35,7 +36,16 @@ class Budgets:
         self.now = now
         self.sessionmaker = accounting.sessionmaker
         metrics = accounting.metrics
-        self.policy = BudgetPolicy(accounting.attribute, metrics)
+        # Strict mode: near an enforced limit, admit on a fresh read (proxy.budgets.enforce).
+        self.fresh = None
+        if settings.budget_strict_timeout > 0:
+            self.fresh = FreshReads(
+                accounting.sessionmaker,
+                metrics,
+                timeout=settings.budget_strict_timeout,
+                now=now,
+            )
+        self.policy = BudgetPolicy(accounting.attribute, metrics, self.fresh)
         self.sender: AlertSender | None = None
         if settings.alert_webhook_url:
             self.sender = AlertSender(

@@ -1,7 +1,8 @@
 """The budgets' state in this process, refreshed from the database: every
 `budget_refresh_interval` seconds, and soon after this process records usage while an enforced
 budget exists. Each refresh reads the budgets (so a change applies on every replica within an
-interval) and their spend, hands the refusing ones to the policy, sets the gauges, and puts
+interval) and their spend, hands the refusing ones and those near their limit (proxy.budgets.near)
+to the policy, sets the gauges, and puts
 newly crossed thresholds and forecasts in the alert outbox (insert or nothing: one row however
 many replicas see the crossing).
 
@@ -19,8 +20,9 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.usage import UsageRecorded
-from proxy.budgets.enforce import BudgetPolicy
+from proxy.budgets.enforce import BudgetPolicy, Subject
 from proxy.budgets.message import alert_body
+from proxy.budgets.near import HORIZON_BASE, SpendRates, headroom
 from proxy.budgets.spend import current_statuses
 from proxy.budgets.status import BudgetStatus
 from proxy.db import alerts as db_alerts
@@ -63,6 +65,9 @@ class BudgetTracker:
         self._enforcing = False
         self._failing = False
         self._took = 0.0
+        self._rates = SpendRates()
+        # Past the gap between two refreshes (interval, or sooner) with room to spare.
+        self._horizon = HORIZON_BASE + 2 * interval
 
     def usage_recorded(self, event: UsageRecorded) -> None:
         """A UsageSink: this process wrote usage, so an enforced budget may have been reached."""
@@ -84,12 +89,25 @@ class BudgetTracker:
         self.refreshed_at = began
         self._took = time.monotonic() - began
         self._enforcing = any(s.rule.enforce for s in statuses)
-        self._policy.refusing = {
-            (s.rule.subject_kind, s.rule.subject): s for s in statuses if s.refusing
-        }
+        self._publish(statuses, began)
         self._metrics.budget_ratios({s.rule.id: s.ratio for s in statuses})
         await self._queue_alerts(statuses)
         return True
+
+    def _publish(self, statuses: list[BudgetStatus], began: float) -> None:
+        refusing: dict[Subject, BudgetStatus] = {}
+        near: dict[Subject, tuple[BudgetStatus, ...]] = {}
+        for s in statuses:
+            if not s.rule.enforce:
+                continue
+            subject = (s.rule.subject_kind, s.rule.subject)
+            rate = self._rates.add(s.rule.id, began, s.spend)
+            if s.refusing:
+                refusing[subject] = s
+            elif s.spend + headroom(s.rule.limit_usd, rate, self._horizon) >= s.rule.limit_usd:
+                near[subject] = (*near.get(subject, ()), s)
+        self._rates.keep({s.rule.id for s in statuses if s.rule.enforce})
+        self._policy.publish(refusing, near, began)
 
     async def _queue_alerts(self, statuses: list[BudgetStatus]) -> None:
         new: list[db_alerts.NewAlert] = []
