@@ -100,6 +100,14 @@ class FreshReads:
             if (flight.current is None or flight.current.done()) and flight.next is None:
                 del self._flights[gone]
 
+    async def close(self) -> None:
+        """Cancel the reads running or due (the database is about to close)."""
+        tasks = [t for f in self._flights.values() for t in (f.current, f.next) if t is not None]
+        self._flights.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _read(self, cached: BudgetStatus) -> BudgetStatus:
         rule, now = cached.rule, self._now()
         self._metrics.budget_fresh_read("read")
