@@ -105,7 +105,12 @@ def make_app(
         on_client_gone=log_client_gone,
         policy=budgets.policy if budgets is not None else None,
         egress=egress,
+        holders=service.holders() if service is not None and observers is None else (),
+        hold_timeout=settings.hold_timeout,
     )
+    if forwarder.holds is not None:
+        holds = forwarder.holds
+        metrics.holds_timed_out.set_function(lambda: holds.timed_out)
     if service is not None:
         service.attach_forwarder(forwarder)
         app[ACCOUNTING] = service

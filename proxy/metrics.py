@@ -82,6 +82,11 @@ class Metrics:
         self.observer_failures = Gauge(
             "usage_proxy_observer_failures", "Observer calls that raised", registry=r
         )
+        self.holds_timed_out = Gauge(
+            "usage_proxy_holds_timed_out",
+            "Held answers sent at hold_timeout, before what they showed was stored",
+            registry=r,
+        )
         self.credentials_held = Gauge(
             "usage_proxy_credentials_held", "API keys held in memory for collection", registry=r
         )

@@ -75,6 +75,12 @@ class Settings:
         " an https:// egress proxy",
         flag=False,
     )
+    hold_timeout: float = _opt(
+        1.0,
+        "seconds at most an answer waits for accounting: a run create's answer until its"
+        " collection job is stored, a run create until its intent is (then it goes anyway)",
+        flag=False,
+    )
     max_observed_body: int = _opt(8 * 1024 * 1024, "bytes of a response body observers see")
     max_observed_request: int = _opt(4 * 1024 * 1024, "bytes of a request body observers see")
     # Client connections (proxy/forwarding/guard.py): what a slow or half-open client may hold.

@@ -36,11 +36,13 @@ from proxy.accounting.usage import ASSISTANTS_RUN, UsageSignal
 from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.accounting.writing.outbox import JobWriter
 from proxy.accounting.writing.row_writer import RowWriter
+from proxy.accounting.writing.stored import StoredRelease
 from proxy.db import jobs
 from proxy.db.assistant_names import remember_names
 from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.errors import ConfigError
 from proxy.forwarding.forward import Forwarder
+from proxy.forwarding.holds import Holder
 from proxy.keys import CredentialStore
 from proxy.metrics import Metrics
 from proxy.settings import Settings
@@ -119,7 +121,13 @@ class Accounting:
             containers=self.rows.containers,
         )
         names = AssistantNames(lambda found: remember_names(self.sessionmaker(), found))
-        return [RunObserver(self.open_job, remember_key=self.remember_key), events, names]
+        runs = RunObserver(self.open_job, remember_key=self.remember_key)
+        # Last: releases held answers once what the others queued for them is written.
+        return [runs, events, names, StoredRelease([self.outbox, self.rows])]
+
+    def holders(self) -> list[Holder]:
+        """What holds an answer's end until what it showed is stored (proxy.forwarding.holds)."""
+        return []
 
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         assert self._sm is not None, "accounting is not started"

@@ -6,6 +6,11 @@ Contract:
 - Hooks run on the dispatcher's worker task, never on the client's path. A hook that raises is
   logged with its traceback and the others still run; a slow hook delays only later hooks.
 - Observers are read-only. A missing hook method means "not interested".
+- A held exchange (`exchange.hold` is not None: proxy.forwarding.holds) is delivered before its
+  answer's last bytes go to the client, which wait until every observer that retained the hold
+  released it, or a timeout. The dispatcher holds a part of it itself until `on_response` has
+  been delivered to every observer (or dropped), so an observer that retains nothing releases
+  nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,11 +28,52 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.forwarding.decode import BodyTooLarge, DecodeError, SSEEvent, decode_body, parse_json
 
-__all__ = ["Dispatcher", "Exchange", "Observer"]
+__all__ = ["Dispatcher", "Exchange", "Hold", "Observer"]
 
 _log = logging.getLogger("proxy.observers")
 
 _UNSET: Any = object()
+
+
+class Hold:
+    """An answer held back until what observers queued for its exchange is stored.
+
+    It is released once every part of it is: one part is the dispatcher's (released once
+    `on_response` was delivered to every observer), and `retain()` adds one for the caller,
+    which calls what it returns when it is done (once; more calls do nothing). Only the
+    Forwarder waits on it, bounded (proxy.forwarding.holds)."""
+
+    __slots__ = ("_done", "_parts")
+
+    def __init__(self) -> None:
+        self._parts = 1
+        self._done = asyncio.Event()
+
+    @property
+    def released(self) -> bool:
+        return self._done.is_set()
+
+    def retain(self) -> Callable[[], None]:
+        """Keep the answer held until the returned callable is called."""
+        self._parts += 1
+        pending = True
+
+        def release() -> None:
+            nonlocal pending
+            if pending:
+                pending = False
+                self.release()
+
+        return release
+
+    def release(self) -> None:
+        """Release one part (the dispatcher's, or a retained one through its callable)."""
+        self._parts -= 1
+        if self._parts <= 0:
+            self._done.set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
 
 
 # Slots: one is built per request, and observers read its fields many times over.
@@ -64,6 +110,8 @@ class Exchange:
     error: str | None = None
     client_disconnected: bool = False
     max_body: int | None = None
+    # Set when a holder held the answer's end (proxy.forwarding.holds): observers may retain it.
+    hold: Hold | None = None
     _json: Any = field(default=_UNSET, repr=False)
     _request_json: Any = field(default=_UNSET, repr=False)
     # Every observer asks for it; response headers never change once received.
@@ -165,10 +213,14 @@ class Dispatcher:
 
     def submit(self, hook: str, exchange: Exchange, arg: Any = None) -> None:
         if not self._hooks[hook]:
+            if exchange.hold is not None and hook == "on_response":
+                exchange.hold.release()
             return
         if len(self._items) >= self._maxsize:
             self.dropped += 1
             _log.error("observer queue full; dropped %s for %s", hook, exchange.request_id)
+            if exchange.hold is not None and hook == "on_response":
+                exchange.hold.release()  # fail open: nobody will store what it showed
             return
         self._items.append((hook, exchange, arg))
         if not self._wake.is_set():
@@ -221,6 +273,9 @@ class Dispatcher:
                         self._failed(fn, hook, exchange)
                     except Exception:
                         self._failed(fn, hook, exchange)
+                if exchange.hold is not None and hook == "on_response":
+                    # Every observer had it: those that queued something retained the hold.
+                    exchange.hold.release()
                 n += 1
                 if n % _YIELD_EVERY == 0 and len(items) < _CATCH_UP:
                     await asyncio.sleep(0)

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -28,13 +28,14 @@ from proxy.errors import (
 )
 from proxy.forwarding.deadlines import HeaderDeadlines
 from proxy.forwarding.exchange import Dispatcher, Exchange
+from proxy.forwarding.holds import Holder, Holds
 from proxy.forwarding.policy import REFUSED_BY, Policy, RequestMeta
 from proxy.forwarding.reachability import Reachability
+from proxy.forwarding.relay import RESPONSE, Relay
 from proxy.forwarding.rewrite import IncludeUsage
-from proxy.forwarding.taps import CopyTap, SSETap
 from proxy.forwarding.targets import filter_headers, reserved, unsafe_target
-from proxy.forwarding.upstream import Body, Response
-from proxy.forwarding.upstream.compat import Internals, checked, request_key, response_class
+from proxy.forwarding.upstream import Body
+from proxy.forwarding.upstream.compat import checked, request_key, response_class
 from proxy.forwarding.upstream.egress import Egress
 from proxy.forwarding.upstream.lean import UpstreamClient
 from proxy.forwarding.upstream.session import SessionTransport
@@ -44,17 +45,13 @@ __all__ = ["REQUEST_ID", "ClientGone", "Forwarder", "error_response"]
 
 _log = logging.getLogger("proxy.forward")
 
-# Headers aiohttp's server fills in when a response lacks them.
-_DEFAULTED = (hdrs.CONTENT_TYPE, hdrs.SERVER)
 _NO_COPY_TYPES = ("multipart/", "application/octet-stream", "audio/", "image/", "video/")
-_JSON_TYPES = ("application/json",)
 # Bodies up to this size (and within the observers' cap) are read whole before forwarding:
 # cheaper per request than streaming them through a generator, and a chat request is far
 # smaller. Anything larger, chunked, or of a type observers don't copy still streams.
 _READ_WHOLE = 64 * 1024
 _ids = itertools.count(1)
 REQUEST_ID = request_key("request_id", str)  # the exchange id, for the access log
-_RESPONSE = request_key("response", web.StreamResponse)
 # Told of a request whose client went away before its response ended, with the response begun
 # for it (None: none was) and the seconds since the request came in. aiohttp writes no access
 # line for a handler it cancels, which is what happens when an SDK closes a stream as soon as
@@ -91,6 +88,8 @@ class Forwarder:
         policy: Policy | None = None,
         egress: Egress | None = None,
         lean: bool = True,
+        holders: Sequence[Holder] = (),
+        hold_timeout: float = 1.0,
     ) -> None:
         base = URL(upstream)
         self._origin = base.origin()
@@ -125,7 +124,11 @@ class Forwarder:
             ssl_context=self._ssl,
         )
         self._lean: UpstreamClient | None = None
-        self._response_class = response_class(Internals(False, False, False))
+        # What may hold an answer's end until observers stored it (holds.py); none: no cost.
+        self.holds = Holds(holders, hold_timeout) if holders else None
+        self._relay = Relay(
+            dispatcher, max_body=max_observed_body, rewriter=rewriter, holds=self.holds
+        )
 
     async def start(self) -> None:
         internals = checked()
@@ -152,7 +155,7 @@ class Forwarder:
                 ssl_context=self._ssl,
             )
         self._session.start(internals)
-        self._response_class = response_class(internals)
+        self._relay.response_class = response_class(internals)
         self._deadlines.start()
 
     async def close(self) -> None:
@@ -212,7 +215,7 @@ class Forwarder:
             exchange.error = exchange.error or "client disconnected"
             if self._on_client_gone is not None:
                 self._on_client_gone(
-                    request, request.get(_RESPONSE), time.time() - exchange.started_at
+                    request, request.get(RESPONSE), time.time() - exchange.started_at
                 )
             raise
         except UpstreamError as exc:
@@ -224,8 +227,9 @@ class Forwarder:
             if not done and exchange.error is None:
                 # Whatever escaped (aiohttp answers it with a bare 500), observers hear of it.
                 exchange.error = "the proxy failed to forward the request"
-            exchange.ended_at = time.time()
-            self._dispatcher.submit("on_error" if exchange.error else "on_response", exchange)
+            if exchange.hold is None:  # a held exchange was delivered when it was held
+                exchange.ended_at = time.time()
+                self._dispatcher.submit("on_error" if exchange.error else "on_response", exchange)
 
     async def _refused(self, request: web.Request, sent: CIMultiDict[str]) -> web.Response | None:
         assert self._policy is not None
@@ -358,102 +362,3 @@ class Forwarder:
                 exchange.request_body_truncated = True
             yield chunk
         exchange.request_body = bytes(buf)
-
-    async def _relay(
-        self,
-        request: web.Request,
-        upstream: Response,
-        exchange: Exchange,
-        rewritten: bool = False,
-    ) -> web.StreamResponse:
-        exchange.status = upstream.status
-        exchange.response_headers = upstream.headers
-        response = self._response_class(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=filter_headers(upstream.headers, request=False),
-        )
-        response.unsent = tuple(h for h in _DEFAULTED if h not in upstream.headers)
-        request[_RESPONSE] = response
-        body_filter = None
-        if rewritten and self._rewriter is not None:
-            body_filter = self._rewriter.response_filter(upstream.status, upstream.headers)
-            for name in body_filter.drop_headers if body_filter is not None else ():
-                response.headers.popall(name, None)
-        ctype = exchange.content_type
-        tap: CopyTap | SSETap | None = None
-        if self._max_body > 0:  # 0: observers asked for no copy of response bodies
-            if ctype == "text/event-stream":
-                tap = SSETap(exchange, self._dispatcher, self._max_body)
-            elif ctype in _JSON_TYPES or ctype.endswith("+json"):
-                tap = CopyTap(exchange, self._max_body)
-        content = upstream.content
-        whole = body_filter is None and _arrived_whole(request, upstream)
-        if whole:
-            # The body came in with the headers: both go out in one write instead of two,
-            # which is when the client would have had them anyway (bench/README.md).
-            response.send_headers_with_body()
-        try:
-            await response.prepare(request)
-        except ConnectionError:
-            return _client_gone(exchange, response)
-        if whole:
-            body = content.read_nowait()
-            if tap is not None:
-                tap.feed(body)
-                tap.close()
-            try:
-                await response.write_eof(body)
-            except ConnectionError:
-                return _client_gone(exchange, response)
-            return response
-        while True:
-            try:
-                chunk = await content.readany()
-            except aiohttp.ClientError as exc:
-                # Headers are already out: the honest signal is a cut connection, as the
-                # upstream gave.
-                exchange.error = f"the upstream broke off the body: {type(exc).__name__}"
-                if request.transport is not None:
-                    request.transport.close()
-                return response
-            if not chunk:
-                break
-            out = body_filter.feed(chunk) if body_filter is not None else chunk
-            try:
-                # Written as it comes: an SSE event reaches the client when the upstream sent it.
-                if out:
-                    await response.write(out)
-            except ConnectionError:
-                return _client_gone(exchange, response)
-            if tap is not None:
-                tap.feed(chunk)
-        if tap is not None:
-            tap.close()
-        try:
-            if body_filter is not None and (rest := body_filter.close()):
-                await response.write(rest)
-            await response.write_eof()
-        except ConnectionError:
-            return _client_gone(exchange, response)
-        return response
-
-
-def _arrived_whole(request: web.Request, upstream: Response) -> bool:
-    """Whether the upstream's whole body, as its Content-Length announced, is already in hand."""
-    length = upstream.headers.get(hdrs.CONTENT_LENGTH)
-    content = upstream.content
-    return (
-        length is not None
-        and content.is_eof()
-        and content.total_bytes > 0
-        and length == str(content.total_bytes)
-        and request.method != "HEAD"
-    )
-
-
-def _client_gone(exchange: Exchange, response: web.StreamResponse) -> web.StreamResponse:
-    # A write to a client that went away: nothing to answer, and nothing to log as a failure.
-    exchange.client_disconnected = True
-    exchange.error = "client disconnected"
-    return response

@@ -13,6 +13,11 @@ Failures (fail open: the client's traffic never waits on this):
   the process stops before the database is back.
 - The database refused the batch: it is written again item by item, so only the item it
   refuses is dropped (counted as "database_refused"), not its neighbours.
+
+`after_written(callback)` calls back once every item submitted so far is written (or dropped:
+nothing will come of it), in order, and cuts the gather wait short meanwhile. Items are written
+in the order they came, so one count of items settled is enough (what the hold seam,
+proxy.forwarding.holds, waits on). During an outage the callback waits with the items.
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ class WriteBehind(Generic[T]):
         self._stopping = False
         self._dropped = 0
         self._task: asyncio.Task[None] | None = None
+        # Items ever submitted, and of those settled (written or dropped), in order.
+        self._submitted = 0
+        self._settled = 0
+        self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
 
     @property
     def pending(self) -> int:
@@ -81,10 +90,22 @@ class WriteBehind(Generic[T]):
         if len(pending) >= self._limit:
             self._drop_oldest(1)
         pending.append(item)
+        self._submitted += 1
         # Woken for the first item and for a full batch; items in between only gather.
         if len(pending) == 1 or len(pending) >= self._batch or not self._gather:
             self._idle.clear()
             self._wake.set()
+
+    def after_written(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every item submitted so far is written or dropped (at once when
+        none is pending). It runs on the writer's task; it must not raise or block."""
+        if self._settled >= self._submitted:
+            callback()
+            return
+        self._waiters.append((self._submitted, callback))
+        # Someone waits: the gather wait is cut short.
+        self._idle.clear()
+        self._wake.set()
 
     def retry_now(self) -> None:
         """The database may be back: end the current backoff wait, if any."""
@@ -142,6 +163,7 @@ class WriteBehind(Generic[T]):
                 # A bug, not the database: losing this batch beats losing the writer.
                 self._log.exception("cannot write %d %s; they are dropped", len(batch), self._noun)
                 kept = []
+            self._settle(n - len(kept))
             if not kept:
                 delay = self._retry_base
                 self._report()
@@ -157,6 +179,7 @@ class WriteBehind(Generic[T]):
                     len(self._pending),
                     self._noun,
                 )
+                self._settle(len(self._pending))
                 self._pending.clear()
                 self._report()
                 return
@@ -167,7 +190,16 @@ class WriteBehind(Generic[T]):
             delay = min(delay * 2, self._max_backoff)
 
     def _full(self) -> bool:
-        return self._stopping or self._hurry or len(self._pending) >= self._batch
+        if self._stopping or self._hurry or self._waiters:
+            return True
+        return len(self._pending) >= self._batch
+
+    def _settle(self, n: int) -> None:
+        """`n` more items, the oldest pending, are written or dropped for good."""
+        self._settled += n
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._settled:
+            waiters.popleft()[1]()
 
     async def _gathered(self) -> None:
         while not self._full():
@@ -214,6 +246,7 @@ class WriteBehind(Generic[T]):
     def _drop_oldest(self, n: int) -> None:
         for _ in range(n):
             self._pending.popleft()
+        self._settle(n)
         self._metrics.collection_failures.labels(reason="backlog_full").inc(n)
         before, self._dropped = self._dropped, self._dropped + n
         # Once per 10,000 drops: a full backlog during an outage drops an item per request.

@@ -204,3 +204,33 @@ async def test_submit_never_raises_before_start(sm: SM):
     writer.start()
     await writer.stop()
     assert await stored(sm) == ["run_3", "run_4"]
+
+
+async def test_after_written_calls_back_once_what_was_submitted_is_in_the_database(
+    sm: SM, caplog: pytest.LogCaptureFixture
+):
+    """The hold seam's wait (proxy.accounting.writing.stored): a callback once every job
+    submitted before it is stored, none while the database is down, and at once when nothing
+    is pending."""
+    flaky = Flaky(sm)
+    writer = writer_for(flaky)
+    seen: list[list[str]] = []
+    writer.after_written(lambda: seen.append(["idle"]))
+    assert seen == [["idle"]]
+    flaky.down = True
+    writer.start()
+    writer.submit(job("run_a"))
+    writer.after_written(lambda: seen.append(["a"]))
+    writer.submit(job("run_b"))
+    await wait_until(lambda: "kept in memory" in caplog.text, 10, what="a failed write")
+    assert seen == [["idle"]]  # nothing stored, nothing called back
+    flaky.down = False
+    writer.retry_now()
+
+    async def after() -> None:
+        seen.append(await stored(sm))
+
+    writer.after_written(lambda: asyncio.ensure_future(after()))
+    await wait_until(lambda: len(seen) == 3, 10, what="both callbacks")
+    assert seen[1] == ["a"] and seen[2] == ["run_a", "run_b"]
+    await writer.stop()
