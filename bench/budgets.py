@@ -317,7 +317,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument(
-        "--strict-timeout", type=float, default=0.25, help="budget_strict_timeout (0: off)"
+        "--strict-timeout", type=float, default=0.5, help="budget_strict_timeout (0: off)"
     )
     args = parser.parse_args()
     results = []

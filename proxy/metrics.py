@@ -105,6 +105,12 @@ class Metrics:
             ["budget"],
             registry=r,
         )
+        self.budget_holds = Counter(
+            "usage_proxy_budget_holds",
+            "Strict mode: answers held until their usage row was committed (subject near an "
+            "enforced budget's limit)",
+            registry=r,
+        )
         self.budget_fresh_reads = Counter(
             "usage_proxy_budget_fresh_reads",
             "Strict mode: fresh reads of a near budget's spend (read: a query run; timeout, "
@@ -198,6 +204,9 @@ class Metrics:
 
     def budget_refused(self, budget: int) -> None:
         self.budget_refusals.labels(budget=self._refusing_budget(str(budget))).inc()
+
+    def budget_held(self) -> None:
+        self.budget_holds.inc()
 
     def budget_fresh_read(self, outcome: str) -> None:
         """`outcome`: read, timeout or failed."""

@@ -224,7 +224,7 @@ class Settings:
         flag=False,
     )
     budget_strict_timeout: float = _opt(
-        0.25,
+        0.5,
         "strict mode: seconds a request of a subject near an enforced budget's limit waits for "
         "a fresh read of the spend before it is judged on the last refresh instead (fail "
         "open); 0: strict mode off, requests are judged on the last refresh only",

@@ -14,9 +14,11 @@ from aiohttp import web
 from proxy.accounting.service import Accounting
 from proxy.budgets.enforce import BudgetPolicy
 from proxy.budgets.fresh import FreshReads
+from proxy.budgets.hold import BudgetHolder
 from proxy.budgets.tracker import BudgetTracker
 from proxy.budgets.webhook import AlertSender
 from proxy.db.models import utcnow
+from proxy.forwarding.holds import Holder
 from proxy.forwarding.upstream.egress import Egress
 from proxy.settings import Settings
 
@@ -46,6 +48,7 @@ class Budgets:
                 now=now,
             )
         self.policy = BudgetPolicy(accounting.attribute, metrics, self.fresh)
+        self._holder = BudgetHolder(self.policy, accounting.attribute, metrics)
         self.sender: AlertSender | None = None
         if settings.alert_webhook_url:
             self.sender = AlertSender(
@@ -69,6 +72,10 @@ class Budgets:
         )
         accounting.recorded.subscribe(self.tracker.usage_recorded)
         self._tasks: list[asyncio.Task[None]] = []
+
+    def holders(self) -> list[Holder]:
+        """Strict mode's: near a limit, answers wait until their usage row is committed."""
+        return [self._holder] if self.fresh is not None else []
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """After the accounting's: the database is open."""

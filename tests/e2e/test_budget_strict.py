@@ -5,13 +5,16 @@ waiting for its next refresh; far from any limit nothing is read per request."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import func, select
 
-from proxy.app import BUDGETS, METRICS
+from proxy.app import BUDGETS, FORWARDER, METRICS
+from proxy.db.models import UsageRecord
 from tests.e2e.budget_helpers import budget_settings, map_key, spend
 from tests.e2e.conftest import RunningProxy, client_for, wait_for
 from tests.e2e.test_budget_enforcement import budget_id
@@ -94,3 +97,97 @@ async def test_far_from_any_limit_nothing_is_read_per_request(db_url, sm, upstre
         assert (await chat(proxy, RED_KEY)).id
     assert not proxy.app[BUDGETS].policy.near
     assert fresh_reads(proxy) == 0
+
+
+def diagnosis(proxy: RunningProxy) -> dict[str, Any]:
+    registry, holds = proxy.app[METRICS].registry, proxy.app[FORWARDER].holds
+    fresh = {
+        o: registry.get_sample_value("usage_proxy_budget_fresh_reads_total", {"outcome": o})
+        for o in ("read", "timeout", "failed")
+    }
+    return {
+        "fresh": fresh,
+        "budget_holds": registry.get_sample_value("usage_proxy_budget_holds_total"),
+        "held": holds and holds.held,
+        "timed_out": holds and holds.timed_out,
+    }
+
+
+async def red_spend(sm) -> Decimal:
+    async with sm() as session:
+        total = await session.scalar(
+            select(func.sum(UsageRecord.cost_usd)).where(UsageRecord.team == "red")
+        )
+    return total or Decimal(0)
+
+
+async def test_clients_that_resend_at_once_overspend_at_most_the_requests_in_flight(
+    db_url, sm, upstream, start_proxy
+):
+    """4 clients on 2 replicas, each sending again the instant its answer arrives; the fake
+    upstream answers in waves of 4. Half a request's worth is left after the first wave, so
+    whichever row of the second wave commits first crosses the limit: the 4 requests of that
+    wave are the ones in flight at the crossing, and the third wave must be refused whole,
+    although without the hold its requests would be sent before the second wave's rows are
+    written."""
+    await map_key(sm, RED_KEY, "red")
+    # Reads that fail open (timeout) would let a request through: this test is of the bound
+    # when the database answers, on a machine that may be loaded.
+    settings = budget_settings(upstream, db_url).replace(
+        budget_refresh_interval=NO_REFRESH, budget_strict_timeout=10.0, hold_timeout=10.0
+    )
+    setup = await start_proxy(settings)
+    assert (await chat(setup, RED_KEY)).id
+    per_request = await wait_for(lambda: red_spend(sm))
+    limit = 100 * per_request
+    await spend(sm, "red", str(limit - Decimal("5.5") * per_request))  # 4.5 requests left
+    await budget_id(db_url, "--team", "red", "--limit", str(limit), "--period", "day",
+                    "--enforce")  # fmt: skip
+    replicas = [await start_proxy(settings), await start_proxy(settings)]
+    for proxy in replicas:
+        await wait_for(lambda p=proxy: ("team", "red") in p.app[BUDGETS].policy.near)
+
+    refused: list[openai.RateLimitError] = []
+
+    async def client(proxy: RunningProxy) -> None:
+        while True:
+            try:
+                await chat(proxy, RED_KEY)
+            except openai.RateLimitError as exc:
+                refused.append(exc)
+                return
+
+    gate = upstream.chat_gate = asyncio.Queue()
+    tasks = [asyncio.create_task(client(replicas[i % 2])) for i in range(4)]
+    waves = 0
+    try:
+        while True:
+            active = lambda: sum(not t.done() for t in tasks)  # noqa: E731
+            # Every client still going has a request at the upstream (or none is left).
+            await wait_for(lambda: upstream.chats_waiting == active())  # noqa: B023
+            if not active():
+                break
+            passed, n = upstream.chats_passed, upstream.chats_waiting
+            for _ in range(n):
+                gate.put_nowait(None)
+            await wait_for(lambda: upstream.chats_passed == passed + n)  # noqa: B023
+            waves += 1
+            assert waves <= 5, "never refused"
+    finally:
+        upstream.chat_gate = None
+        for _ in range(upstream.chats_waiting):
+            gate.put_nowait(None)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # The third wave was refused whole.
+    assert waves == 2, [diagnosis(p) for p in replicas]
+    assert len(refused) == 4 and all(e.code == "budget_exceeded" for e in refused)
+    spent = await wait_for(lambda: _at_least(sm, limit))
+    # 3.5 requests past the limit: less than the 4 in flight when it was crossed.
+    assert spent - limit == Decimal("3.5") * per_request
+    assert all(p.app[METRICS].budget_holds._value.get() > 0 for p in replicas)
+
+
+async def _at_least(sm, limit: Decimal) -> Decimal | None:
+    total = await red_spend(sm)
+    return total if total >= limit else None
