@@ -41,6 +41,7 @@ PER_REQUEST = Decimal("0.0075")
 BODY = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
 ADMIN = "bench-budgets-admin"
 _FRESH = re.compile(r'^usage_proxy_budget_fresh_reads_total\{outcome="(\w+)"\} ([\d.e+]+)$', re.M)
+_HOLDS = re.compile(r"^usage_proxy_(budget_holds_total|holds_timed_out) ([\d.e+]+)$", re.M)
 _SPENT = re.compile(r"has used \$([\d,.]+) of its \$([\d,.]+)")
 
 
@@ -168,12 +169,14 @@ class Crossing:
 
 
 async def fresh_reads(http: aiohttp.ClientSession, replicas: list[Proc]) -> dict[str, int]:
-    """Strict mode's fresh reads on both replicas, by outcome (read, timeout, failed)."""
+    """Strict mode's fresh reads on both replicas, by outcome (read, timeout, failed), and
+    its holds (budget_holds_total), of which holds_timed_out went out unrecorded."""
     out: dict[str, int] = {}
     for proxy in replicas:
         headers = {"Authorization": f"Bearer {ADMIN}"}
         async with http.get(proxy.url + "/_proxy/metrics", headers=headers) as r:
-            for outcome, n in _FRESH.findall(await r.text()):
+            page = await r.text()
+            for outcome, n in _FRESH.findall(page) + _HOLDS.findall(page):
                 out[outcome] = out.get(outcome, 0) + int(float(n))
     return out
 
@@ -281,7 +284,11 @@ async def bench(args: argparse.Namespace) -> dict:
             "overspend_usd": str(over),
             "overspend_requests": float(over / PER_REQUEST),
             "forwarded_after_crossing": forwarded_after,
-            "in_flight_at_crossing": sum(1 for sent, got in answered if sent < cross < got),
+            # Certainly in flight at the commit (whenever in the bracket it was), and possibly.
+            "in_flight_at_crossing": [
+                sum(1 for sent, got in answered if sent < crossing.after and got > cross),
+                sum(1 for sent, got in answered if sent < cross and got > crossing.after),
+            ],
             "admitted_after_crossing": sum(1 for at in arrivals if at > cross),
             "crossing_bracket_ms": round((crossing.before - crossing.after) * 1000, 1),
             "red_p50_ms_first_half": _p50([got - sent for sent, got in half]),

@@ -3,11 +3,13 @@ read of the spend (strict mode, proxy.budgets.enforce); pure.
 
 A budget is near when its spend plus a headroom reaches the limit. The headroom is the larger
 of NEAR_FRACTION of the limit and the spend rate seen over the last refreshes times a horizon
-longer than the gap between two refreshes (HORIZON_BASE + 2 x budget_refresh_interval): the
-state is as of the last refresh, so between two refreshes a subject spends at most about
-rate x gap, and a burst at the rate seen cannot carry it from "far" to past the limit unseen.
-The fraction covers a burst that starts from nothing (no rate seen yet) at the cost of strict
-mode over the last tenth of every enforced budget."""
+longer than the gap between two refreshes (HORIZON_BASE + 2 x the larger of
+budget_refresh_interval and the last gap): the state is as of the last refresh, so between two
+refreshes a subject spends about rate x gap, and a burst at the rate seen cannot carry it from
+"far" to past the limit unseen. The fraction covers a burst that starts from idle (no rate
+seen yet) at the cost of strict mode over the last tenth of every enforced budget; a burst from
+idle that spends more than that tenth before the first refresh after it began (at most a
+refresh interval and three refresh times) is judged strictly only from that refresh on."""
 
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ __all__ = ["HORIZON_BASE", "NEAR_FRACTION", "SpendRates", "headroom"]
 
 NEAR_FRACTION = Decimal("0.1")
 HORIZON_BASE = 2.0  # seconds
-# Rates are taken over windows of at least this long (shorter: one row's cost over 10 ms would
-# read as a rate), ending at the last sample, starting within _WINDOW before it.
-_MIN_SPAN = 0.1
+# Rates are taken over windows of at least this long, ending at the last sample, starting
+# within _WINDOW before it. Short, so that a burst shows from the second refresh into it: one
+# row's cost over this span reads as a rate, which errs towards strict mode, never away.
+_MIN_SPAN = 0.02
 _WINDOW = 5.0
-_SPACING = 0.05  # samples closer than this to the last kept one are not kept
+_SPACING = 0.01  # samples closer than this to the last kept one are not kept
 
 
 def headroom(limit: Decimal, rate: Decimal, horizon: float) -> Decimal:

@@ -66,8 +66,7 @@ class BudgetTracker:
         self._failing = False
         self._took = 0.0
         self._rates = SpendRates()
-        # Past the gap between two refreshes (interval, or sooner) with room to spare.
-        self._horizon = HORIZON_BASE + 2 * interval
+        self._gap = interval  # between the beginnings of the last two refreshes
 
     def usage_recorded(self, event: UsageRecorded) -> None:
         """A UsageSink: this process wrote usage, so an enforced budget may have been reached."""
@@ -86,6 +85,8 @@ class BudgetTracker:
             return False
         self._failing = False
         self.statuses = statuses
+        if self.refreshed_at is not None:
+            self._gap = began - self.refreshed_at
         self.refreshed_at = began
         self._took = time.monotonic() - began
         self._enforcing = any(s.rule.enforce for s in statuses)
@@ -97,6 +98,9 @@ class BudgetTracker:
     def _publish(self, statuses: list[BudgetStatus], began: float) -> None:
         refusing: dict[Subject, BudgetStatus] = {}
         near: dict[Subject, tuple[BudgetStatus, ...]] = {}
+        # Past the gap to the next refresh (the interval, or the last gap when refreshes run
+        # late under load), twice, with room to spare.
+        horizon = HORIZON_BASE + 2 * max(self._interval, self._gap)
         for s in statuses:
             if not s.rule.enforce:
                 continue
@@ -104,7 +108,7 @@ class BudgetTracker:
             rate = self._rates.add(s.rule.id, began, s.spend)
             if s.refusing:
                 refusing[subject] = s
-            elif s.spend + headroom(s.rule.limit_usd, rate, self._horizon) >= s.rule.limit_usd:
+            elif s.spend + headroom(s.rule.limit_usd, rate, horizon) >= s.rule.limit_usd:
                 near[subject] = (*near.get(subject, ()), s)
         self._rates.keep({s.rule.id for s in statuses if s.rule.enforce})
         self._policy.publish(refusing, near, began)

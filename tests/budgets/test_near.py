@@ -23,7 +23,7 @@ def test_headroom(limit, rate, horizon, expected):
 def test_rates_need_a_span_and_show_a_burst_at_once():
     rates = SpendRates()
     assert rates.add(1, 0.0, Decimal(0)) == 0
-    assert rates.add(1, 0.05, Decimal(5)) == 0  # 50 ms: too short to call a rate
+    assert rates.add(1, 0.01, Decimal(5)) == 0  # 10 ms: too short to call a rate
     # 1 s of nothing, then a burst over the last 0.2 s: the trailing window shows it whole.
     assert rates.add(1, 1.0, Decimal(5)) == 5
     assert rates.add(1, 1.2, Decimal(7)) == 10
