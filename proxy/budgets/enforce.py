@@ -71,10 +71,6 @@ class BudgetPolicy:
         # Refusals found by fresh reads: subject -> (status, when found: time.monotonic()).
         self._found: dict[Subject, tuple[BudgetStatus, float]] = {}
 
-    @property
-    def strict(self) -> bool:
-        return self._fresh is not None
-
     def publish(
         self,
         refusing: Mapping[Subject, BudgetStatus],
@@ -89,11 +85,6 @@ class BudgetPolicy:
         self.near = {s: n for s, n in near.items() if s not in self.refusing}
         if self._fresh is not None:
             self._fresh.keep({status.rule.id for n in self.near.values() for status in n})
-
-    def is_near(self, who: Attribution) -> bool:
-        """Whether any subject of `who` has an enforced budget near its limit."""
-        near = self.near
-        return bool(near) and any(s in near for s in subjects_of(who))
 
     async def refusal(self, meta: RequestMeta) -> Refusal | None:
         if not self.refusing and not self.near:
