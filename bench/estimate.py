@@ -24,7 +24,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from procs import command_output, cpu_name
 
 from proxy.accounting.estimate.constants import family_for_model
 from proxy.accounting.estimate.runs import default_table, estimate_run, run_basis
@@ -435,24 +436,12 @@ def cpu(reps: int) -> dict[str, Any]:
 
 def meta() -> dict[str, Any]:
     def cmd(*argv: str) -> str:
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=HERE.parent)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.rstrip()
+        return command_output(*argv, cwd=HERE.parent)
 
-    cpu_name = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cores": os.cpu_count(),
-        "cpu": cpu_name,
+        "cpu": cpu_name(),
         "python": platform.python_version(),
         "tiktoken": metadata.version("tiktoken"),
         "git_head": cmd("git", "rev-parse", "--short", "HEAD"),

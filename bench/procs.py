@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -12,7 +13,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Proc", "cpu_seconds", "descendants", "free_port", "reset_peak", "status_kib"]
+__all__ = [
+    "Proc",
+    "command_output",
+    "cpu_name",
+    "cpu_seconds",
+    "descendants",
+    "free_port",
+    "reset_peak",
+    "status_kib",
+]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -172,3 +182,24 @@ class Proc:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+
+def command_output(*argv: str, cwd: Path, stderr: bool = False) -> str:
+    """What the command printed (its stdout; with `stderr`, its stderr when stdout is empty),
+    or "" when it cannot run: the machine facts a results file records."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=cwd)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (done.stdout or done.stderr if stderr else done.stdout).rstrip()
+
+
+def cpu_name() -> str:
+    return next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import load
 import recording
 import table
-from procs import Proc, free_port, reset_peak, status_kib
+from procs import Proc, command_output, cpu_name, free_port, reset_peak, status_kib
 
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
@@ -256,20 +256,9 @@ def accounting(fake: Proc, tmp: Path, logs: Path, cfg: dict[str, Any]) -> dict[s
 
 def meta() -> dict[str, Any]:
     def cmd(*argv: str) -> str:
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=HERE.parent)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return (done.stdout or done.stderr).rstrip()
+        return command_output(*argv, cwd=HERE.parent, stderr=True)
 
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_name()
     versions = {}
     for pkg in ("aiohttp", "uvloop", "multidict", "yarl", "SQLAlchemy", "aiosqlite", "tiktoken"):
         try:

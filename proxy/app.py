@@ -15,8 +15,10 @@ from aiohttp import web
 
 from proxy.accounting.process.supervisor import Forked, fork_collector
 from proxy.accounting.service import Accounting
+from proxy.alerts.webhook import AlertSender
 from proxy.budgets.service import Budgets
 from proxy.db.engine import describe_url
+from proxy.db.models import utcnow
 from proxy.errors import ConfigError
 from proxy.forwarding.exchange import Dispatcher
 from proxy.forwarding.forward import Forwarder
@@ -88,8 +90,12 @@ def make_app(
         else (service.observers() if service is not None else [])
     )
     budgets = None
+    sender = None
     if service is not None:
-        budgets = Budgets(settings, service, now=clock) if clock else Budgets(settings, service)
+        # One sender for the outbox, whichever source queued: budgets and billing wake it.
+        sender = AlertSender.from_settings(settings, service.sessionmaker, service.metrics)
+        wake = sender.wake if sender is not None else (lambda: None)
+        budgets = Budgets(settings, service, now=clock or utcnow, on_alerts=wake)
     # Request metrics are operations, not accounting: counted whichever observers were chosen.
     dispatcher = Dispatcher([MetricsObserver(metrics), *chosen])
     egress = Egress(settings.upstream_proxy, settings.upstream_ca_file)
@@ -130,6 +136,8 @@ def make_app(
     if budgets is not None:
         app[BUDGETS] = budgets
         app.cleanup_ctx.append(budgets.context)
+    if sender is not None:
+        app.cleanup_ctx.append(sender.context)
     app.cleanup_ctx.append(_dispatcher_ctx)
     if service is not None and settings.billing_pull_interval > 0:
         if admin_key:
@@ -140,7 +148,7 @@ def make_app(
                 admin_key=admin_key,
                 interval=settings.billing_pull_interval,
                 egress=egress,
-                alert_webhook=bool(settings.alert_webhook_url),
+                on_alerts=sender.wake if sender is not None else None,
             )
             app[BILLING] = billing
             app.cleanup_ctx.append(billing.context)

@@ -119,11 +119,13 @@ class Metrics:
             registry=r,
         )
         self.alerts_sent = Counter(
-            "usage_proxy_alerts_sent", "Budget alerts delivered to the webhook", registry=r
+            "usage_proxy_alerts_sent",
+            "Alerts (budgets, billing residuals) delivered to the webhook",
+            registry=r,
         )
         self.alert_webhook_failures = Counter(
             "usage_proxy_alert_webhook_failures",
-            "Budget alert deliveries that failed (each is retried)",
+            "Alert deliveries that failed (each is retried)",
             registry=r,
         )
         self._budgets: set[str] = set()

@@ -5,30 +5,21 @@ TOML config file (--config / USAGE_PROXY_CONFIG) > default. In the file, a table
 its prefix: `[estimate] base_prompt = 105` is the setting `estimate_base_prompt`.
 
 A bad value raises ConfigError naming the key and the value; secrets are never echoed.
+
+This module declares the settings; proxy.config_load reads them from the file, the
+environment and flags, and proxy.settings_checks holds the checks a Settings passes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import ssl
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from proxy.config_values import (
-    USERINFO,
-    check_proxy_url,
-    coerce,
-    families,
-    flatten,
-    load_ca_file,
-    mask_url,
-)
-from proxy.errors import ConfigError
+from proxy.config_load import Option, load, options_of
+from proxy.config_values import families, mask_url
+from proxy.settings_checks import check
 
 __all__ = ["OPTIONS", "Option", "Settings", "load_settings", "mask_url"]
 
@@ -249,7 +240,7 @@ class Settings:
     config: str = _opt("", "TOML config file")
 
     def __post_init__(self) -> None:
-        _validate(self)
+        check(vars(self), self.estimate_constants())
 
     def __repr__(self) -> str:
         shown = []
@@ -278,141 +269,7 @@ class Settings:
         return families(self.estimate_families)
 
 
-@dataclass(frozen=True)
-class Option:
-    name: str
-    type: type
-    default: Any
-    help: str
-    secret: bool
-    flag: bool
-
-    @property
-    def env(self) -> str:
-        return "USAGE_PROXY_" + self.name.upper()
-
-
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
-
-OPTIONS: tuple[Option, ...] = tuple(
-    Option(
-        f.name,
-        _TYPES[f.type],
-        f.default,
-        f.metadata["help"],
-        f.metadata["secret"],
-        f.metadata["flag"],
-    )
-    for f in dataclasses.fields(Settings)
-    if f.name != "config"
-)
-_BY_NAME = {o.name: o for o in OPTIONS}
-
-
-def _validate(s: Settings) -> None:
-    if not 1 <= s.port <= 65535:
-        raise ConfigError(f"port: {s.port} is out of range (1-65535)")
-    parts = urlsplit(s.upstream)
-    shown = repr(USERINFO.sub("//***@", s.upstream, count=1))  # no part of user:password
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"upstream: {shown} is not an http(s) URL with a host")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        raise ConfigError(f"upstream: {shown} has a bad port") from exc
-    if "@" in parts.netloc:
-        # Refused, not used: the upstream authenticates each request by the client's own key,
-        # in the client's Authorization header, which Basic auth from the URL would collide
-        # with; and never silently dropped either.
-        raise ConfigError(
-            f"upstream: {shown} carries user info (user:password@), which the proxy does not"
-            " send; clients authenticate with their own keys"
-        )
-    billing = urlsplit(s.billing_url)
-    if billing.scheme not in ("http", "https") or not billing.hostname:
-        raise ConfigError(f"billing_url: {s.billing_url!r} is not an http(s) URL with a host")
-    hook = urlsplit(s.alert_webhook_url)
-    if s.alert_webhook_url and (hook.scheme not in ("http", "https") or not hook.hostname):
-        # Not echoed: a Slack or Teams webhook URL is itself a credential.
-        raise ConfigError("alert_webhook_url: the value is not an http(s) URL with a host")
-    if s.upstream_proxy:
-        check_proxy_url(s.upstream_proxy, "upstream_proxy")
-    if s.upstream_ca_file:
-        load_ca_file(s.upstream_ca_file, ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    if "://" not in s.database_url:
-        # Shown only when it cannot hold credentials (user:password@host).
-        shown = "the value" if "@" in s.database_url else repr(s.database_url)
-        raise ConfigError(f"database_url: {shown} is not a URL (expected scheme://...)")
-    if s.log_format not in ("text", "json"):
-        raise ConfigError(f"log_format: {s.log_format!r} must be text or json")
-    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"log_level: {s.log_level!r} is not a level")
-    for name in (
-        "upstream_timeout",
-        "upstream_connect_timeout",
-        "collector_lease",
-        "collector_poll_interval",
-        "collector_fetch_timeout",
-        "mapping_poll_interval",
-        "budget_refresh_interval",
-        "alert_retry_base",
-        "client_header_timeout",
-        "client_body_timeout",
-        "client_keepalive_timeout",
-    ):
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{name}: {getattr(s, name)!r} must be > 0")
-    for name in (
-        "max_observed_body",
-        "max_observed_request",
-        "upstream_limit",
-        "reported_usage_wait",
-        "collector_max_backoff",
-        "credential_ttl",
-        "billing_pull_interval",
-        "budget_strict_timeout",
-    ):
-        if getattr(s, name) < 0:
-            raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 0")
-    for name in ("client_max_header_bytes", "client_max_connections"):
-        if getattr(s, name) < 1:
-            raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 1")
-    if s.collector_workers < 1:
-        raise ConfigError(f"collector_workers: {s.collector_workers!r} must be >= 1")
-    for name in ("credential_limit", "collector_max_attempts"):  # issue 20
-        if getattr(s, name) < 1:
-            raise ConfigError(f"{name}: {getattr(s, name)!r} must be >= 1")
-    for name, value in s.estimate_constants().items():
-        if value < 0:
-            raise ConfigError(f"estimate_{name}: {value!r} must be >= 0 (or -1: the fitted table)")
-    families(s.estimate_families)
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    opt = _BY_NAME[name]
-    return coerce(name, opt.type, value, source, secret=opt.secret)
-
-
-def _read_file(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config: file {path!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config: {path!r} is not valid TOML: {exc}") from None
-    estimate = raw.get("estimate")
-    if isinstance(estimate, dict):
-        # [estimate.FAMILY] tables are per-family constants, not settings of their own.
-        families = {k: v for k, v in estimate.items() if isinstance(v, dict)}
-        raw = {**raw, "estimate": {k: v for k, v in estimate.items() if k not in families}}
-        if families:
-            raw["estimate"]["families"] = json.dumps(families, sort_keys=True)
-    values = flatten(raw)
-    for key in values:
-        if key not in _BY_NAME:
-            raise ConfigError(f"config: unknown key {key!r} in {path!r}")
-    return {k: _coerce(k, v, path) for k, v in values.items()}
+OPTIONS: tuple[Option, ...] = options_of(Settings)
 
 
 def load_settings(
@@ -420,17 +277,4 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Merge defaults, the config file, the environment and flags (None flags are unset)."""
-    env = os.environ if environ is None else environ
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    config_path = flags.get("config") or env.get("USAGE_PROXY_CONFIG") or ""
-    values: dict[str, Any] = _read_file(config_path) if config_path else {}
-    for opt in OPTIONS:
-        if opt.env in env:
-            values[opt.name] = _coerce(opt.name, env[opt.env], f"${opt.env}")
-    for name, value in flags.items():
-        if name == "config":
-            continue
-        if name not in _BY_NAME:
-            raise ConfigError(f"unknown setting {name!r}")
-        values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
-    return Settings(**values, config=config_path)
+    return load(Settings, OPTIONS, flags, environ)

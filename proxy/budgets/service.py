@@ -1,12 +1,12 @@
-"""Budgets, wired: the tracker (state from the database), the enforcement policy the Forwarder
-consults, and the webhook sender, with one lifecycle (`context`, an aiohttp cleanup_ctx).
-Budgets need the accounting: its database, its attributor and its UsageRecorded signal."""
+"""Budgets, wired: the tracker (state from the database) and the enforcement policy the
+Forwarder consults, with one lifecycle (`context`, an aiohttp cleanup_ctx). Budgets need the
+accounting: its database, its attributor and its UsageRecorded signal. Their alerts go to the
+outbox, and `on_alerts` wakes its sender (proxy.alerts, wired by the app) when there are new."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -16,15 +16,11 @@ from proxy.budgets.enforce import BudgetPolicy
 from proxy.budgets.fresh import FreshReads
 from proxy.budgets.hold import BudgetHolder
 from proxy.budgets.tracker import BudgetTracker
-from proxy.budgets.webhook import AlertSender
 from proxy.db.models import utcnow
 from proxy.forwarding.holds import Holder
-from proxy.forwarding.upstream.egress import Egress
 from proxy.settings import Settings
 
 __all__ = ["Budgets"]
-
-_log = logging.getLogger("proxy.budgets")
 
 
 class Budgets:
@@ -34,6 +30,7 @@ class Budgets:
         accounting: Accounting,
         *,
         now: Callable[[], dt.datetime] = utcnow,
+        on_alerts: Callable[[], None] = lambda: None,
     ) -> None:
         self.now = now
         self.sessionmaker = accounting.sessionmaker
@@ -49,26 +46,13 @@ class Budgets:
             )
         self.policy = BudgetPolicy(accounting.attribute, metrics, self.fresh)
         self._holder = BudgetHolder(self.policy, accounting.attribute, metrics)
-        self.sender: AlertSender | None = None
-        if settings.alert_webhook_url:
-            self.sender = AlertSender(
-                accounting.sessionmaker,
-                metrics,
-                url=settings.alert_webhook_url,
-                secret=settings.alert_webhook_secret,
-                retry_base=settings.alert_retry_base,
-                poll_interval=min(1.0, settings.budget_refresh_interval * 2),
-                egress=Egress(settings.upstream_proxy, settings.upstream_ca_file),
-            )
-            if not settings.alert_webhook_secret:
-                _log.warning("alert_webhook_url is set without alert_webhook_secret: unsigned")
         self.tracker = BudgetTracker(
             accounting.sessionmaker,
             self.policy,
             metrics,
             interval=settings.budget_refresh_interval,
             now=now,
-            on_alerts=self.sender.wake if self.sender is not None else lambda: None,
+            on_alerts=on_alerts,
         )
         accounting.recorded.subscribe(self.tracker.usage_recorded)
         self._tasks: list[asyncio.Task[None]] = []
@@ -80,8 +64,6 @@ class Budgets:
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """After the accounting's: the database is open."""
         self._tasks.append(asyncio.create_task(self.tracker.run()))
-        if self.sender is not None:
-            self._tasks.append(asyncio.create_task(self.sender.run()))
         try:
             yield
         finally:
@@ -89,3 +71,5 @@ class Budgets:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks.clear()
+            if self.fresh is not None:
+                await self.fresh.close()

@@ -1,47 +1,64 @@
-"""The budget alert outbox: an alert is inserted once per (budget, period, kind, threshold),
-whichever replica saw it first; a sender claims due alerts under a lease, then marks each sent,
-or due again later. Claimed with FOR UPDATE SKIP LOCKED on PostgreSQL; on SQLite the
-transaction holds the single write lock and the UPDATE re-checks the lease.
+"""The alert outbox of every source: an alert is inserted once per (source, dedup_key),
+whichever replica saw it first; a sender (proxy.alerts) claims due alerts under a lease, then
+marks each sent, or due again later. Claimed with FOR UPDATE SKIP LOCKED on PostgreSQL; on
+SQLite the transaction holds the single write lock and the UPDATE re-checks the lease.
 
-Budget ids start at 1, so budget_id 0 (RESIDUAL) holds proxy.reconcile's alerts on flagged billing
-residuals, one per closed day, delivered by the same sender."""
+A source names its alerts as it likes (a string, unique within the source); the outbox never
+reads the key, only compares it. The budgets' key is spelled here (`budget_key`) because
+proxy.budgets.tracker builds its alerts as `NewAlert(budget_id, period, kind, threshold,
+payload)` and proxy.db.budgets drops a removed budget's unsent alerts by the key's prefix."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Integer, Table, bindparam, or_, select, update
+from sqlalchemy import Integer, Table, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db.dialects import check_returning, dialect_of, insert_for
 from proxy.db.engine import reading
-from proxy.db.models import BudgetAlert, utcnow
+from proxy.db.models import Alert, utcnow
 
 __all__ = [
-    "RESIDUAL",
+    "BUDGET",
     "ClaimedAlert",
     "NewAlert",
+    "OutboxAlert",
+    "ToQueue",
     "add_alerts",
-    "alerted",
+    "budget_key",
+    "budget_prefix",
     "claim",
+    "drop_unsent",
     "failed",
+    "queued",
     "sent",
 ]
 
-_alerts: Table = BudgetAlert.__table__  # type: ignore[assignment]
-RESIDUAL = 0
+_alerts: Table = Alert.__table__  # type: ignore[assignment]
+
+
+class ToQueue(Protocol):
+    """What `add_alerts` takes: an alert of `source`, unique by `dedup_key` within it."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def dedup_key(self) -> str: ...
+    @property
+    def payload(self) -> str: ...  # the JSON body to post
 
 
 @dataclass(frozen=True, slots=True)
-class NewAlert:
-    budget_id: int
-    period_start: str
-    kind: str  # "threshold" | "forecast"
-    threshold: int  # percent; 0 for a forecast
-    payload: str  # the JSON body to post
+class OutboxAlert:
+    """An alert of any source, to queue."""
+
+    source: str
+    dedup_key: str
+    payload: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,27 +90,23 @@ def _claim(*, skip_locked: bool) -> Any:
 _CLAIM = {"postgresql": _claim(skip_locked=True), "sqlite": _claim(skip_locked=False)}
 
 
-async def add_alerts(sm: async_sessionmaker[AsyncSession], new: Sequence[NewAlert]) -> int:
+async def add_alerts(sm: async_sessionmaker[AsyncSession], new: Sequence[ToQueue]) -> int:
     """Insert the alerts that do not exist yet; how many this call inserted."""
     if not new:
         return 0
     now = utcnow()
     async with sm.begin() as session:
         stmt = (
-            insert_for(session, BudgetAlert)
-            .on_conflict_do_nothing(
-                index_elements=["budget_id", "period_start", "kind", "threshold"]
-            )
-            .returning(BudgetAlert.id)
+            insert_for(session, Alert)
+            .on_conflict_do_nothing(index_elements=["source", "dedup_key"])
+            .returning(Alert.id)
         )
         check_returning(dialect_of(session))
         inserted = 0
         for alert in new:
             values = {
-                "budget_id": alert.budget_id,
-                "period_start": alert.period_start,
-                "kind": alert.kind,
-                "threshold": alert.threshold,
+                "source": alert.source,
+                "dedup_key": alert.dedup_key,
                 "payload": alert.payload,
                 "created_at": now,
                 "attempts": 0,
@@ -104,21 +117,30 @@ async def add_alerts(sm: async_sessionmaker[AsyncSession], new: Sequence[NewAler
         return inserted
 
 
-async def alerted(
-    sm: async_sessionmaker[AsyncSession], budget_ids: Sequence[int], period_starts: Sequence[str]
-) -> set[tuple[int, str, str, int]]:
-    """The (budget_id, period_start, kind, threshold) of the alerts that exist for these
-    budgets and periods, sent or not."""
-    if not budget_ids:
+async def queued(
+    sm: async_sessionmaker[AsyncSession], source: str, dedup_keys: Collection[str]
+) -> set[str]:
+    """Those of the keys of `source` that have an alert, sent or not."""
+    if not dedup_keys:
         return set()
-    stmt = select(
-        _alerts.c.budget_id, _alerts.c.period_start, _alerts.c.kind, _alerts.c.threshold
-    ).where(
-        _alerts.c.budget_id.in_(list(budget_ids)),
-        _alerts.c.period_start.in_(list(set(period_starts))),
+    stmt = select(_alerts.c.dedup_key).where(
+        _alerts.c.source == source, _alerts.c.dedup_key.in_(list(dedup_keys))
     )
     async with reading(sm) as session:
-        return {(b, p, k, t) for b, p, k, t in await session.execute(stmt)}
+        return set((await session.execute(stmt)).scalars())
+
+
+async def drop_unsent(session: AsyncSession, source: str, key_prefix: str) -> int:
+    """Delete, in the caller's transaction, the unsent alerts of `source` whose key starts with
+    `key_prefix` (what they were about is gone); how many."""
+    result = await session.execute(
+        delete(Alert).where(
+            Alert.source == source,
+            Alert.dedup_key.startswith(key_prefix, autoescape=True),
+            Alert.sent_at.is_(None),
+        )
+    )
+    return int(result.rowcount or 0)
 
 
 async def claim(
@@ -146,8 +168,8 @@ async def sent(sm: async_sessionmaker[AsyncSession], alert_id: int, worker: str)
     """The alert was delivered: never sent again."""
     async with sm.begin() as session:
         await session.execute(
-            update(BudgetAlert)
-            .where(BudgetAlert.id == alert_id, BudgetAlert.claimed_by == worker)
+            update(Alert)
+            .where(Alert.id == alert_id, Alert.claimed_by == worker)
             .values(sent_at=utcnow(), claimed_until=None)
         )
 
@@ -164,13 +186,47 @@ async def failed(
     now = utcnow()
     async with sm.begin() as session:
         await session.execute(
-            update(BudgetAlert)
-            .where(BudgetAlert.id == alert_id, BudgetAlert.claimed_by == worker)
+            update(Alert)
+            .where(Alert.id == alert_id, Alert.claimed_by == worker)
             .values(
-                attempts=BudgetAlert.attempts + 1,
+                attempts=Alert.attempts + 1,
                 next_attempt_at=now + dt.timedelta(seconds=delay),
                 last_error=error[:255],
                 claimed_by=None,
                 claimed_until=None,
             )
         )
+
+
+# --- the budgets' alerts -----------------------------------------------------------------
+BUDGET = "budget"
+
+
+def budget_prefix(budget_id: int) -> str:
+    """What the keys of one budget's alerts, and only its, start with."""
+    return f"{budget_id}/"
+
+
+def budget_key(budget_id: int, period_start: str, kind: str, threshold: int) -> str:
+    """`<budget id>/<period start>/<kind>/<threshold>`; migration 0015 spells the same key."""
+    return f"{budget_prefix(budget_id)}{period_start}/{kind}/{threshold}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewAlert:
+    """A budget's alert (source "budget"), one per budget, period, kind ("threshold" or
+    "forecast") and threshold (percent; 0 for a forecast)."""
+
+    budget_id: int
+    period_start: str
+    kind: str
+    threshold: int
+    payload: str
+
+    @property
+    def source(self) -> str:
+        return BUDGET
+
+    @property
+    def dedup_key(self) -> str:
+        return budget_key(self.budget_id, self.period_start, self.kind, self.threshold)

@@ -18,11 +18,11 @@ from decimal import Decimal
 from sqlalchemy import Select, delete, func, select, union
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from proxy.db import alerts as db_alerts
 from proxy.db.dialects import insert_for
 from proxy.db.engine import reading
 from proxy.db.models import (
     Budget,
-    BudgetAlert,
     KeyTeam,
     UsageRecord,
     UsageRollup,
@@ -89,11 +89,7 @@ async def remove_budget(sm: async_sessionmaker[AsyncSession], budget_id: int) ->
     """True if the budget existed. Its alerts not yet sent go with it."""
     async with sm.begin() as session:
         result = await session.execute(delete(Budget).where(Budget.id == budget_id))
-        await session.execute(
-            delete(BudgetAlert).where(
-                BudgetAlert.budget_id == budget_id, BudgetAlert.sent_at.is_(None)
-            )
-        )
+        await db_alerts.drop_unsent(session, db_alerts.BUDGET, db_alerts.budget_prefix(budget_id))
         return result.rowcount == 1
 
 

@@ -27,7 +27,7 @@ from proxy.db.engine import describe_url, make_engine, split_url, sqlite_path
 from proxy.db.errors import is_missing_database
 from proxy.errors import ConfigError
 
-__all__ = ["check", "current", "head", "require_head", "upgrade"]
+__all__ = ["check", "current", "downgrade", "head", "require_head", "upgrade"]
 
 # pg_advisory_xact_lock key: replicas that start together migrate one after the other.
 _LOCK_KEY = 0x75_73_61_67_65_2D_70_78
@@ -109,6 +109,14 @@ async def upgrade(url: str, revision: str = "head") -> None:
     the `schema=` schema if it is missing."""
     await _with_connection(
         url, _command(url, lambda cfg: command.upgrade(cfg, revision)), lock=True
+    )
+
+
+async def downgrade(url: str, revision: str) -> None:
+    """Downgrade the database to `revision` (an operator rolling a release back; the tests of
+    each migration's way down), under the same lock and in one transaction as `upgrade`."""
+    await _with_connection(
+        url, _command(url, lambda cfg: command.downgrade(cfg, revision)), lock=True
     )
 
 

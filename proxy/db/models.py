@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "Alert",
     "AssistantName",
     "AuditEntry",
     "Base",
@@ -33,7 +34,6 @@ __all__ = [
     "BillingKey",
     "BillingLease",
     "Budget",
-    "BudgetAlert",
     "CodeInterpreterCall",
     "CollectionJob",
     "KeyTeam",
@@ -420,25 +420,22 @@ class Budget(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class BudgetAlert(Base):
-    """The alert outbox: one row per budget, period, kind ("threshold" or "forecast") and
-    threshold (percent; 0 for a forecast), inserted or nothing, so an alert exists once
-    whichever replicas saw the crossing. A sender claims it under a lease (claimed_by,
-    claimed_until), posts `payload`, and sets sent_at; a failure sets next_attempt_at."""
+class Alert(Base):
+    """The alert outbox of every source ("budget", "reconcile", ...): one row per source and
+    `dedup_key` (the source's own identity of the alert, such as a budget's period and
+    threshold), inserted or nothing, so an alert exists once whichever replicas saw its cause.
+    A sender claims it under a lease (claimed_by, claimed_until), posts `payload`, and sets
+    sent_at; a failure sets next_attempt_at."""
 
-    __tablename__ = "budget_alerts"
+    __tablename__ = "alerts"
     __table_args__ = (
-        UniqueConstraint(
-            "budget_id", "period_start", "kind", "threshold", name="uq_budget_alerts_budget_id"
-        ),
-        Index("ix_budget_alerts_sent_at", "sent_at"),
+        UniqueConstraint("source", "dedup_key", name="uq_alerts_source"),
+        Index("ix_alerts_sent_at", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    budget_id: Mapped[int] = mapped_column(Integer)
-    period_start: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, UTC
-    kind: Mapped[str] = mapped_column(String(16))
-    threshold: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(32))
+    dedup_key: Mapped[str] = mapped_column(String(255))
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -449,7 +446,30 @@ class BudgetAlert(Base):
     sent_at: Mapped[dt.datetime | None]
 
 
-class UsageRollup(Base):
+class _RollupCell:
+    """The columns of a rollup cell after its period, the same in the day and the month
+    table: the dimensions ('' for NULL: part of the primary key) and the sums."""
+
+    team: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    code_interpreter_sessions: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal]
+    unpriced_events: Mapped[int] = mapped_column(BigInteger)
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageRollup(_RollupCell, Base):
     """usage_records summed per UTC day, team, key, assistant, model, kind and tag, kept in the
     same transaction as every write of usage rows (proxy.db.rollup), so that reports and the
     dashboard read a month in cells instead of events. A NULL dimension is '' here: a unique
@@ -460,46 +480,12 @@ class UsageRollup(Base):
     __table_args__ = (Index("ix_usage_rollup_team_day", "team", "day"),)
 
     day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
-    team: Mapped[str] = mapped_column(String(128), primary_key=True)
-    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
-    key_hint: Mapped[str] = mapped_column(String(32), primary_key=True)
-    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    model: Mapped[str] = mapped_column(String(128), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
-    events: Mapped[int] = mapped_column(BigInteger)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger)
-    total_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger)
-    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
-    code_interpreter_sessions: Mapped[int] = mapped_column(BigInteger)
-    cost_usd: Mapped[Decimal]
-    unpriced_events: Mapped[int] = mapped_column(BigInteger)
-    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
 
 
-class UsageRollupMonth(Base):
+class UsageRollupMonth(_RollupCell, Base):
     """usage_rollup summed per UTC month (YYYY-MM): the same cells without the day, kept by the
     same writes. A month's overview reads its ~6,000 cells instead of ~84,000 daily ones."""
 
     __tablename__ = "usage_rollup_month"
 
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
-    team: Mapped[str] = mapped_column(String(128), primary_key=True)
-    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
-    key_hint: Mapped[str] = mapped_column(String(32), primary_key=True)
-    assistant_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    model: Mapped[str] = mapped_column(String(128), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
-    events: Mapped[int] = mapped_column(BigInteger)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger)
-    total_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger)
-    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
-    code_interpreter_sessions: Mapped[int] = mapped_column(BigInteger)
-    cost_usd: Mapped[Decimal]
-    unpriced_events: Mapped[int] = mapped_column(BigInteger)
-    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)

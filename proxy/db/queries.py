@@ -23,6 +23,7 @@ __all__ = [
     "FILTERS",
     "GROUP_FIELDS",
     "SUMS",
+    "between",
     "finish_groups",
     "stream_events",
     "usage_events",
@@ -88,6 +89,11 @@ def _where(
             raise ValueError(f"unknown filter {name!r} (one of {', '.join(FILTERS)})")
         if value is not None:
             stmt = stmt.where(FILTERS[name] == value)
+    return between(stmt, since, until)
+
+
+def between(stmt: Select[Any], since: dt.datetime | None, until: dt.datetime | None) -> Any:
+    """`stmt` limited to the usage rows that occurred in [since, until) (None: open)."""
     if since is not None:
         stmt = stmt.where(_U.occurred_at >= since)
     if until is not None:

@@ -8,13 +8,14 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db import rollup
 from proxy.db.billing import ADJUSTMENT
 from proxy.db.engine import reading
 from proxy.db.models import UsageRecord
+from proxy.db.queries import between
 
 __all__ = ["PRICED_FIELDS", "priceable_rows", "set_costs", "unpriced_models"]
 
@@ -35,14 +36,6 @@ PRICED_FIELDS = (
     "estimate_basis",
     "cost_usd",
 )
-
-
-def _between(stmt: Select[Any], since: dt.datetime | None, until: dt.datetime | None) -> Any:
-    if since is not None:
-        stmt = stmt.where(_U.occurred_at >= since)
-    if until is not None:
-        stmt = stmt.where(_U.occurred_at < until)
-    return stmt
 
 
 async def unpriced_models(
@@ -69,7 +62,7 @@ async def unpriced_models(
         .order_by(func.count().desc(), _U.model)
     )
     async with reading(sm) as session:
-        rows = [dict(r) for r in (await session.execute(_between(stmt, since, until))).mappings()]
+        rows = [dict(r) for r in (await session.execute(between(stmt, since, until))).mappings()]
     for row in rows:
         for name in ("prompt_tokens", "completion_tokens", "code_interpreter_sessions"):
             row[name] = int(row[name] or 0)
@@ -108,7 +101,7 @@ async def priceable_rows(
         stmt = stmt.where(_U.cost_usd.is_(None))
     if model is not None:
         stmt = stmt.where(_U.model == model)
-    result = await session.execute(_between(stmt, since, until))
+    result = await session.execute(between(stmt, since, until))
     return [dict(r) for r in result.mappings()]
 
 

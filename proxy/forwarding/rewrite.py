@@ -18,7 +18,9 @@ client's view: a request body with a Content-Encoding, without a Content-Length 
 had no `stream_options` gets the member spliced in after its opening brace, and one that had
 them is re-serialised compactly. A compressed reply is decoded to be filtered and sent decoded,
 without Content-Encoding, since the filter cannot re-encode it byte for byte; Content-Length is
-dropped from a filtered reply.
+dropped from a filtered reply. Its decoding is capped (64 MiB, far above a real chat
+stream): a small compressed reply may decode to gigabytes, so no call decodes more than the
+cap, and a reply that decodes longer ends there for the client, with a log line.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from proxy.forwarding.decode import DecodeError, Decompressor
 __all__ = ["IncludeUsage", "UsageChunkFilter", "add_include_usage"]
 
 _log = logging.getLogger("proxy.chat_usage")
+# What a filtered reply may decode to. A compressed reply can decode to gigabytes in one call,
+# so there is a cap; it is the client's answer that is cut there, so it sits far above any
+# real chat stream (128k tokens at ~200 bytes of event each: ~25 MiB), not at the observers'.
+_MAX_DECODED = 64 * 1024 * 1024
 
 _MEMBER = b'"stream_options":{"include_usage":true},'
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
@@ -42,6 +48,7 @@ _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 # is checked before it is cut.
 _NULL_AFTER = re.compile(rb',[ \t]*"usage"[ \t]*:[ \t]*null(?=[ \t]*[,}])')
 _NULL_FIRST = re.compile(rb'(?<=\{)([ \t]*)"usage"[ \t]*:[ \t]*null[ \t]*,[ \t]*')
+_EOL = re.compile(rb"[\r\n]")
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]', re.DOTALL)
 
 
@@ -71,10 +78,11 @@ class UsageChunkFilter:
     """Incremental filter of an event stream; see the module docstring. `feed` returns the bytes
     to send now (possibly none: an event is held until its blank line), `close` the rest."""
 
-    __slots__ = ("_block", "_buf", "_dead", "_decoder", "drop_headers")
+    __slots__ = ("_block", "_buf", "_dead", "_decoder", "_limit", "drop_headers")
 
-    def __init__(self, content_encoding: str | None = None) -> None:
-        self._decoder = Decompressor(content_encoding) if content_encoding else None
+    def __init__(self, content_encoding: str | None = None, *, limit: int = _MAX_DECODED) -> None:
+        self._decoder = Decompressor(content_encoding, limit=limit) if content_encoding else None
+        self._limit = limit
         self.drop_headers: tuple[str, ...] = ("Content-Length",)
         if self._decoder is not None:
             self.drop_headers += ("Content-Encoding",)
@@ -90,6 +98,17 @@ class UsageChunkFilter:
                 self._die()
         if self._dead:
             return b""
+        out = self._lines(chunk)
+        if self._decoder is not None and self._decoder.over:
+            # The events before the cap are sent; the one it cut, and the rest, are not.
+            _log.warning(
+                "a chat completion stream decodes to more than %d bytes; its rest is not sent",
+                self._limit,
+            )
+            self._dead, self._block, self._buf = True, [], b""
+        return out
+
+    def _lines(self, chunk: bytes) -> bytes:
         buf = self._buf + chunk
         out: list[bytes] = []
         start = 0
@@ -126,12 +145,17 @@ class UsageChunkFilter:
 def _line_end(buf: bytes, start: int) -> int | None:
     """Index just past the line starting at `start`, or None while it is incomplete. A CR at
     the end of the buffer waits: it may be the first half of a CRLF."""
-    cr, lf = buf.find(b"\r", start), buf.find(b"\n", start)
-    if lf != -1 and (cr == -1 or lf < cr):
-        return lf + 1
-    if cr == -1 or cr + 1 >= len(buf):
+    # One search for either end, not a find of each: a find of the CR a stream never sends
+    # scans to the end of the buffer for every line, quadratic in a large decoded chunk.
+    m = _EOL.search(buf, start)
+    if m is None:
         return None
-    return cr + 2 if buf[cr + 1] == 0x0A else cr + 1
+    end = m.start()
+    if buf[end] == 0x0A:
+        return end + 1
+    if end + 1 >= len(buf):
+        return None
+    return end + 2 if buf[end + 1] == 0x0A else end + 1
 
 
 def _filtered(block: list[bytes]) -> bytes:
@@ -178,8 +202,9 @@ def _depth(line: bytes, end: int) -> int:
 class IncludeUsage:
     """The Forwarder's request rewriter for `chat_include_usage`."""
 
-    def __init__(self, max_body: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_body: int = 16 * 1024 * 1024, max_decoded: int = _MAX_DECODED) -> None:
         self._max_body = max_body
+        self._max_decoded = max_decoded
 
     def wants(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         """Whether to read this request's body whole and offer it to `rewrite`."""
@@ -202,6 +227,6 @@ class IncludeUsage:
         if status != 200 or ctype != "text/event-stream":
             return None
         try:
-            return UsageChunkFilter(headers.get("Content-Encoding"))
+            return UsageChunkFilter(headers.get("Content-Encoding"), limit=self._max_decoded)
         except DecodeError:
             return None  # an encoding this proxy cannot decode: relayed as it came

@@ -4,19 +4,16 @@ token."""
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from proxy.budgets.service import Budgets
 from proxy.budgets.spend import current_statuses
 from proxy.budgets.view import render_statuses
-from proxy.http.auth import AdminToken, error
+from proxy.http.auth import AdminToken, error, unavailable
 
 __all__ = ["BudgetsEndpoint"]
 
-_log = logging.getLogger("proxy.admin")
 _CONTENT_TYPES = {"json": "application/json", "csv": "text/csv"}
 
 
@@ -34,7 +31,6 @@ class BudgetsEndpoint:
         try:
             statuses = await current_statuses(self._budgets.sessionmaker(), self._budgets.now())
         except (SQLAlchemyError, OSError) as exc:
-            _log.warning("budgets failed: %s", type(exc).__name__)
-            return error(503, "the usage database is not available", "database_unavailable")
+            return unavailable("budgets", exc)
         text = render_statuses(statuses, fmt)
         return web.Response(text=text, content_type=_CONTENT_TYPES[fmt], charset="utf-8")

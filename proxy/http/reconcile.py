@@ -4,20 +4,18 @@ query parameters (month, since, until, group_by, tolerance, format). Needs the a
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Callable
 
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from proxy.http.auth import AdminToken, error
+from proxy.http.auth import AdminToken, admit, unavailable
 from proxy.reconcile.query import ReconcileError, ReconcileQuery
 from proxy.reconcile.report import run_reconcile
 
 __all__ = ["Reconcile"]
 
-_log = logging.getLogger("proxy.admin")
 _CONTENT_TYPES = {"json": "application/json", "csv": "text/csv"}
 
 
@@ -29,15 +27,14 @@ class Reconcile:
         self._sessionmaker = sessionmaker
 
     async def handle(self, request: web.Request) -> web.Response:
-        if not self._token.allows(request):
-            return self._token.refused()
-        try:
-            query = ReconcileQuery.from_params(request.query, dt.datetime.now(dt.UTC).date())
-        except ReconcileError as exc:
-            return error(400, str(exc), "invalid_parameter")
+        today = dt.datetime.now(dt.UTC).date()
+        query = admit(
+            self._token, request, lambda q: ReconcileQuery.from_params(q, today), ReconcileError
+        )
+        if isinstance(query, web.Response):
+            return query
         try:
             text = await run_reconcile(self._sessionmaker(), query)
         except (SQLAlchemyError, OSError) as exc:
-            _log.warning("reconcile failed: %s", type(exc).__name__)
-            return error(503, "the usage database is not available", "database_unavailable")
+            return unavailable("reconcile", exc)
         return web.Response(text=text, content_type=_CONTENT_TYPES[query.fmt], charset="utf-8")

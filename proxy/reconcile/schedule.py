@@ -1,7 +1,8 @@
 """The scheduled billing pull of `serve`: every `billing_pull_interval` seconds, the replica
 that holds the database lease pulls the last 3 days (today and the two before), then every
 replica refreshes the month's metrics from the database and the puller alerts on flagged
-closed days.
+closed days: logged, and queued in the alert outbox (source "reconcile", one per day) when a
+sender is wired (`on_alerts`, which wakes it).
 
 Exactly one replica pulls: the lease (proxy.db.billing.take_lease) is held for two intervals
 and renewed every half interval while held, so when its holder stops, another takes over
@@ -36,10 +37,11 @@ from proxy.reconcile.pull import pull
 from proxy.reconcile.query import ReconcileQuery
 from proxy.reconcile.report import reconcile_rows
 
-__all__ = ["LEASE", "BillingSchedule"]
+__all__ = ["LEASE", "SOURCE", "BillingSchedule"]
 
 _log = logging.getLogger("proxy.billing")
 LEASE = "billing_pull"
+SOURCE = "reconcile"  # of its alerts in the outbox
 _DAYS = 3
 
 
@@ -55,13 +57,13 @@ class BillingSchedule:
         tolerance: Decimal = Decimal("0.05"),
         holder: str | None = None,
         egress: Egress | None = None,
-        alert_webhook: bool = False,
+        on_alerts: Callable[[], None] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._api = lambda: AdminApi(billing_url, admin_key, egress=egress)
         self._interval = interval
         self._tolerance = tolerance
-        self._webhook = alert_webhook
+        self._on_alerts = on_alerts
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._alerted: set[tuple[Any, ...]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -167,14 +169,15 @@ class BillingSchedule:
                     row["residual_usd"],
                     row["residual_pct"],
                 )
-        if self._webhook and flagged:
-            # One outbox row per closed day, whichever replica pulled: the budgets' sender
-            # delivers it once, signed, with retries.
+        if self._on_alerts is not None and flagged:
+            # One outbox row per closed day, whichever replica pulled: the sender delivers it
+            # once, signed, with retries.
             new = [_residual_alert(day, rows) for day, rows in sorted(flagged.items())]
-            await db_alerts.add_alerts(sm, new)
+            if await db_alerts.add_alerts(sm, new):
+                self._on_alerts()
 
 
-def _residual_alert(day: str, rows: list[dict[str, Any]]) -> db_alerts.NewAlert:
+def _residual_alert(day: str, rows: list[dict[str, Any]]) -> db_alerts.OutboxAlert:
     residuals = [
         {
             "project": row["project"],
@@ -196,10 +199,5 @@ def _residual_alert(day: str, rows: list[dict[str, Any]]) -> db_alerts.NewAlert:
         "day": day,
         "residuals": residuals,
     }
-    return db_alerts.NewAlert(
-        budget_id=db_alerts.RESIDUAL,
-        period_start=day,
-        kind="residual",
-        threshold=0,
-        payload=json.dumps(payload),
-    )
+    # Migration 0015 spells the same key for the rows it carries over.
+    return db_alerts.OutboxAlert(SOURCE, f"residual/{day}", json.dumps(payload))

@@ -1,5 +1,5 @@
-"""The budget alert outbox on both backends: an alert exists once per key, one claimer holds
-it at a time, and sent or failed decide what comes next."""
+"""The alert outbox on both backends: an alert exists once per source and key, one claimer
+holds it at a time, and sent or failed decide what comes next."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ async def test_an_alert_is_inserted_once_per_budget_period_kind_and_threshold(sm
     assert await alerts.add_alerts(sm, [new(50), new(80)]) == 2
     assert await alerts.add_alerts(sm, [new(50), new(80), new(100)]) == 1
     assert await alerts.add_alerts(sm, [new(50, period="2027-01-01"), new(50, budget=2)]) == 2
-    keys = await alerts.alerted(sm, [1], ["2026-12-01"])
-    assert keys == {(1, "2026-12-01", "threshold", t) for t in (50, 80, 100)}
+    wanted = {alerts.budget_key(1, "2026-12-01", "threshold", t) for t in (50, 80, 100)}
+    maybe = wanted | {alerts.budget_key(1, "2026-12-01", "threshold", 10)}
+    assert await alerts.queued(sm, alerts.BUDGET, maybe) == wanted
 
 
 async def test_concurrent_claimers_never_hold_the_same_alert(sm, db_url):
@@ -62,3 +63,23 @@ async def test_sent_is_final_failed_comes_back_after_its_delay_and_a_lease_runs_
     await alerts.sent(sm, second.id, "b")  # b's late word no longer counts: c holds it
     [still] = await alerts.claim(sm, worker="d", lease=60, now=later + dt.timedelta(seconds=200))
     assert still.id == second.id
+
+
+async def test_each_source_has_its_own_keys(sm):
+    same = "2026-12-01"
+    both = [alerts.OutboxAlert("reconcile", same, "{}"), alerts.OutboxAlert("other", same, "{}")]
+    assert await alerts.add_alerts(sm, both) == 2
+    assert await alerts.add_alerts(sm, [alerts.OutboxAlert("reconcile", same, '{"x": 1}')]) == 0
+    assert await alerts.queued(sm, "reconcile", [same, "2026-12-02"]) == {same}
+    assert len(await alerts.claim(sm, worker="a", lease=60, now=soon())) == 2
+
+
+async def test_drop_unsent_takes_only_its_prefix_and_only_unsent(sm):
+    await alerts.add_alerts(sm, [new(50, budget=1), new(80, budget=1), new(50, budget=10)])
+    first, *_ = await alerts.claim(sm, worker="a", lease=60, limit=1, now=soon())
+    await alerts.sent(sm, first.id, "a")  # budget 1's 50%: sent, so kept
+    async with sm.begin() as session:
+        dropped = await alerts.drop_unsent(session, alerts.BUDGET, alerts.budget_prefix(1))
+    assert dropped == 1
+    keys = [alerts.budget_key(b, "2026-12-01", "threshold", t) for b in (1, 10) for t in (50, 80)]
+    assert await alerts.queued(sm, alerts.BUDGET, keys) == {keys[0], keys[2]}

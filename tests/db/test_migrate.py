@@ -1,19 +1,22 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic.util.exc import CommandError
 from sqlalchemy import inspect, text
 
-from proxy.db import migrate
-from proxy.db.engine import make_engine, split_url
+from proxy.db import alerts, migrate
+from proxy.db.engine import make_engine, make_sessionmaker, split_url
 from proxy.db.models import Base
 from proxy.errors import ConfigError
+from proxy.reconcile.schedule import _residual_alert
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,3 +160,75 @@ async def test_jobs_waiting_before_0005_become_assistants_jobs(empty_db_url: str
     finally:
         await engine.dispose()
     assert tuple(row) == ("assistants.run", "run_1", "thread_1", '{"id": "run_1"}')
+
+
+def _at(minute: int) -> dt.datetime:
+    return dt.datetime(2026, 12, 1, 10, minute, tzinfo=dt.UTC)
+
+
+_ALERT_STATE = {
+    "payload": '{"text": "x"}',
+    "created_at": _at(0),
+    "attempts": 2,
+    "next_attempt_at": _at(5),
+    "last_error": "HTTP 500",
+    "claimed_by": "host:1:w",
+    "claimed_until": _at(6),
+    "sent_at": None,
+}
+_WHEN = {"created_at", "next_attempt_at", "claimed_until", "sent_at"}
+
+
+async def _rows(engine, sql: str) -> list[tuple]:
+    async with engine.connect() as conn:
+        return [tuple(row) for row in await conn.execute(text(sql))]
+
+
+async def test_budget_alerts_move_to_the_alerts_outbox_and_back(empty_db_url: str):
+    """0015 carries each budget_alerts row, with its state, into `alerts` under the identity
+    the code now gives it (so nothing is queued, or sent, twice), and its downgrade back."""
+    await migrate.upgrade(empty_db_url, "0015-1")
+    engine = make_engine(empty_db_url)
+    old = [
+        (7, "2026-12-01", "threshold", 80, {**_ALERT_STATE}),
+        (7, "2026-12-01", "forecast", 0, {**_ALERT_STATE, "sent_at": _at(1)}),
+        (0, "2026-11-30", "residual", 0, {**_ALERT_STATE, "attempts": 0, "last_error": None}),
+    ]
+    identity = ("budget_id", "period_start", "kind", "threshold")
+    names = ", ".join((*identity, *_ALERT_STATE))
+    columns = [
+        sa.column(n, sa.DateTime(timezone=True)) if n in _WHEN else sa.column(n)
+        for n in (*identity, *_ALERT_STATE)
+    ]
+    select_old = f"SELECT {names} FROM budget_alerts ORDER BY id"
+    try:
+        insert = sa.insert(sa.table("budget_alerts", *columns))
+        async with engine.begin() as conn:
+            for *key, state in old:
+                await conn.execute(insert, {**dict(zip(identity, key, strict=True)), **state})
+        before = await _rows(engine, select_old)
+
+        await migrate.upgrade(empty_db_url)
+        state = ", ".join(_ALERT_STATE)
+        moved = await _rows(engine, f"SELECT source, dedup_key, {state} FROM alerts ORDER BY id")
+        assert [row[:2] for row in moved] == [
+            ("budget", alerts.budget_key(7, "2026-12-01", "threshold", 80)),
+            ("budget", alerts.budget_key(7, "2026-12-01", "forecast", 0)),
+            ("reconcile", "residual/2026-11-30"),
+        ]
+        assert [row[2:] for row in moved] == [row[4:] for row in before]
+        assert "budget_alerts" not in await _tables(empty_db_url)
+        # The code's identities of the same alerts are there already: none is queued again.
+        sm = make_sessionmaker(engine)
+        again = [
+            alerts.NewAlert(7, "2026-12-01", "threshold", 80, "{}"),
+            alerts.NewAlert(7, "2026-12-01", "forecast", 0, "{}"),
+            _residual_alert("2026-11-30", []),
+        ]
+        assert await alerts.add_alerts(sm, again) == 0
+
+        await migrate.downgrade(empty_db_url, "0015-1")
+        assert "alerts" not in await _tables(empty_db_url)
+        assert await _rows(engine, select_old) == before
+    finally:
+        await engine.dispose()

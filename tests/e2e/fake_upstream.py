@@ -58,6 +58,8 @@ class Faults:
     drop_connections: int = 0
     # When set, fetches wait until the event is set (a collection caught mid-fetch).
     fetch_gate: asyncio.Event | None = None
+    # When set, container reads (counted first) wait until it is set.
+    container_gate: asyncio.Event | None = None
     # The next this many fetches never answer: the client times out and gives up, and the
     # handler is cancelled with its connection, so it never counts as a fetch.
     hang_fetches: int = 0
@@ -405,6 +407,8 @@ class FakeUpstream:
 
     async def get_container(self, request: web.Request, key: str, cid: str) -> web.Response:
         self.container_fetches.append((cid, key))
+        if self.faults.container_gate is not None:
+            await self.faults.container_gate.wait()
         if cid in self.containers and self.containers[cid] is None:
             return web.json_response({"error": {"message": "no such container"}}, status=404)
         created = int(time.time()) - 1800

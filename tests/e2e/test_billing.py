@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from proxy import cli
+from proxy.alerts.signing import verify
 from proxy.app import BILLING
-from proxy.budgets.signing import verify
 from proxy.settings import Settings
 from tests.e2e.budget_helpers import HOOK_SECRET, Receiver
 from tests.e2e.conftest import client_for, wait_for

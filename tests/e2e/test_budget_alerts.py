@@ -11,15 +11,17 @@ import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select
 
+from proxy.alerts.signing import verify
 from proxy.app import BUDGETS, METRICS
-from proxy.budgets.signing import verify
+from proxy.db import alerts as db_alerts
 from proxy.db.engine import reading
-from proxy.db.models import BudgetAlert, UsageRecord
+from proxy.db.models import Alert, UsageRecord
 from tests.e2e.budget_helpers import (
     HOOK_SECRET,
     Receiver,
@@ -61,9 +63,33 @@ async def team_rows(sm, team: str) -> tuple[int, Decimal]:
     return n, total or Decimal(0)
 
 
-async def outbox(sm) -> list[BudgetAlert]:
+@dataclass(frozen=True)
+class BudgetAlertRow:
+    """A budget's row of the outbox, its key read back into budget, period, kind, threshold."""
+
+    budget_id: int
+    period_start: str
+    kind: str
+    threshold: int
+    attempts: int
+    last_error: str | None
+    sent_at: dt.datetime | None
+
+
+async def outbox(sm) -> list[BudgetAlertRow]:
+    stmt = select(Alert).where(Alert.source == db_alerts.BUDGET).order_by(Alert.id)
     async with reading(sm) as session:
-        return list(await session.scalars(select(BudgetAlert).order_by(BudgetAlert.id)))
+        rows = list(await session.scalars(stmt))
+    parsed = []
+    for row in rows:
+        budget, period, kind, threshold = row.dedup_key.split("/")
+        assert row.dedup_key == db_alerts.budget_key(int(budget), period, kind, int(threshold))
+        parsed.append(
+            BudgetAlertRow(
+                int(budget), period, kind, int(threshold), row.attempts, row.last_error, row.sent_at
+            )
+        )
+    return parsed
 
 
 async def traffic(kind: str, proxy: RunningProxy, key: str) -> None:
@@ -198,7 +224,7 @@ async def test_a_webhook_that_fails_twice_then_succeeds(
     assert alert.attempts == 2 and alert.last_error == "HTTP 500"
 
 
-async def _sent(sm) -> list[BudgetAlert]:
+async def _sent(sm) -> list[BudgetAlertRow]:
     alerts = await outbox(sm)
     return alerts if alerts and all(a.sent_at is not None for a in alerts) else []
 

@@ -5,12 +5,17 @@ their lifetime in the Containers API, once across responses and replicas."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import datetime as dt
 import time
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from proxy.accounting.pricing import Usage, cost_of, load_price_table
+from proxy.db.models import CollectionJob
 from proxy.settings import Settings
 from tests.e2e.conftest import RunningProxy, client_for, wait_for
 from tests.e2e.test_events import rows
@@ -107,6 +112,60 @@ async def test_a_container_is_charged_once_across_replicas(db_url: str, upstream
     assert (session["code_interpreter_sessions"], session["usage_source"]) == (1, "reported")
     await wait_for(lambda: _no_jobs(sm))
     assert len(await rows(sm, "container")) == 1
+
+
+async def test_a_container_read_that_outlasts_leases_stays_with_its_claimer(
+    db_url: str, upstream, start_proxy, sm
+):
+    """Container claims are renewed while held (proxy.accounting.sources.leases): a read that
+    takes many leases is not taken over, and read again, by another replica holding the key."""
+    settings = dataclasses.replace(_settings(upstream, db_url), collector_lease=0.3)
+    replicas = [await start_proxy(settings) for _ in range(2)]
+    upstream.containers["cntr_gpt-4.1"] = _container(12)
+    upstream.faults.container_gate = asyncio.Event()
+    plan = {"fake_tools": "code_interpreter"}
+    await client_for(replicas[0]).responses.create(model="gpt-4.1", input="hi", metadata=plan)
+    await client_for(replicas[1]).models.list()  # the key is held there too: it could claim
+    await wait_for(lambda: upstream.container_fetches)
+    claims: list[tuple[str, dt.datetime]] = []
+
+    async def renewed_a_few_times() -> bool:
+        async with sm() as session:
+            job = (await session.execute(select(CollectionJob))).scalar_one()
+            claim = (job.claimed_by, job.claimed_until)
+        if not claims or claims[-1] != claim:
+            claims.append(claim)
+        return len(claims) >= 6  # five renewals: over a lease and a half of reading
+
+    await wait_for(renewed_a_few_times, timeout=10)
+    assert len({who for who, _ in claims}) == 1, claims
+    assert len(upstream.container_fetches) == 1
+    upstream.faults.container_gate.set()
+    [session] = await wait_for(lambda: _kind(sm, "container", 1))
+    assert session["cost_usd"] == Decimal("0.018")
+    await wait_for(lambda: _no_jobs(sm))
+    assert len(upstream.container_fetches) == 1
+
+
+async def test_a_stopped_replica_gives_its_container_job_back(
+    db_url: str, upstream, start_proxy, sm
+):
+    """A clean stop mid-read gives the claim back: another replica settles the container at
+    once, although the lease (long here) would hold it for minutes."""
+    settings = dataclasses.replace(_settings(upstream, db_url), collector_lease=120)
+    first = await start_proxy(settings)
+    upstream.containers["cntr_gpt-4.1"] = _container(12)
+    upstream.faults.container_gate = asyncio.Event()
+    plan = {"fake_tools": "code_interpreter"}
+    await client_for(first).responses.create(model="gpt-4.1", input="hi", metadata=plan)
+    await wait_for(lambda: upstream.container_fetches)
+    second = await start_proxy(settings)
+    await client_for(second).models.list()
+    await first.runner.cleanup()
+    upstream.faults.container_gate.set()
+    [session] = await wait_for(lambda: _kind(sm, "container", 1))
+    assert session["cost_usd"] == Decimal("0.018")
+    assert len(upstream.container_fetches) == 2  # the stopped read, then the second's
 
 
 async def _no_jobs(sm) -> bool:

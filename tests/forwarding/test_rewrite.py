@@ -191,3 +191,25 @@ def test_a_broken_compressed_stream_ends_where_it_broke() -> None:
     assert f.feed(b"garbage" * 10) == b""
     assert f.feed(packed[len(packed) // 2 :]) == b""
     assert f.close() == b""
+
+
+def test_a_stream_that_decodes_past_the_cap_ends_there() -> None:
+    """A small compressed reply may decode to gigabytes: no call decodes more than the cap,
+    and the client gets the whole events before it, then the stream ends."""
+    f = UsageChunkFilter("gzip", limit=1000)
+    packed = gzip.compress(WITH_USAGE * 100)
+    first = f.feed(packed)
+    assert 0 < len(first) <= 1000 and first.endswith(b"\n\n")
+    assert (WITHOUT_USAGE * 100).startswith(first)
+    assert f.feed(gzip.compress(WITH_USAGE)) == b""
+    assert f.close() == b""
+
+
+def test_the_reply_filter_is_capped() -> None:
+    cap = 5000
+    hdrs = CIMultiDict({"Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
+    f = IncludeUsage(max_decoded=cap).response_filter(200, hdrs)
+    assert f is not None
+    event = b'data: {"choices":[],"pad":"' + b"x" * 1000 + b'"}\n\n'
+    out = f.feed(gzip.compress(event * (cap // len(event) + 10), compresslevel=1))
+    assert len(out) <= cap and out == event * (len(out) // len(event))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.accounting.estimate.basis import Basis
-from proxy.accounting.estimate.fields import as_int, as_list, as_str, get
+from proxy.accounting.estimate.fields import as_int, as_list, as_str, get, strings, types_of
 from proxy.accounting.estimate.functions import render_function
 from proxy.accounting.estimate.vision import figure_tiles
 
@@ -76,7 +76,7 @@ class Parts:
 
 def system_basis(run: Mapping[str, Any], parts: Parts) -> Basis:
     basis = Basis.of(parts.count(run.get("instructions")), base_prompt=1)
-    kinds = {get(tool, "type") for tool in as_list(run.get("tools"))}
+    kinds = types_of(run.get("tools"))
     if "code_interpreter" in kinds:
         basis = basis + Basis.of(code_interpreter_tool=1)
     if "file_search" in kinds or "retrieval" in kinds:
@@ -107,20 +107,19 @@ def files_basis(
     attachments for code interpreter, and files the model opens by their ``/mnt/data/file-...``
     path (an id it can only have read in that list).
     """
-    if "code_interpreter" not in {get(tool, "type") for tool in as_list(run.get("tools"))}:
+    if "code_interpreter" not in types_of(run.get("tools")):
         return Basis()
-    files = {f for f in as_list(get(run, "tool_resources", "code_interpreter", "file_ids"))}
+    files = set(strings(get(run, "tool_resources", "code_interpreter", "file_ids")))
     for message in messages if isinstance(messages, Sequence) else ():
         for attachment in as_list(get(message, "attachments")):
-            tools = {get(t, "type") for t in as_list(get(attachment, "tools"))}
-            if "code_interpreter" in tools:
-                files.add(get(attachment, "file_id"))
+            if "code_interpreter" in types_of(get(attachment, "tools")):
+                files.update(strings([get(attachment, "file_id")]))
     for step in steps if isinstance(steps, Sequence) else ():
         for call in as_list(get(step, "step_details", "tool_calls")):
             code = get(call, "code_interpreter", "input")
             if isinstance(code, str):
                 files.update(_MOUNTED_FILE.findall(code))
-    paths = sorted(f"/mnt/data/{f}" for f in files if isinstance(f, str) and f)
+    paths = sorted(f"/mnt/data/{f}" for f in files if f)
     return Basis.of(sum(parts.count(p) for p in paths), code_interpreter_file=len(paths))
 
 

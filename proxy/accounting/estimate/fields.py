@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-__all__ = ["as_int", "as_list", "as_str", "get"]
+__all__ = ["as_int", "as_list", "as_str", "get", "strings", "types_of"]
 
 
 def get(obj: object, *path: str) -> object:
@@ -30,3 +30,13 @@ def as_int(value: object) -> int | None:
 
 def as_str(value: object) -> str:
     return value if isinstance(value, str) else ""
+
+
+def strings(value: object) -> list[str]:
+    """The strings of a list, in order: anything else in it is not an id or a name."""
+    return [item for item in as_list(value) if isinstance(item, str)]
+
+
+def types_of(value: object) -> set[str]:
+    """The `type` of each object of a list (tools, parts), where it is a string."""
+    return {kind for item in as_list(value) if isinstance(kind := get(item, "type"), str)}

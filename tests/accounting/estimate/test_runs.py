@@ -4,7 +4,7 @@ import random
 from collections.abc import Mapping
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.accounting.estimate.basis import Basis
@@ -604,7 +604,8 @@ JSON_KEYS = [
     "value", "step_details", "tool_calls", "code_interpreter", "input", "outputs", "logs",
     "image", "function", "name", "arguments", "output", "file_search", "results",
     "message_creation", "message_id", "refusal", "image_file", "image_url", "tools",
-    "instructions", "truncation_strategy", "last_messages",
+    "instructions", "truncation_strategy", "last_messages", "tool_resources", "file_ids",
+    "attachments", "file_id",
 ]  # fmt: skip
 JSON_TYPES = [
     "thread.run.step", "thread.message", "tool_calls", "message_creation", "code_interpreter",
@@ -629,6 +630,16 @@ json_objects = st.dictionaries(st.sampled_from(JSON_KEYS), json_like, max_size=8
 
 
 @settings(max_examples=300, deadline=None)
+# Found by this test under load once: a tool whose `type` is a list, hashed into a set.
+@example(run={"id": None, "tools": [{"type": []}]}, steps=[], messages=[])
+@example(
+    run={
+        "tools": [{"type": "code_interpreter"}],
+        "tool_resources": {"code_interpreter": {"file_ids": [[], {}]}},
+    },
+    steps=[],
+    messages=[{"attachments": [{"file_id": {}, "tools": [{"type": "code_interpreter"}]}]}],
+)
 @given(
     run=json_objects,
     steps=st.lists(json_objects | json_like, max_size=5),

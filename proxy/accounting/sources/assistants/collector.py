@@ -41,8 +41,8 @@ from proxy.accounting.process.owners import worker_id
 from proxy.accounting.shielded import Shielded
 from proxy.accounting.sources.assistants.collect import WAIT, Failures, Follow, Retry, RunCollect
 from proxy.accounting.sources.assistants.fetch import RunFetcher
-from proxy.accounting.sources.assistants.leases import Leases
 from proxy.accounting.sources.assistants.rows import RunRow
+from proxy.accounting.sources.leases import Leases
 from proxy.accounting.usage import UsageRecorded, UsageSink
 from proxy.db import jobs, run_usage
 from proxy.db import usage as db_usage

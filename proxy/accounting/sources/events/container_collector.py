@@ -7,6 +7,10 @@ Exactly once: the claim gives a container one owner across replicas; the job's (
 object_id) and the row's (kind, object_id) are unique, so a replica that dies between writing
 the row and deleting the job only makes the next claimer find the row there.
 
+Claims are the collectors' short leases (`collector_lease`, proxy.accounting.sources.leases):
+renewed while the jobs are held, and a dead predecessor's on this host taken over at once, so
+a killed replica's container jobs are settled by the next start within seconds.
+
 While the container is active its job is given back until its expiry (no attempt counted).
 A fetch that fails retryably is retried with backoff; after `max_attempts`, or when no replica
 has held the key for `keyless_wait` seconds since the job was queued (the credential TTL, after
@@ -21,7 +25,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -32,12 +35,15 @@ from yarl import URL
 
 from proxy.accounting.attribution import Attribution
 from proxy.accounting.pricing import PriceTable
+from proxy.accounting.process.owners import worker_id
+from proxy.accounting.shielded import Shielded
 from proxy.accounting.sources.events.containers import (
     CONTAINER_KIND,
     ContainerLife,
     container_row,
     life_of,
 )
+from proxy.accounting.sources.leases import Leases
 from proxy.accounting.usage import UsageRecorded, UsageSink
 from proxy.db import jobs, mappings
 from proxy.db import usage as db_usage
@@ -53,6 +59,7 @@ __all__ = ["ContainerCollector", "ContainerFetcher"]
 _log = logging.getLogger("proxy.accounting.containers")
 _SCOPE = {"openai-project", "openai-organization"}
 _GRACE = 5.0  # seconds past a container's expiry before it is read again
+_STOP_TIMEOUT = 10.0
 
 
 class ContainerFetcher:
@@ -112,7 +119,7 @@ class ContainerCollector:
         recorded: UsageSink,
         *,
         poll_interval: float = 1.0,
-        lease: float = 120.0,
+        lease: float = 10.0,
         keyless_wait: float = 600.0,
         max_attempts: int = 20,
         retry_base: float = 1.0,
@@ -131,23 +138,49 @@ class ContainerCollector:
         self._retry_base = retry_base
         self._max_backoff = max_backoff
         self._claim_size = claim_size
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}:cntr"
+        # host:pid:boot.start.suffix (proxy.accounting.process.owners), so that the next
+        # start on this host can tell this process is dead and take its jobs at once.
+        self.worker_id = worker_id(f"cntr-{os.urandom(3).hex()}")
         self._wake = asyncio.Event()
+        self._held: dict[int, jobs.ClaimedJob] = {}  # claimed, not settled yet: renewed
+        self._db = Shielded()  # the leases' operations; stop() waits for them
         self._task: asyncio.Task[None] | None = None
+        self._leases: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="container-collector")
+        leases = Leases(
+            self._sm,
+            lambda: self._held,
+            self.worker_id,
+            self._lease,
+            self._db,
+            on_freed=self._wake.set,
+        )
+        self._leases = asyncio.create_task(leases.run(), name="container-leases")
 
     def wake(self) -> None:
         self._wake.set()
 
     async def stop(self) -> None:
-        # A job held at the stop is claimed again when its lease runs out: nothing is lost.
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop settling, and give back the jobs still held, so another replica (or the next
+        start) takes them at once; one that cannot be given back is claimed again when its
+        lease runs out: nothing is lost."""
+        for task in (self._task, self._leases):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._leases = None
+        await self._db.wait(_STOP_TIMEOUT)
+        held, self._held = list(self._held), {}
+        if not held:
+            return
+        try:
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                await jobs.release_many(self._sm(), held, self.worker_id)
+        except DB_ERRORS as exc:
+            _log.warning("cannot give back %d container job(s): %s", len(held), type(exc).__name__)
 
     async def _loop(self) -> None:
         while True:
@@ -179,8 +212,17 @@ class ContainerCollector:
             max_attempts=self._max_attempts,
             source=CONTAINER_KIND,
         )
-        for job in claimed:
-            await self._settle(job)
+        self._held.update((job.id, job) for job in claimed)
+        try:
+            for job in claimed:
+                await self._settle(job)  # recorded, given back or retried: no longer held
+                del self._held[job.id]
+        except Exception:
+            # Left to their leases, which run out (and the jobs are claimed again), instead of
+            # renewed for ever. On cancellation they stay held, for stop() to give back.
+            for job in claimed:
+                self._held.pop(job.id, None)
+            raise
         return len(claimed)
 
     async def _settle(self, job: jobs.ClaimedJob) -> None:

@@ -1,4 +1,5 @@
-"""The collector's claims kept alive, and a dead predecessor's taken over.
+"""The claims of a collector of any source (Assistants runs, containers) kept alive, and a
+dead predecessor's taken over.
 
 Claims are short leases (`collector_lease`, 10 s by default) renewed every third of a lease
 while the jobs are held, so the jobs of a replica that dies are free within a lease, on any

@@ -3,7 +3,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from proxy.budgets.signing import sign, verify
+from proxy.alerts.signing import sign, verify
 
 BODY = b'{"text":"hi"}'
 
