@@ -39,14 +39,20 @@ RED, BLUE = "sk-bench-red-" + "r" * 24 + "0001", "sk-bench-blue-" + "b" * 24 + "
 # gpt-4o: 1,000 prompt tokens at $2.50/M and 500 completion tokens at $10/M.
 PER_REQUEST = Decimal("0.0075")
 BODY = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+ADMIN = "bench-budgets-admin"
+_FRESH = re.compile(r'^usage_proxy_budget_fresh_reads_total\{outcome="(\w+)"\} ([\d.e+]+)$', re.M)
+_HOLDS = re.compile(r"^usage_proxy_(budget_holds_total|holds_timed_out) ([\d.e+]+)$", re.M)
 _SPENT = re.compile(r"has used \$([\d,.]+) of its \$([\d,.]+)")
 
 
-def fake_upstream(latency: float) -> web.Application:
-    """A chat completion created now (so it falls in today's period), after `latency` s."""
+def fake_upstream(latency: float, arrivals: list[float]) -> web.Application:
+    """A chat completion created now (so it falls in today's period), after `latency` s; the
+    wall time each request of red arrives is appended to `arrivals`."""
     ids = iter(range(1, 10**9))
 
     async def chat(request: web.Request) -> web.Response:
+        if RED in request.headers.get("Authorization", ""):
+            arrivals.append(time.time())
         await request.read()
         await asyncio.sleep(latency)
         return web.json_response(
@@ -107,20 +113,76 @@ class Client:
         self.ok = 0
         self.refused: list[tuple[float, str]] = []  # (wall time received, message)
         self.other: list[int] = []
+        self.answered: list[tuple[float, float]] = []  # 200s: (wall time sent, received)
 
     async def run(self, stop: asyncio.Event) -> None:
         headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
         while not stop.is_set():
+            sent = time.time()
             async with self.http.post(self.url, data=BODY, headers=headers) as r:
                 body = await r.read()
             if r.status == 200:
                 self.ok += 1
+                self.answered.append((sent, time.time()))
             elif r.status == 429:
                 self.refused.append((time.time(), json.loads(body)["error"]["message"]))
                 if self.stop_at_429:
                     return
             else:
                 self.other.append(r.status)
+
+
+class Crossing:
+    """Watches red's spend in the database (the daily rollup, which commits with the rows) in
+    a loop on a connection of its own, and brackets the commit that reached the limit: it
+    happened after `after` (the start of the last read that saw less) and before `before`
+    (the end of the first read that saw the limit)."""
+
+    def __init__(self, url: str, schema: str, limit: Decimal) -> None:
+        self.url, self.limit = url, limit
+        self.query = text(
+            f'SELECT coalesce(sum(cost_usd), 0) FROM "{schema}".usage_rollup '
+            "WHERE team = 'red' AND day = :day"
+        )
+        self.after = self.before = 0.0
+        self.reads = 0
+
+    async def watch(self) -> None:
+        from proxy.db.engine import make_engine
+
+        engine = make_engine(self.url)
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        try:
+            async with engine.connect() as conn:
+                while True:
+                    began = time.time()
+                    spend = (await conn.execute(self.query, {"day": day})).scalar_one()
+                    await conn.rollback()  # the next read sees what committed since
+                    self.reads += 1
+                    if Decimal(spend) >= self.limit:
+                        self.before = time.time()
+                        return
+                    self.after = began
+                    await asyncio.sleep(0.001)
+        finally:
+            await engine.dispose()
+
+
+async def fresh_reads(http: aiohttp.ClientSession, replicas: list[Proc]) -> dict[str, int]:
+    """Strict mode's fresh reads on both replicas, by outcome (read, timeout, failed), and
+    its holds (budget_holds_total), of which holds_timed_out went out unrecorded."""
+    out: dict[str, int] = {}
+    for proxy in replicas:
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        async with http.get(proxy.url + "/_proxy/metrics", headers=headers) as r:
+            page = await r.text()
+            for outcome, n in _FRESH.findall(page) + _HOLDS.findall(page):
+                out[outcome] = out.get(outcome, 0) + int(float(n))
+    return out
+
+
+def _p50(values: list[float]) -> float | None:
+    return round(statistics.median(values) * 1000, 1) if values else None
 
 
 async def bench(args: argparse.Namespace) -> dict:
@@ -137,11 +199,17 @@ async def bench(args: argparse.Namespace) -> dict:
         cli(url, "keys", "add", "--team", "blue", stdin=BLUE + "\n")
         cli(url, "budgets", "set", "--team", "red", "--limit", str(limit), "--period", "day",
             "--enforce")  # fmt: skip
-        runner = web.AppRunner(fake_upstream(args.latency_ms / 1000), access_log=None)
+        arrivals: list[float] = []
+        runner = web.AppRunner(fake_upstream(args.latency_ms / 1000, arrivals), access_log=None)
         await runner.setup()
         upstream_port = free_port()
         await web.TCPSite(runner, "127.0.0.1", upstream_port).start()
-        env = {"USAGE_PROXY_KEY_SECRET": SECRET, "USAGE_PROXY_LOG_LEVEL": "WARNING"}
+        env = {
+            "USAGE_PROXY_KEY_SECRET": SECRET,
+            "USAGE_PROXY_LOG_LEVEL": "WARNING",
+            "USAGE_PROXY_BUDGET_STRICT_TIMEOUT": str(args.strict_timeout),
+            "USAGE_PROXY_ADMIN_TOKEN": ADMIN,
+        }
         for i in range(2):
             port = free_port()
             upstream = f"http://127.0.0.1:{upstream_port}"
@@ -156,6 +224,8 @@ async def bench(args: argparse.Namespace) -> dict:
         async with aiohttp.ClientSession(connector=connector) as http:
             reds = [Client(http, replicas[i % 2].url, RED, True) for i in range(32)]
             blues = [Client(http, replicas[i % 2].url, BLUE, False) for i in range(4)]
+            crossing = Crossing(url, schema, limit)
+            watcher = asyncio.create_task(crossing.watch())
             started = time.monotonic()
             blue_tasks = [asyncio.create_task(c.run(stop)) for c in blues]
             await asyncio.wait_for(
@@ -164,6 +234,8 @@ async def bench(args: argparse.Namespace) -> dict:
             elapsed = time.monotonic() - started
             stop.set()
             await asyncio.gather(*blue_tasks)
+            await asyncio.wait_for(watcher, timeout=60)
+            fresh = await fresh_reads(http, replicas)
 
         red_ok = sum(c.ok for c in reds)
         rows = f'"{schema}".usage_records'
@@ -192,6 +264,13 @@ async def bench(args: argparse.Namespace) -> dict:
         early = sum(1 for at, _ in refusals if crossed_at is None or at < crossed_at)
         forwarded_after = sum(1 for at, _ in red_rows if crossed_at and at.timestamp() > crossed_at)
         over = spent - limit
+        cross = crossing.before
+        answered = [a for c in reds for a in c.answered]
+        # Client-side latency of red's forwarded requests before the limit came near (the
+        # first half of the limit) and after; blue's all along.
+        red_by_sent = sorted(answered)
+        half = red_by_sent[: args.limit_requests // 2]
+        late = [a for a in red_by_sent if a[0] > cross - 2.0 and a[1] < cross]
         return {
             "replicas": 2,
             "red_clients": len(reds),
@@ -205,6 +284,17 @@ async def bench(args: argparse.Namespace) -> dict:
             "overspend_usd": str(over),
             "overspend_requests": float(over / PER_REQUEST),
             "forwarded_after_crossing": forwarded_after,
+            # Certainly in flight at the commit (whenever in the bracket it was), and possibly.
+            "in_flight_at_crossing": [
+                sum(1 for sent, got in answered if sent < crossing.after and got > cross),
+                sum(1 for sent, got in answered if sent < cross and got > crossing.after),
+            ],
+            "admitted_after_crossing": sum(1 for at in arrivals if at > cross),
+            "crossing_bracket_ms": round((crossing.before - crossing.after) * 1000, 1),
+            "red_p50_ms_first_half": _p50([got - sent for sent, got in half]),
+            "red_p50_ms_last_2s_before_crossing": _p50([got - sent for sent, got in late]),
+            "fresh_reads": fresh,
+            "blue_p50_ms": _p50([got - sent for c in blues for sent, got in c.answered]),
             "red_refused": len(refusals),
             "wrongly_refused_red_below_limit": shown_below + early,
             "wrongly_refused_blue": sum(len(c.refused) for c in blues),
@@ -233,6 +323,9 @@ def main() -> None:
     parser.add_argument("--limit-requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--strict-timeout", type=float, default=0.5, help="budget_strict_timeout (0: off)"
+    )
     args = parser.parse_args()
     results = []
     for _ in range(args.rounds):
@@ -240,6 +333,9 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         results.append(result)
     over = [r["overspend_requests"] for r in results]
+    flight = [r["in_flight_at_crossing"] for r in results]
+    after = [r["admitted_after_crossing"] for r in results]
+    print(f"in flight at the crossing: {flight}; admitted after it: {after}")
     wrong = sum(r["wrongly_refused_red_below_limit"] + r["wrongly_refused_blue"] for r in results)
     print(
         f"overspend (requests): median {statistics.median(over):.1f}, max {max(over):.1f}; "

@@ -111,7 +111,12 @@ def make_app(
         on_client_gone=log_client_gone,
         policy=budgets.policy if budgets is not None else None,
         egress=egress,
-        holders=service.holders() if service is not None and observers is None else (),
+        # Held answers are released by the accounting's observers: only when they are chosen.
+        holders=(
+            [*service.holders(), *(budgets.holders() if budgets is not None else [])]
+            if service is not None and observers is None
+            else ()
+        ),
         hold_timeout=settings.hold_timeout,
     )
     if forwarder.holds is not None:

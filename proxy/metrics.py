@@ -98,10 +98,25 @@ class Metrics:
             ["budget"],
             registry=r,
         )
+        # Refused requests are counted here only, not in usage_proxy_requests_total (which
+        # counts forwarded exchanges): the budget label is bounded as the gauge's is.
         self.budget_refusals = Counter(
             "usage_proxy_budget_refusals",
             "Requests refused (429) by an enforced budget",
             ["budget"],
+            registry=r,
+        )
+        self.budget_holds = Counter(
+            "usage_proxy_budget_holds",
+            "Strict mode: answers held until their usage row was committed (subject near an "
+            "enforced budget's limit)",
+            registry=r,
+        )
+        self.budget_fresh_reads = Counter(
+            "usage_proxy_budget_fresh_reads",
+            "Strict mode: fresh reads of a near budget's spend (read: a query run; timeout, "
+            "failed: an admission judged on the last refresh instead)",
+            ["outcome"],
             registry=r,
         )
         self.alerts_sent = Counter(
@@ -115,6 +130,7 @@ class Metrics:
             registry=r,
         )
         self._budgets: set[str] = set()
+        self._refusing_budget = _Bounded()
         self._team = _Bounded()
         self._model = _Bounded()
         # Children by label values: `labels()` costs microseconds per call. The label values
@@ -190,7 +206,14 @@ class Metrics:
         self._budgets = set(shown)
 
     def budget_refused(self, budget: int) -> None:
-        self.budget_refusals.labels(budget=str(budget)).inc()
+        self.budget_refusals.labels(budget=self._refusing_budget(str(budget))).inc()
+
+    def budget_held(self) -> None:
+        self.budget_holds.inc()
+
+    def budget_fresh_read(self, outcome: str) -> None:
+        """`outcome`: read, timeout or failed."""
+        self.budget_fresh_reads.labels(outcome=outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -214,6 +214,13 @@ class Settings:
         "apply on every replica within this (and sooner after this replica records usage)",
         flag=False,
     )
+    budget_strict_timeout: float = _opt(
+        0.5,
+        "strict mode: seconds a request of a subject near an enforced budget's limit waits for "
+        "a fresh read of the spend before it is judged on the last refresh instead (fail "
+        "open); 0: strict mode off, requests are judged on the last refresh only",
+        flag=False,
+    )
     alert_webhook_url: str = _opt(
         "",
         "where budget alerts are posted as JSON (Slack and Teams incoming webhooks show its "

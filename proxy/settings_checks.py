@@ -77,6 +77,7 @@ def check(v: Mapping[str, Any], estimates: Mapping[str, int]) -> None:
         "collector_max_backoff",
         "credential_ttl",
         "billing_pull_interval",
+        "budget_strict_timeout",
     ):
         if v[name] < 0:
             raise ConfigError(f"{name}: {v[name]!r} must be >= 0")

@@ -13,8 +13,11 @@ from aiohttp import web
 
 from proxy.accounting.service import Accounting
 from proxy.budgets.enforce import BudgetPolicy
+from proxy.budgets.fresh import FreshReads
+from proxy.budgets.hold import BudgetHolder
 from proxy.budgets.tracker import BudgetTracker
 from proxy.db.models import utcnow
+from proxy.forwarding.holds import Holder
 from proxy.settings import Settings
 
 __all__ = ["Budgets"]
@@ -32,7 +35,17 @@ class Budgets:
         self.now = now
         self.sessionmaker = accounting.sessionmaker
         metrics = accounting.metrics
-        self.policy = BudgetPolicy(accounting.attribute, metrics)
+        # Strict mode: near an enforced limit, admit on a fresh read (proxy.budgets.enforce).
+        self.fresh = None
+        if settings.budget_strict_timeout > 0:
+            self.fresh = FreshReads(
+                accounting.sessionmaker,
+                metrics,
+                timeout=settings.budget_strict_timeout,
+                now=now,
+            )
+        self.policy = BudgetPolicy(accounting.attribute, metrics, self.fresh)
+        self._holder = BudgetHolder(self.policy, accounting.attribute, metrics)
         self.tracker = BudgetTracker(
             accounting.sessionmaker,
             self.policy,
@@ -44,6 +57,10 @@ class Budgets:
         accounting.recorded.subscribe(self.tracker.usage_recorded)
         self._tasks: list[asyncio.Task[None]] = []
 
+    def holders(self) -> list[Holder]:
+        """Strict mode's: near a limit, answers wait until their usage row is committed."""
+        return [self._holder] if self.fresh is not None else []
+
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """After the accounting's: the database is open."""
         self._tasks.append(asyncio.create_task(self.tracker.run()))
@@ -54,3 +71,5 @@ class Budgets:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks.clear()
+            if self.fresh is not None:
+                await self.fresh.close()

@@ -1,7 +1,8 @@
 """The budgets' state in this process, refreshed from the database: every
 `budget_refresh_interval` seconds, and soon after this process records usage while an enforced
 budget exists. Each refresh reads the budgets (so a change applies on every replica within an
-interval) and their spend, hands the refusing ones to the policy, sets the gauges, and puts
+interval) and their spend, hands the refusing ones and those near their limit (proxy.budgets.near)
+to the policy, sets the gauges, and puts
 newly crossed thresholds and forecasts in the alert outbox (insert or nothing: one row however
 many replicas see the crossing).
 
@@ -19,8 +20,9 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.usage import UsageRecorded
-from proxy.budgets.enforce import BudgetPolicy
+from proxy.budgets.enforce import BudgetPolicy, Subject
 from proxy.budgets.message import alert_body
+from proxy.budgets.near import HORIZON_BASE, SpendRates, headroom
 from proxy.budgets.spend import current_statuses
 from proxy.budgets.status import BudgetStatus
 from proxy.db import alerts as db_alerts
@@ -31,9 +33,14 @@ __all__ = ["BudgetTracker"]
 
 _log = logging.getLogger("proxy.budgets")
 # Between refreshes woken by recorded usage: a burst of writes must not become a burst of reads.
-# At least this, and at least twice as long as the last refresh took (its queries sum the
-# period's rows, which grow): a replica spends at most a third of its time refreshing.
+# At least this, and twice as long as the last refresh took (a project's spend sums the
+# period's rows, which grow): a replica spends at most a third of its time refreshing...
 _MIN_GAP = 0.01
+# ... but no more than this: under load a refresh "takes" the event loop's delay too (0.27 s
+# seen with two busy replicas on two cores), and a gap of a second let a burst from idle cross
+# a small limit before any refresh saw it near (bench/README.md, "Budget enforcement"). Teams
+# and keys are read from the rollup, a few cells each.
+_MAX_GAP = 0.1
 
 AlertKey = tuple[int, str, str, int]
 
@@ -63,6 +70,8 @@ class BudgetTracker:
         self._enforcing = False
         self._failing = False
         self._took = 0.0
+        self._rates = SpendRates()
+        self._gap = interval  # between the beginnings of the last two refreshes
 
     def usage_recorded(self, event: UsageRecorded) -> None:
         """A UsageSink: this process wrote usage, so an enforced budget may have been reached."""
@@ -81,15 +90,33 @@ class BudgetTracker:
             return False
         self._failing = False
         self.statuses = statuses
+        if self.refreshed_at is not None:
+            self._gap = began - self.refreshed_at
         self.refreshed_at = began
         self._took = time.monotonic() - began
         self._enforcing = any(s.rule.enforce for s in statuses)
-        self._policy.refusing = {
-            (s.rule.subject_kind, s.rule.subject): s for s in statuses if s.refusing
-        }
+        self._publish(statuses, began)
         self._metrics.budget_ratios({s.rule.id: s.ratio for s in statuses})
         await self._queue_alerts(statuses)
         return True
+
+    def _publish(self, statuses: list[BudgetStatus], began: float) -> None:
+        refusing: dict[Subject, BudgetStatus] = {}
+        near: dict[Subject, tuple[BudgetStatus, ...]] = {}
+        # Past the gap to the next refresh (the interval, or the last gap when refreshes run
+        # late under load), twice, with room to spare.
+        horizon = HORIZON_BASE + 2 * max(self._interval, self._gap)
+        for s in statuses:
+            if not s.rule.enforce:
+                continue
+            subject = (s.rule.subject_kind, s.rule.subject)
+            rate = self._rates.add(s.rule.id, began, s.spend)
+            if s.refusing:
+                refusing[subject] = s
+            elif s.spend + headroom(s.rule.limit_usd, rate, horizon) >= s.rule.limit_usd:
+                near[subject] = (*near.get(subject, ()), s)
+        self._rates.keep({s.rule.id for s in statuses if s.rule.enforce})
+        self._policy.publish(refusing, near, began)
 
     async def _queue_alerts(self, statuses: list[BudgetStatus]) -> None:
         new: list[db_alerts.NewAlert] = []
@@ -122,7 +149,7 @@ class BudgetTracker:
                 _log.exception("refreshing the budgets failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), self._interval)
-                await asyncio.sleep(max(_MIN_GAP, 2 * self._took))
+                await asyncio.sleep(min(max(_MIN_GAP, 2 * self._took), _MAX_GAP))
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -1,5 +1,13 @@
 """Budgets: set (one per subject and period, replaced), list, remove; the spend of subjects in
-a time range, summed from usage_records; the fingerprints a key hint may stand for."""
+a period; the fingerprints a key hint may stand for.
+
+A period's spend of teams and keys is read from the daily rollup (usage_rollup, or
+usage_rollup_month for a whole calendar month), which the writes of usage rows keep in their
+own transaction, so it is exactly what the rows sum to and is read in cells, not events: a
+team's day or month is an index range (ix_usage_rollup_team_day, or the month table's primary
+key), a key's is the period's cells of every subject (the rollup's primary key starts with the
+day), filtered. Projects are not a rollup dimension: their spend sums the period's usage rows
+(a range of ix_usage_records_occurred_at, filtered), which grows with the period's traffic."""
 
 from __future__ import annotations
 
@@ -7,13 +15,21 @@ import datetime as dt
 from collections.abc import Collection
 from decimal import Decimal
 
-from sqlalchemy import delete, func, select, union
+from sqlalchemy import Select, delete, func, select, union
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.db import alerts as db_alerts
 from proxy.db.dialects import insert_for
 from proxy.db.engine import reading
-from proxy.db.models import Budget, KeyTeam, UsageRecord, utcnow
+from proxy.db.models import (
+    Budget,
+    KeyTeam,
+    UsageRecord,
+    UsageRollup,
+    UsageRollupMonth,
+    utcnow,
+)
+from proxy.db.rollup import utc_day
 
 __all__ = [
     "SUBJECT_COLUMNS",
@@ -30,6 +46,9 @@ SUBJECT_COLUMNS = {
     "key": UsageRecord.key_fingerprint,
     "project": UsageRecord.project,
 }
+# The rollups' columns of the kinds they hold.
+_DAY_COLUMNS = {"team": UsageRollup.team, "key": UsageRollup.key_fingerprint}
+_MONTH_COLUMNS = {"team": UsageRollupMonth.team, "key": UsageRollupMonth.key_fingerprint}
 
 
 async def set_budget(
@@ -85,19 +104,45 @@ async def spend_by_subject(
     (adjustments included); unpriced rows add nothing. Subjects without rows are absent."""
     if not subjects:
         return {}
-    column = SUBJECT_COLUMNS[subject_kind]
-    stmt = (
+    stmt = _spend_statement(subject_kind, list(subjects), start, end)
+    async with reading(sm) as session:
+        rows = (await session.execute(stmt)).all()
+    return {subject: total or Decimal(0) for subject, total in rows}
+
+
+def _midnight(when: dt.datetime) -> bool:
+    return when.astimezone(dt.UTC).time() == dt.time(0)
+
+
+def _spend_statement(
+    kind: str, subjects: list[str], start: dt.datetime, end: dt.datetime
+) -> Select[tuple[str, Decimal | None]]:
+    if kind in _DAY_COLUMNS and _midnight(start) and _midnight(end):
+        s, e = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+        if s.day == 1 and e.day == 1 and (e.year * 12 + e.month) - (s.year * 12 + s.month) == 1:
+            month = _MONTH_COLUMNS[kind]
+            return (
+                select(month, func.sum(UsageRollupMonth.cost_usd))
+                .where(month.in_(subjects), UsageRollupMonth.month == s.strftime("%Y-%m"))
+                .group_by(month)
+            )
+        day = _DAY_COLUMNS[kind]
+        return (
+            select(day, func.sum(UsageRollup.cost_usd))
+            .where(day.in_(subjects), UsageRollup.day >= utc_day(s), UsageRollup.day < utc_day(e))
+            .group_by(day)
+        )
+    # Projects, or a range that is not whole days: the rows.
+    column = SUBJECT_COLUMNS[kind]
+    return (
         select(column, func.sum(UsageRecord.cost_usd))
         .where(
-            column.in_(list(subjects)),
+            column.in_(subjects),
             UsageRecord.occurred_at >= start,
             UsageRecord.occurred_at < end,
         )
         .group_by(column)
     )
-    async with reading(sm) as session:
-        rows = (await session.execute(stmt)).all()
-    return {subject: total or Decimal(0) for subject, total in rows}
 
 
 async def fingerprints_of_hint(sm: async_sessionmaker[AsyncSession], hint: str) -> list[str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+import pytest
+
 from proxy.accounting.usage import UsageRow
 from proxy.db import alerts
 from proxy.db import budgets as db
@@ -96,3 +98,25 @@ async def _team_budget(sm, team: str) -> int:
         sm, subject_kind="team", subject=team, key_hint=None, limit_usd=Decimal(5),
         period="month", warn="50", enforce=False,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("start", "days"),
+    [
+        (DEC + dt.timedelta(days=3), 1),  # a day: usage_rollup
+        (DEC + dt.timedelta(days=6), 7),  # a week from Monday (Dec 7): seven days of it
+        (DEC, 31),  # a month: usage_rollup_month
+        (DEC + dt.timedelta(days=3, hours=6), 1),  # not whole days: the rows
+    ],
+)
+async def test_spend_from_the_rollups_is_what_the_rows_sum_to(sm, start, days):
+    end = start + dt.timedelta(days=days)
+    rows = [
+        row(i, f"{i}.5", DEC + dt.timedelta(hours=7 * i), team="red", key_fingerprint="fp1")
+        for i in range(1, 120)
+    ]
+    await record_rows(sm, rows)
+    expected = sum((r.cost_usd for r in rows if start <= r.occurred_at < end), Decimal(0))
+    for kind, subject in (("team", "red"), ("key", "fp1")):
+        spend = await db.spend_by_subject(sm, kind, [subject], start, end)
+        assert spend.get(subject, Decimal(0)) == expected

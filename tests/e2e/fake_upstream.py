@@ -120,6 +120,11 @@ class FakeUpstream:
         # Forwarding tests: canned responses by name, a gate that paces /gated-stream one
         # event per token, and the peers (client ports) that reached /whoami.
         self.canned: dict[str, Canned] = {}
+        # When set, each chat completion waits for a token from it before it answers (tests
+        # move clients in waves): `chats_waiting` wait now, `chats_passed` have got theirs.
+        self.chat_gate: asyncio.Queue[None] | None = None
+        self.chats_waiting = 0
+        self.chats_passed = 0
         self.gate: asyncio.Queue[None] = asyncio.Queue()
         self.peers: list[int] = []
         self._runner: web.AppRunner | None = None
@@ -266,6 +271,13 @@ class FakeUpstream:
         self, request: web.Request, key: str, deployment: str | None = None
     ) -> web.StreamResponse:
         body = await request.json()
+        if self.chat_gate is not None:
+            self.chats_waiting += 1
+            try:
+                await self.chat_gate.get()
+            finally:
+                self.chats_waiting -= 1
+            self.chats_passed += 1
         if (planned := await self._planned_chat(request, body)) is not None:
             return planned
         cid = self._id("chatcmpl")
