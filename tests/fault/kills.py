@@ -29,6 +29,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import text
@@ -53,6 +54,9 @@ class KillSize:
     duration: float  # seconds over which runs start
     clients: int = 16
     kill_every: tuple[float, float] = (0.5, 2.0)  # seconds between kills, drawn uniformly
+    # At least this many kills while runs are being made, however slowly a loaded machine
+    # restarts the replicas: the runs wait for the kills (test_kills asserts it).
+    min_kills: int = 5
     settle: float = 120.0
 
 
@@ -193,7 +197,7 @@ class KillScenario:
         (a restart of its own, which the next kill does not wait for: both may be down)."""
         restarts: list[asyncio.Task[None]] = []
         after_finish = False
-        while time.monotonic() < until:
+        while time.monotonic() < until or self.kills < self.size.min_kills:
             await asyncio.sleep(self.rng.uniform(*self.size.kill_every))
             up = await wait_until(
                 lambda: [r for r in self.replicas if r.up], 60, interval=0.01, what="one up"
@@ -213,6 +217,9 @@ class KillScenario:
                     self._kill_now(victim)
             restarts.append(asyncio.create_task(self._restart(victim)))
         await asyncio.gather(*restarts)
+
+    def _killed(self, n: int) -> bool:
+        return self.kills >= n
 
     async def _restart(self, victim: Replica) -> None:
         assert victim.proc.proc is not None
@@ -243,6 +250,9 @@ class KillScenario:
             interval = self.size.duration / len(specs)
             for i, spec in enumerate(specs):
                 await asyncio.sleep(max(0.0, t0 + i * interval - time.monotonic()))
+                due = self.size.min_kills * i // len(specs)
+                if self.kills < due:
+                    await wait_until(partial(self._killed, due), 120, interval=0.01, what="kills")
                 queue.put_nowait(spec)
             for _ in workers:
                 queue.put_nowait(None)
