@@ -68,8 +68,9 @@ class Settings:
     )
     hold_timeout: float = _opt(
         1.0,
-        "seconds at most an answer waits for accounting: a run create's answer until its"
-        " collection job is stored, a run create until its intent is (then it goes anyway)",
+        "seconds at most an answer waits for accounting to store what it showed (a run"
+        " create's job; the usage row of a subject near an enforced budget's limit), and a"
+        " run create for its intent; then it goes anyway",
         flag=False,
     )
     max_observed_body: int = _opt(8 * 1024 * 1024, "bytes of a response body observers see")

@@ -78,6 +78,7 @@ def check(v: Mapping[str, Any], estimates: Mapping[str, int]) -> None:
         "credential_ttl",
         "billing_pull_interval",
         "budget_strict_timeout",
+        "hold_timeout",
     ):
         if v[name] < 0:
             raise ConfigError(f"{name}: {v[name]!r} must be >= 0")

@@ -109,6 +109,8 @@ def test_numbers_from_environment_and_file(config) -> None:
         ({}, {"USAGE_PROXY_UPSTREAM_TIMEOUT": "0"}, None, "upstream_timeout", "0"),
         ({}, {"USAGE_PROXY_UPSTREAM_TIMEOUT": "soon"}, None, "upstream_timeout", "soon"),
         ({"max_observed_body": -1}, {}, None, "max_observed_body", "-1"),
+        ({}, {"USAGE_PROXY_HOLD_TIMEOUT": "-1"}, None, "hold_timeout", "-1"),
+        ({}, {"USAGE_PROXY_BUDGET_STRICT_TIMEOUT": "-0.5"}, None, "budget_strict_timeout", "-0.5"),
         ({}, {"USAGE_PROXY_MIGRATE": "maybe"}, None, "migrate", "maybe"),
         ({"log_format": "xml"}, {}, None, "log_format", "xml"),
         ({"log_level": "LOUD"}, {}, None, "log_level", "LOUD"),
