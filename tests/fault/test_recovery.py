@@ -26,6 +26,7 @@ from sqlalchemy import text
 from proxy.db.migrate import upgrade
 from tests.conftest import PG_ENV
 from tests.e2e.fake_upstream import FakeUpstream
+from tests.fault.conftest import BACKENDS
 from tests.fault.harness import ProxyProcess, read_engine, wait_until
 from tests.fault.outcome import make_keys
 from tests.fault.scenario import KEY_SECRET, pg_schema
@@ -36,14 +37,6 @@ RUNS = 20
 # `OTHER_HOST + [name, command...]` runs the command under another host name.
 OTHER_HOST = ["unshare", "--uts", "sh", "-c", 'hostname "$1" && shift && exec "$@"', "sh"]
 KEY = make_keys(1, seed=19)[0]
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "postgres",
-        id="postgres",
-        marks=pytest.mark.skipif(not os.environ.get(PG_ENV), reason=f"set {PG_ENV}"),
-    ),
-]
 
 
 @contextlib.asynccontextmanager
