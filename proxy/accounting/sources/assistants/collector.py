@@ -1,8 +1,8 @@
 """The collector: claims the jobs of its source (Assistants runs) from the jobs table, has each
 one's row built (collect.py: followed while in progress, fetched with the client's own
-credentials, estimated, priced) and records them exactly once, in batches with the deletion of
-their jobs. Nothing here but the construction knows the source: it asks collect.py for the
-source's kind.
+credentials, estimated, priced) and has them recorded exactly once (ends.py: in batches with
+the deletion of their jobs). Nothing here but the construction knows the source: it asks
+collect.py for the source's kind.
 
 Claims are short leases (`collector_lease`, 10 s by default), renewed every third of a lease
 while the jobs are held, so a replica that dies leaves its jobs free within a lease on any
@@ -26,13 +26,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import datetime as dt
-import functools
 import logging
 import os
 from collections.abc import Callable
-from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -41,14 +38,15 @@ from proxy.accounting.pricing import PriceTable
 from proxy.accounting.process.owners import worker_id
 from proxy.accounting.shielded import Shielded
 from proxy.accounting.sources.assistants.collect import WAIT, Failures, Follow, Retry, RunCollect
+from proxy.accounting.sources.assistants.ends import RunEnds
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.intents import IntentRecovery
 from proxy.accounting.sources.assistants.rows import RunRow
 from proxy.accounting.sources.leases import Leases
-from proxy.accounting.usage import UsageRecorded, UsageSink
-from proxy.db import jobs, run_usage
+from proxy.accounting.usage import UsageSink
+from proxy.db import jobs
 from proxy.db import usage as db_usage
-from proxy.db.errors import DB_ERRORS, is_unavailable
+from proxy.db.errors import DB_ERRORS
 from proxy.db.models import utcnow
 from proxy.keys import CredentialStore
 from proxy.settings import Settings
@@ -58,12 +56,6 @@ __all__ = ["DB_ERRORS", "RunCollector"]
 _log = logging.getLogger("proxy.accounting.collector")
 
 _STOP_TIMEOUT = 10.0
-# Runs per recording transaction; more finished meanwhile wait for the next one. A batch's
-# parameters are processed on the event loop in one go, so a cap bounds that stretch (at 100
-# rows a transaction costs a row's worth, bench/db_ops.py).
-_RECORD_BATCH = 100
-
-_T = TypeVar("_T")
 
 
 class RunCollector:
@@ -102,15 +94,12 @@ class RunCollector:
         self._collect = RunCollect(
             sm, fetcher, credentials, prices, constants, failed, max_attempts=max_attempts
         )
-        self._recorded = recorded
         self._failed = failed
         self._workers = workers
         self._claim_size = claim_size
         self._poll = poll_interval
         self._lease = lease
         self._reported_wait = reported_wait
-        self._max_backoff = max_backoff
-        self._retry_base = retry_base
         self._max_attempts = max_attempts
         self.worker_id = worker_id(os.urandom(3).hex())
         self._wake = asyncio.Event()
@@ -118,9 +107,17 @@ class RunCollector:
         self._held: dict[int, jobs.ClaimedJob] = {}
         self._queue: collections.deque[int] = collections.deque()  # held, not fetched yet
         self._busy: set[asyncio.Task[None]] = set()  # fetches, at most `workers`
-        self._finished: list[tuple[jobs.ClaimedJob, RunRow]] = []  # to record
-        self._finish = asyncio.Event()
         self._db = Shielded()  # see proxy.accounting.shielded; stop() waits for them
+        self._ends = RunEnds(
+            sm,
+            self.worker_id,
+            recorded,
+            failed,
+            self._db,
+            retry_base=retry_base,
+            max_backoff=max_backoff,
+            on_settled=self._settled,
+        )
         self._task: asyncio.Task[None] | None = None
         self._recorder: asyncio.Task[None] | None = None
         self._leases: asyncio.Task[None] | None = None
@@ -168,7 +165,7 @@ class RunCollector:
     def start(self) -> None:
         self._stopping = False
         self._task = asyncio.create_task(self._loop(), name="run-collector")
-        self._recorder = asyncio.create_task(self._record_loop(), name="run-recorder")
+        self._recorder = asyncio.create_task(self._ends.run(), name="run-recorder")
         leases = Leases(
             self._sm,
             lambda: self._held,
@@ -204,7 +201,7 @@ class RunCollector:
             task.cancel()
         await asyncio.gather(*self._busy, return_exceptions=True)
         await self._db.wait(_STOP_TIMEOUT)
-        finished, self._finished = self._finished, []
+        finished = self._ends.take_finished()
         recording = {job.id for job, _ in finished}
         held = [job_id for job_id in self._held if job_id not in recording]
         self._held = {}
@@ -213,7 +210,7 @@ class RunCollector:
             async with asyncio.timeout(_STOP_TIMEOUT):
                 if finished:
                     # Fetched already: recording them now spares the upstream a second fetch.
-                    await self._record(finished)
+                    await self._ends.record(finished)
                 await jobs.release_many(self._sm(), held, self.worker_id)
         except (*DB_ERRORS, TimeoutError) as exc:
             # Their leases run out instead: nothing is lost, it is only later.
@@ -331,7 +328,7 @@ class RunCollector:
         try:
             built = await self._collect(job, self._db)
             if isinstance(built, Retry):
-                await self._retry(job, built.error, built.retry_after)
+                await self._ends.retry(job, built.error, built.retry_after)
                 built = None
             elif built is WAIT:
                 await self._db(jobs.release(self._sm(), job.id, self.worker_id))
@@ -351,99 +348,18 @@ class RunCollector:
             raise  # stop() gives the job back
         except DB_ERRORS as exc:
             built = None
-            await self._db_failed([job], exc)
+            await self._ends.db_failed([job], exc)
         except Exception as exc:
             built = None
             self._failed("internal", 1)
             _log.exception("collecting run %s failed", job.object_id)
-            await self._retry(job, f"internal error: {type(exc).__name__}", None)
+            await self._ends.retry(job, f"internal error: {type(exc).__name__}", None)
         if not isinstance(built, RunRow):
             self._held.pop(job.id, None)
             return
-        self._finished.append((job, built))
-        self._finish.set()
+        self._ends.finished(job, built)
 
-    # --- recording -----------------------------------------------------------------------
-    async def _record_loop(self) -> None:
-        while True:
-            if not self._finished:
-                self._finish.clear()
-                await self._finish.wait()
-                continue
-            batch, self._finished = self._finished[:_RECORD_BATCH], self._finished[_RECORD_BATCH:]
-            # Shielded, and its bookkeeping inside: stop() cancelling this task cannot leave
-            # a batch written but still counted as held.
-            await self._db(self._record(batch))
-
-    async def _record(self, batch: list[tuple[jobs.ClaimedJob, RunRow]]) -> None:
-        """Record the runs and delete their jobs, in one transaction; should the database
-        refuse the batch, run by run, so that a row it refuses costs only its own job."""
-        try:
-            await self._write(batch)
-        except DB_ERRORS as exc:
-            if is_unavailable(exc):
-                await self._db_failed([job for job, _ in batch], exc)
-            else:
-                await self._record_each(batch)
-        except Exception:
-            _log.exception("recording %d runs failed; recording them one by one", len(batch))
-            await self._record_each(batch)
-        finally:
-            for job, _ in batch:
-                self._held.pop(job.id, None)
-            self._wake.set()
-
-    async def _record_each(self, batch: list[tuple[jobs.ClaimedJob, RunRow]]) -> None:
-        for i, (job, built) in enumerate(batch):
-            try:
-                await self._write([(job, built)])
-            except DB_ERRORS as exc:
-                if is_unavailable(exc):
-                    await self._db_failed([j for j, _ in batch[i:]], exc)
-                    return
-                await self._db_failed([job], exc)
-            except Exception as exc:
-                self._failed("internal", 1)
-                _log.exception("recording run %s failed", job.object_id)
-                await self._retry(job, f"internal error: {type(exc).__name__}", None)
-
-    async def _write(self, batch: list[tuple[jobs.ClaimedJob, RunRow]]) -> None:
-        done = functools.partial(
-            jobs.complete_held, job_ids=[job.id for job, _ in batch], worker=self.worker_id
-        )
-        stored = await run_usage.record_usage_many(
-            self._sm(), [built for _, built in batch], also=done
-        )
-        # Signalled as stored: a run's sessions and their cost are settled in the transaction.
-        rows = [
-            dataclasses.replace(
-                built.row,
-                code_interpreter_sessions=s.code_interpreter_sessions,
-                cost_usd=s.cost_usd,
-            )
-            for (_, built), s in zip(batch, stored, strict=True)
-            if s is not None
-        ]
-        # Per batch, not per run: in a collector process each signal is a line to the serving
-        # process, which reads them on the loop that forwards requests.
-        if rows:
-            self._recorded(UsageRecorded.of(rows))
-
-    async def _db_failed(self, held: list[jobs.ClaimedJob], exc: BaseException) -> None:
-        if is_unavailable(exc):
-            # The jobs stay claimed until their lease ends, then any replica takes them again.
-            self._failed("database", len(held))
-            _log.warning("recording %d run(s) failed: %s", len(held), type(exc).__name__)
-            return
-        # Refused, not unreachable: retrying at once cannot help, so back off and log.
-        for job in held:
-            self._failed("database_refused", 1)
-            _log.error("the database refused run %s: %s", job.object_id, type(exc).__name__)
-            await self._retry(job, f"database refused the row: {type(exc).__name__}", None)
-
-    async def _retry(self, job: jobs.ClaimedJob, error: str, retry_after: float | None) -> None:
-        delay = jobs.backoff(
-            job.attempts + 1, base=self._retry_base, cap=self._max_backoff, retry_after=retry_after
-        )
-        with contextlib.suppress(*DB_ERRORS):
-            await self._db(jobs.retry(self._sm(), job.id, self.worker_id, error=error, delay=delay))
+    def _settled(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            self._held.pop(job_id, None)
+        self._wake.set()
