@@ -924,8 +924,10 @@ async def test_code_interpreter_sessions_per_thread_hour(upstream, client, sm) -
 
 async def test_sessions_of_runs_recorded_out_of_order(upstream, client, sm) -> None:
     # The first run's collection fails once; the second, an hour later, is recorded first.
+    # The first waits 4 s to be retried: the second must be recorded before, even when a loaded
+    # machine takes seconds over it (0.5 s was not always enough beside a CPU hog).
     upstream.faults.fetch_statuses = [500, 500]
-    upstream.faults.retry_after = "0.5"
+    upstream.faults.retry_after = "4"
     first = await finished_run(client, usage="no")
     await wait_for(lambda: not upstream.faults.fetch_statuses)
     upstream.advance_clock(3600)
