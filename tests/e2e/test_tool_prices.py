@@ -215,7 +215,8 @@ async def test_an_auto_container_no_call_used(proxy: RunningProxy, upstream, sm)
     assert row["object_id"] == echoed["container"]
     # No call ran in it: it lived no minute and pays the minimum, at the request's 4 GB.
     assert row["cost_usd"] == Decimal("0.12") * 5 / 20
-    [resp] = await rows(sm, "response")
+    # The container can be settled before the response's own row is written: wait for it too.
+    [resp] = await wait_for(lambda: _kind(sm, "response", 1))
     assert resp["code_interpreter_calls"] == 0
 
 
