@@ -2,7 +2,7 @@
 budget_alerts, whose budget_id 0 held the billing residuals' alerts. Rows are carried over with
 their state (attempts, next attempt, lease, sent_at) and keep their identity: a budget's alert
 becomes source "budget", key "<budget id>/<period start>/<kind>/<threshold>"
-(proxy.db.alerts.budget_key); budget_id 0 becomes source "reconcile", key "residual/<day>"
+(proxy.db.budgets.alert_key); budget_id 0 becomes source "reconcile", key "residual/<day>"
 (proxy.reconcile.schedule). Written by hand: autogenerate cannot carry rows.
 
 Downgrade reverses it; alerts of another source have no place in budget_alerts and are lost.

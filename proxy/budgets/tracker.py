@@ -26,6 +26,7 @@ from proxy.budgets.near import HORIZON_BASE, SpendRates, headroom
 from proxy.budgets.spend import current_statuses
 from proxy.budgets.status import BudgetStatus
 from proxy.db import alerts as db_alerts
+from proxy.db import budgets as db_budgets
 from proxy.db.errors import DB_ERRORS
 from proxy.metrics import Metrics
 
@@ -119,7 +120,7 @@ class BudgetTracker:
         self._policy.publish(refusing, near, began)
 
     async def _queue_alerts(self, statuses: list[BudgetStatus]) -> None:
-        new: list[db_alerts.NewAlert] = []
+        new: list[db_budgets.BudgetAlert] = []
         for s in statuses:
             due = [("threshold", t) for t in s.crossed]
             if s.forecast_alarm:
@@ -128,7 +129,7 @@ class BudgetTracker:
                 key = (s.rule.id, s.period_start, kind, threshold)
                 if key not in self._known:
                     body = alert_body(s, kind, threshold)
-                    new.append(db_alerts.NewAlert(*key, body))
+                    new.append(db_budgets.BudgetAlert(*key, body))
         if not new:
             return
         try:

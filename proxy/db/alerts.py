@@ -4,9 +4,8 @@ marks each sent, or due again later. Claimed with FOR UPDATE SKIP LOCKED on Post
 SQLite the transaction holds the single write lock and the UPDATE re-checks the lease.
 
 A source names its alerts as it likes (a string, unique within the source); the outbox never
-reads the key, only compares it. The budgets' key is spelled here (`budget_key`) because
-proxy.budgets.tracker builds its alerts as `NewAlert(budget_id, period, kind, threshold,
-payload)` and proxy.db.budgets drops a removed budget's unsent alerts by the key's prefix."""
+reads the key, only compares it (budgets spell theirs in proxy.db.budgets, reconcile in
+proxy.reconcile.schedule)."""
 
 from __future__ import annotations
 
@@ -23,14 +22,10 @@ from proxy.db.engine import reading
 from proxy.db.models import Alert, utcnow
 
 __all__ = [
-    "BUDGET",
     "ClaimedAlert",
-    "NewAlert",
     "OutboxAlert",
     "ToQueue",
     "add_alerts",
-    "budget_key",
-    "budget_prefix",
     "claim",
     "drop_unsent",
     "failed",
@@ -196,37 +191,3 @@ async def failed(
                 claimed_until=None,
             )
         )
-
-
-# --- the budgets' alerts -----------------------------------------------------------------
-BUDGET = "budget"
-
-
-def budget_prefix(budget_id: int) -> str:
-    """What the keys of one budget's alerts, and only its, start with."""
-    return f"{budget_id}/"
-
-
-def budget_key(budget_id: int, period_start: str, kind: str, threshold: int) -> str:
-    """`<budget id>/<period start>/<kind>/<threshold>`; migration 0015 spells the same key."""
-    return f"{budget_prefix(budget_id)}{period_start}/{kind}/{threshold}"
-
-
-@dataclass(frozen=True, slots=True)
-class NewAlert:
-    """A budget's alert (source "budget"), one per budget, period, kind ("threshold" or
-    "forecast") and threshold (percent; 0 for a forecast)."""
-
-    budget_id: int
-    period_start: str
-    kind: str
-    threshold: int
-    payload: str
-
-    @property
-    def source(self) -> str:
-        return BUDGET
-
-    @property
-    def dedup_key(self) -> str:
-        return budget_key(self.budget_id, self.period_start, self.kind, self.threshold)

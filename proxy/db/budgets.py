@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
+from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import Select, delete, func, select, union
@@ -32,7 +33,10 @@ from proxy.db.models import (
 from proxy.db.rollup import utc_day
 
 __all__ = [
+    "ALERT_SOURCE",
     "SUBJECT_COLUMNS",
+    "BudgetAlert",
+    "alert_key",
     "fingerprints_of_hint",
     "list_budgets",
     "remove_budget",
@@ -89,7 +93,7 @@ async def remove_budget(sm: async_sessionmaker[AsyncSession], budget_id: int) ->
     """True if the budget existed. Its alerts not yet sent go with it."""
     async with sm.begin() as session:
         result = await session.execute(delete(Budget).where(Budget.id == budget_id))
-        await db_alerts.drop_unsent(session, db_alerts.BUDGET, db_alerts.budget_prefix(budget_id))
+        await db_alerts.drop_unsent(session, ALERT_SOURCE, _alert_prefix(budget_id))
         return result.rowcount == 1
 
 
@@ -156,3 +160,34 @@ async def fingerprints_of_hint(sm: async_sessionmaker[AsyncSession], hint: str) 
     )
     async with reading(sm) as session:
         return sorted(str(fp) for fp in (await session.scalars(stmt)))
+
+
+# --- the budgets' alerts in the outbox (proxy.db.alerts) ----------------------------------
+ALERT_SOURCE = "budget"
+
+
+def _alert_prefix(budget_id: int) -> str:
+    """What the keys of one budget's alerts, and only its, start with."""
+    return f"{budget_id}/"
+
+
+def alert_key(budget_id: int, period_start: str, kind: str, threshold: int) -> str:
+    """`<budget id>/<period start>/<kind>/<threshold>`; migration 0015 spells the same key."""
+    return f"{_alert_prefix(budget_id)}{period_start}/{kind}/{threshold}"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAlert:
+    """A budget's alert, one per budget, period, kind ("threshold" or "forecast") and
+    threshold (percent; 0 for a forecast): what db_alerts.add_alerts takes."""
+
+    budget_id: int
+    period_start: str
+    kind: str
+    threshold: int
+    payload: str
+    source: str = ALERT_SOURCE
+
+    @property
+    def dedup_key(self) -> str:
+        return alert_key(self.budget_id, self.period_start, self.kind, self.threshold)

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 
 from proxy.db import alerts
+from proxy.db import budgets as db_budgets
 from proxy.db.engine import make_engine, make_sessionmaker
 
 
@@ -15,17 +16,17 @@ def soon() -> dt.datetime:
     return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
 
 
-def new(threshold: int, budget: int = 1, period: str = "2026-12-01") -> alerts.NewAlert:
-    return alerts.NewAlert(budget, period, "threshold", threshold, f'{{"t": {threshold}}}')
+def new(threshold: int, budget: int = 1, period: str = "2026-12-01") -> db_budgets.BudgetAlert:
+    return db_budgets.BudgetAlert(budget, period, "threshold", threshold, f'{{"t": {threshold}}}')
 
 
 async def test_an_alert_is_inserted_once_per_budget_period_kind_and_threshold(sm):
     assert await alerts.add_alerts(sm, [new(50), new(80)]) == 2
     assert await alerts.add_alerts(sm, [new(50), new(80), new(100)]) == 1
     assert await alerts.add_alerts(sm, [new(50, period="2027-01-01"), new(50, budget=2)]) == 2
-    wanted = {alerts.budget_key(1, "2026-12-01", "threshold", t) for t in (50, 80, 100)}
-    maybe = wanted | {alerts.budget_key(1, "2026-12-01", "threshold", 10)}
-    assert await alerts.queued(sm, alerts.BUDGET, maybe) == wanted
+    wanted = {db_budgets.alert_key(1, "2026-12-01", "threshold", t) for t in (50, 80, 100)}
+    maybe = wanted | {db_budgets.alert_key(1, "2026-12-01", "threshold", 10)}
+    assert await alerts.queued(sm, db_budgets.ALERT_SOURCE, maybe) == wanted
 
 
 async def test_concurrent_claimers_never_hold_the_same_alert(sm, db_url):
@@ -79,7 +80,9 @@ async def test_drop_unsent_takes_only_its_prefix_and_only_unsent(sm):
     first, *_ = await alerts.claim(sm, worker="a", lease=60, limit=1, now=soon())
     await alerts.sent(sm, first.id, "a")  # budget 1's 50%: sent, so kept
     async with sm.begin() as session:
-        dropped = await alerts.drop_unsent(session, alerts.BUDGET, alerts.budget_prefix(1))
+        dropped = await alerts.drop_unsent(session, db_budgets.ALERT_SOURCE, "1/")
     assert dropped == 1
-    keys = [alerts.budget_key(b, "2026-12-01", "threshold", t) for b in (1, 10) for t in (50, 80)]
-    assert await alerts.queued(sm, alerts.BUDGET, keys) == {keys[0], keys[2]}
+    keys = [
+        db_budgets.alert_key(b, "2026-12-01", "threshold", t) for b in (1, 10) for t in (50, 80)
+    ]
+    assert await alerts.queued(sm, db_budgets.ALERT_SOURCE, keys) == {keys[0], keys[2]}

@@ -49,11 +49,11 @@ async def test_remove_takes_the_unsent_alerts_along(sm):
         sm, subject_kind="team", subject="red", key_hint=None, limit_usd=Decimal(5),
         period="month", warn="50", enforce=False,
     )  # fmt: skip
-    await alerts.add_alerts(sm, [alerts.NewAlert(budget, "2026-12-01", "threshold", 50, "{}")])
+    await alerts.add_alerts(sm, [db.BudgetAlert(budget, "2026-12-01", "threshold", 50, "{}")])
     assert await db.remove_budget(sm, budget)
     assert not await db.remove_budget(sm, budget)
-    key = alerts.budget_key(budget, "2026-12-01", "threshold", 50)
-    assert await alerts.queued(sm, alerts.BUDGET, [key]) == set()
+    key = db.alert_key(budget, "2026-12-01", "threshold", 50)
+    assert await alerts.queued(sm, db.ALERT_SOURCE, [key]) == set()
 
 
 async def test_spend_sums_every_kind_in_the_range_exactly(sm):
@@ -86,11 +86,11 @@ async def test_remove_leaves_other_budgets_alerts(sm):
     ids = [await _team_budget(sm, f"t{i}") for i in range(11)]
     one, ten = ids[0], ids[10]
     assert str(ten).startswith(str(one))  # 1 and 10: one's key prefix must not take ten's
-    new = [alerts.NewAlert(b, "2026-12-01", "threshold", 50, "{}") for b in (one, ten)]
+    new = [db.BudgetAlert(b, "2026-12-01", "threshold", 50, "{}") for b in (one, ten)]
     await alerts.add_alerts(sm, new)
     assert await db.remove_budget(sm, one)
-    keys = [alerts.budget_key(b, "2026-12-01", "threshold", 50) for b in (one, ten)]
-    assert await alerts.queued(sm, alerts.BUDGET, keys) == {keys[1]}
+    keys = [db.alert_key(b, "2026-12-01", "threshold", 50) for b in (one, ten)]
+    assert await alerts.queued(sm, db.ALERT_SOURCE, keys) == {keys[1]}
 
 
 async def _team_budget(sm, team: str) -> int:

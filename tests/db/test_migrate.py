@@ -13,6 +13,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import inspect, text
 
 from proxy.db import alerts, migrate
+from proxy.db import budgets as db_budgets
 from proxy.db.engine import make_engine, make_sessionmaker, split_url
 from proxy.db.models import Base
 from proxy.errors import ConfigError
@@ -212,8 +213,8 @@ async def test_budget_alerts_move_to_the_alerts_outbox_and_back(empty_db_url: st
         state = ", ".join(_ALERT_STATE)
         moved = await _rows(engine, f"SELECT source, dedup_key, {state} FROM alerts ORDER BY id")
         assert [row[:2] for row in moved] == [
-            ("budget", alerts.budget_key(7, "2026-12-01", "threshold", 80)),
-            ("budget", alerts.budget_key(7, "2026-12-01", "forecast", 0)),
+            ("budget", db_budgets.alert_key(7, "2026-12-01", "threshold", 80)),
+            ("budget", db_budgets.alert_key(7, "2026-12-01", "forecast", 0)),
             ("reconcile", "residual/2026-11-30"),
         ]
         assert [row[2:] for row in moved] == [row[4:] for row in before]
@@ -221,8 +222,8 @@ async def test_budget_alerts_move_to_the_alerts_outbox_and_back(empty_db_url: st
         # The code's identities of the same alerts are there already: none is queued again.
         sm = make_sessionmaker(engine)
         again = [
-            alerts.NewAlert(7, "2026-12-01", "threshold", 80, "{}"),
-            alerts.NewAlert(7, "2026-12-01", "forecast", 0, "{}"),
+            db_budgets.BudgetAlert(7, "2026-12-01", "threshold", 80, "{}"),
+            db_budgets.BudgetAlert(7, "2026-12-01", "forecast", 0, "{}"),
             _residual_alert("2026-11-30", []),
         ]
         assert await alerts.add_alerts(sm, again) == 0

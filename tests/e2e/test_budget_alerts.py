@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from proxy.alerts.signing import verify
 from proxy.app import BUDGETS, METRICS
-from proxy.db import alerts as db_alerts
+from proxy.db import budgets as db_budgets
 from proxy.db.engine import reading
 from proxy.db.models import Alert, UsageRecord
 from tests.e2e.budget_helpers import (
@@ -77,13 +77,13 @@ class BudgetAlertRow:
 
 
 async def outbox(sm) -> list[BudgetAlertRow]:
-    stmt = select(Alert).where(Alert.source == db_alerts.BUDGET).order_by(Alert.id)
+    stmt = select(Alert).where(Alert.source == db_budgets.ALERT_SOURCE).order_by(Alert.id)
     async with reading(sm) as session:
         rows = list(await session.scalars(stmt))
     parsed = []
     for row in rows:
         budget, period, kind, threshold = row.dedup_key.split("/")
-        assert row.dedup_key == db_alerts.budget_key(int(budget), period, kind, int(threshold))
+        assert row.dedup_key == db_budgets.alert_key(int(budget), period, kind, int(threshold))
         parsed.append(
             BudgetAlertRow(
                 int(budget), period, kind, int(threshold), row.attempts, row.last_error, row.sent_at
