@@ -119,7 +119,9 @@ async def test_a_container_read_that_outlasts_leases_stays_with_its_claimer(
 ):
     """Container claims are renewed while held (proxy.accounting.sources.leases): a read that
     takes many leases is not taken over, and read again, by another replica holding the key."""
-    settings = dataclasses.replace(_settings(upstream, db_url), collector_lease=0.3)
+    # A lease of 1.5 s (renewed every 0.5 s): a loaded machine can stall a renewal by far more
+    # than 0.3 s, which let the other replica take a claim its holder was still renewing.
+    settings = dataclasses.replace(_settings(upstream, db_url), collector_lease=1.5)
     replicas = [await start_proxy(settings) for _ in range(2)]
     upstream.containers["cntr_gpt-4.1"] = _container(12)
     upstream.faults.container_gate = asyncio.Event()
@@ -137,7 +139,7 @@ async def test_a_container_read_that_outlasts_leases_stays_with_its_claimer(
             claims.append(claim)
         return len(claims) >= 6  # five renewals: over a lease and a half of reading
 
-    await wait_for(renewed_a_few_times, timeout=10)
+    await wait_for(renewed_a_few_times, timeout=30)
     assert len({who for who, _ in claims}) == 1, claims
     assert len(upstream.container_fetches) == 1
     upstream.faults.container_gate.set()
