@@ -79,6 +79,13 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.runs_unseen = Counter(
+            "usage_proxy_runs_unseen",
+            "Create-and-runs whose replica died before their answer was seen, and whose run no"
+            " replica saw since: maybe unrecorded (an upper bound)",
+            ["team"],
+            registry=r,
+        )
         self.observer_failures = Gauge(
             "usage_proxy_observer_failures", "Observer calls that raised", registry=r
         )
@@ -169,6 +176,10 @@ class Metrics:
 
     def collection_failed(self, reason: str, n: int = 1) -> None:
         self.collection_failures.labels(reason=reason).inc(n)
+
+    def run_unseen(self, team: str | None) -> None:
+        """A create-and-run marked unseen (proxy.db.unseen_creates)."""
+        self.runs_unseen.labels(team=self._team(team)).inc()
 
     def api_error(self, team: str | None, status: int) -> None:
         self.upstream_errors.labels(team=self._team(team), status=str(status)).inc()

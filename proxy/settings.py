@@ -73,6 +73,13 @@ class Settings:
         " run create for its intent; then it goes anyway",
         flag=False,
     )
+    unseen_after: float = _opt(
+        900.0,
+        "seconds after which a create-and-run whose replica died before its answer was seen,"
+        " and whose run no replica saw since, is counted unseen (maybe unrecorded; Assistants"
+        " runs expire 10 minutes after creation)",
+        flag=False,
+    )
     max_observed_body: int = _opt(8 * 1024 * 1024, "bytes of a response body observers see")
     max_observed_request: int = _opt(4 * 1024 * 1024, "bytes of a request body observers see")
     # Client connections (proxy/forwarding/guard.py): what a slow or half-open client may hold.

@@ -79,6 +79,7 @@ def check(v: Mapping[str, Any], estimates: Mapping[str, int]) -> None:
         "billing_pull_interval",
         "budget_strict_timeout",
         "hold_timeout",
+        "unseen_after",
     ):
         if v[name] < 0:
             raise ConfigError(f"{name}: {v[name]!r} must be >= 0")

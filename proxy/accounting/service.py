@@ -11,6 +11,7 @@ them; fail open for traffic either way).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from proxy.accounting.attribution import Attribution
 from proxy.accounting.attributor import Attributor
 from proxy.accounting.estimate.constants import table_from_settings
 from proxy.accounting.mapping_watch import MappingWatch
@@ -29,6 +31,7 @@ from proxy.accounting.sources.assistants.creates import RunCreates
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.names import AssistantNames
 from proxy.accounting.sources.assistants.sightings import RunObserver, RunSighting
+from proxy.accounting.sources.assistants.unseen import UnseenCreates
 from proxy.accounting.sources.events.container_collector import (
     ContainerCollector,
     ContainerFetcher,
@@ -40,7 +43,7 @@ from proxy.accounting.usage_metrics import UsageMetrics
 from proxy.accounting.writing.outbox import JobWriter, OutboxJob
 from proxy.accounting.writing.row_writer import RowWriter
 from proxy.accounting.writing.stored import StoredRelease
-from proxy.db import jobs
+from proxy.db import jobs, unseen_creates
 from proxy.db.assistant_names import remember_names
 from proxy.db.engine import make_engine, make_sessionmaker, ping
 from proxy.errors import ConfigError
@@ -88,12 +91,15 @@ class Accounting:
         self.remember_key = self.attribution.remember_key
         self.resolve_team = self.attribution.resolve_team
         self.resolve_teams = self.attribution.resolve_teams
+        # This serving process, as the run intents it writes name it.
+        self.worker = worker_id(os.urandom(3).hex())
         self.outbox = JobWriter(
             self.sessionmaker,
             self.metrics,
             limit=_BACKLOG_LIMIT,
             on_written=self._jobs_written,
             on_pending=lambda _: self._show_backlog(),
+            worker=self.worker,
         )
         self.rows = RowWriter(
             self.sessionmaker,
@@ -104,9 +110,7 @@ class Accounting:
             on_pending=lambda _: self._show_backlog(),
         )
         # Run creates: their intents before, their answers held until their jobs are stored.
-        self.creates = RunCreates(
-            self.sessionmaker, self.attribute, self.remember_key, worker_id(os.urandom(3).hex())
-        )
+        self.creates = RunCreates(self.sessionmaker, self.attribute, self.remember_key, self.worker)
         self._forwarder: Forwarder | None = None
         self._forked = forked
         self.collector: RunCollector | CollectorProcess | None = None
@@ -198,6 +202,13 @@ class Accounting:
             self.settings.mapping_poll_interval,
         )
         self._tasks.append(asyncio.create_task(watch.run()))
+        unseen = UnseenCreates(
+            self.sessionmaker,
+            unseen_after=s.unseen_after,
+            lease=s.collector_lease,
+            on_unseen=self.metrics.run_unseen,
+        )
+        self._tasks.append(asyncio.create_task(unseen.run(), name="unseen-creates"))
         self.collector.start()
         self.containers.start()
         self.outbox.start()
@@ -242,8 +253,10 @@ class Accounting:
             sighting.upstream_headers, sighting.request_headers, query=sighting.query_string
         )
         run = sighting.run
+        intent = self.creates.intent_of(sighting.request_id)
         job = OutboxJob(
-            intent=self.creates.intent_of(sighting.request_id),
+            intent=intent,
+            seen_elsewhere=None if intent is not None else _seen_elsewhere(sighting, who),
             source=ASSISTANTS_RUN,
             object_id=run["id"],
             thread_id=run["thread_id"],
@@ -256,6 +269,13 @@ class Accounting:
         )
         self.outbox.submit(job)
 
+    async def unseen_creates(self) -> int | None:
+        """Create-and-runs marked unseen (proxy.db.unseen_creates); None before the database
+        is open."""
+        if self.engine is None:
+            return None
+        return (await unseen_creates.unseen(self.sessionmaker())).count
+
     def _jobs_written(self) -> None:
         # Only now can the collector claim them.
         self._wake_collector()
@@ -267,3 +287,20 @@ class Accounting:
     def _show_backlog(self) -> None:
         # Jobs and usage rows waiting in the writers: during an outage they are held there.
         self.metrics.backlog.set(self.outbox.pending + self.rows.pending)
+
+
+def _seen_elsewhere(sighting: RunSighting, who: Attribution) -> unseen_creates.RunSeen | None:
+    """The run, for matching with a create-and-run's intent, when this sighting is not a run
+    create's answer (that one has its own intent, or failed to write it)."""
+    created = sighting.run.get("created_at")
+    fingerprint = who.key_fingerprint
+    if sighting.from_create or not fingerprint or not isinstance(created, int | float):
+        return None
+    assistant = sighting.run.get("assistant_id")
+    return unseen_creates.RunSeen(
+        object_id=sighting.run["id"],
+        thread_id=sighting.run.get("thread_id"),
+        key_fingerprint=fingerprint,
+        created_at=dt.datetime.fromtimestamp(created, dt.UTC),
+        assistant_id=assistant if isinstance(assistant, str) else None,
+    )

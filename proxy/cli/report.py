@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from proxy.cli.common import UsageError, argument, settings_of, with_db
@@ -52,7 +53,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from proxy.reports.run import run_report
+    from proxy.reports.run import unseen_note
 
     try:
         query = ReportQuery.from_args(
@@ -65,5 +66,15 @@ def _report(args: argparse.Namespace) -> int:
         )
     except ReportError as exc:
         raise UsageError(str(exc)) from None
-    print(with_db(settings_of(args), lambda sm: run_report(sm, query)), end="")
+    text, unseen = with_db(settings_of(args), lambda sm: _with_unseen(sm, query))
+    print(text, end="")
+    if unseen.count:
+        print(unseen_note(unseen), file=sys.stderr)
     return 0
+
+
+async def _with_unseen(sm: Any, query: ReportQuery) -> tuple[str, Any]:
+    from proxy.db.unseen_creates import unseen
+    from proxy.reports.run import run_report
+
+    return await run_report(sm, query), await unseen(sm, query.since, query.until)

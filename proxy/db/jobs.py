@@ -76,7 +76,7 @@ def _enqueue(insert: Insert) -> Any:
             "next_attempt_at": new.next_attempt_at,
         },
         where=and_(_jobs.c.in_progress.is_(True), new.in_progress.is_(False)),
-    ).returning(_jobs.c.object_id)
+    ).returning(_jobs.c.object_id, _jobs.c.created_at)
 
 
 _ENQUEUE = {name: _enqueue(insert) for name, insert in INSERTS.items()}
@@ -97,13 +97,15 @@ async def enqueue_many(
     now: dt.datetime | None = None,
     follow_after: float = FOLLOW_FIRST,
     also: Callable[[AsyncSession], Awaitable[object]] | None = None,  # in the same transaction
+    inserted: Callable[[AsyncSession, set[str]], Awaitable[object]] | None = None,
 ) -> int:
     """Insert, in one transaction, the jobs whose (source, object_id) has no job yet, and turn
     an in-progress job into the finished one when a job of `new_jobs` is finished; how many
     this call inserted or finished. One repeated in `new_jobs` counts once: its first finished
     job, else its first. An in-progress job is first due `follow_after` seconds from now (the
-    client's own polls usually show it finished before then). All or nothing: a job the
-    database refuses fails the whole call."""
+    client's own polls usually show it finished before then). `also`, then `inserted` (given
+    the object ids whose jobs this call inserted, not those it finished) run in the same
+    transaction. All or nothing: a job the database refuses fails the whole call."""
     now = now or utcnow()
     params: dict[tuple[str, str], dict[str, Any]] = {}
     for job in new_jobs:
@@ -118,9 +120,13 @@ async def enqueue_many(
         return 0
     async with sm.begin() as session:
         result = await session.execute(_ENQUEUE[dialect_of(session)], list(params.values()))
+        rows = result.all()
         if also is not None:
             await also(session)
-        return len(result.all())
+        if inserted is not None:
+            # A finished job keeps its created_at: only an inserted one has this call's.
+            await inserted(session, {r.object_id for r in rows if r.created_at == now})
+        return len(rows)
 
 
 async def pending_count(sm: async_sessionmaker[AsyncSession]) -> int:

@@ -5,6 +5,9 @@ a create that made no run deletes it at once (`resolve`). What is left belongs t
 that died between the two, or to a create whose resolution failed: `recoverable` lists them
 for the collector, which lists the thread's runs and opens their jobs, deleting the intent in
 that transaction. Jobs are unique per run, so recovering an intent twice records nothing twice.
+
+A create-and-run's intent has no thread (thread_id NULL): it is never recoverable, only matched
+with a sighting of its run at another replica, or marked unseen (proxy.db.unseen_creates).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ _DELETE = delete(_intents).where(_intents.c.id.in_(bindparam("ids", expanding=Tr
 class NewIntent:
     """Never a credential: only its fingerprint and hint."""
 
-    thread_id: str
+    thread_id: str | None  # None: a create-and-run
     api_prefix: str
     api_query: str = ""
     key_fingerprint: str | None = None
@@ -39,12 +42,14 @@ class NewIntent:
     project: str | None = None
     organization: str | None = None
     worker: str
+    assistant_id: str | None = None  # a create-and-run's, from its request body
 
 
 @dataclass(frozen=True, kw_only=True)
 class Intent(NewIntent):
     id: int
     created_at: dt.datetime
+    unseen_at: dt.datetime | None = None
 
 
 async def add(
@@ -82,14 +87,16 @@ async def recoverable(
     host_like: str,
     limit: int = 100,
 ) -> list[Intent]:
-    """Intents of these keys that are older than `older_than`, or were written by a worker of
-    this host (`host_like`: the caller tells the dead ones from the living), oldest first."""
+    """Intents on a thread, of these keys, that are older than `older_than`, or were written
+    by a worker of this host (`host_like`: the caller tells the dead ones from the living),
+    oldest first."""
     if not fingerprints:
         return []
     query = (
         select(_intents)
         .where(
             _intents.c.key_fingerprint.in_(list(fingerprints)),
+            _intents.c.thread_id.is_not(None),
             or_(_intents.c.created_at < older_than, _intents.c.worker.like(host_like)),
         )
         .order_by(_intents.c.created_at)

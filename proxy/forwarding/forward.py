@@ -210,6 +210,10 @@ class Forwarder:
             holds = self.holds
             if holds is not None and holds.befores:
                 exchange.upstream_headers = sent
+                if request.method == "POST" and self._reads_whole(request):
+                    # Read now, not in _forward (which gets it again from aiohttp's cache):
+                    # a holder's `before` may look at it.
+                    exchange.request_body = await request.read()
                 if (waiting := holds.before(exchange)) is not None:
                     await waiting
             response = await self._forward(request, raw_path, exchange, sent)
@@ -276,8 +280,7 @@ class Forwarder:
                 data, rewritten = new, True
                 headers[hdrs.CONTENT_LENGTH] = str(len(new))
         elif request.body_exists:
-            length = request.content_length
-            if length is not None and length <= self._read_whole and self._copies(request):
+            if self._reads_whole(request):
                 data = exchange.request_body = await request.read()
             else:
                 data = self._request_body(request, exchange)
@@ -342,6 +345,16 @@ class Forwarder:
     def _timed_out(self) -> UpstreamTimeout:
         return UpstreamTimeout(
             f"the upstream sent no response within {self._deadlines.timeout:g} s"
+        )
+
+    def _reads_whole(self, request: web.Request) -> bool:
+        """Whether the request's body is read whole before it is forwarded."""
+        length = request.content_length
+        return (
+            request.body_exists
+            and length is not None
+            and length <= self._read_whole
+            and self._copies(request)
         )
 
     def _copies(self, request: web.Request) -> bool:

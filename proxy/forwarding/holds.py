@@ -8,7 +8,8 @@ or `timeout` passes, then writes the last bytes. Fail open: on the timeout the a
 anyway, counted in `timed_out` (a database that is down costs each held answer `timeout`).
 
 A holder may also define `before(exchange) -> Awaitable[None] | None`, called before every
-request is forwarded (the exchange has its request side and `upstream_headers`): a plain,
+request is forwarded (the exchange has its request side, `upstream_headers`, and a POST's
+`request_body` when it is small enough to be read whole before forwarding): a plain,
 cheap method that returns None when it does not care, or an awaitable, which is awaited for at
 most `timeout` seconds; then the request goes on and the awaitable finishes on its own (fail
 open, counted in `before_timed_out`). A holder without it is not asked.

@@ -11,11 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from proxy.db.assistant_names import names_of
 from proxy.db.queries import EVENT_COLUMNS, GROUP_FIELDS, SUMS, stream_events, usage_events
 from proxy.db.rollup_query import report_groups
+from proxy.db.unseen_creates import Unseen
 from proxy.reports.focus import FOCUS_COLUMNS, focus_rows
 from proxy.reports.query import ReportQuery
 from proxy.reports.render import EVENT_TABLE_COLUMNS, render, to_csv
 
-__all__ = ["run_report", "stream_report", "unpriced_note"]
+__all__ = ["run_report", "stream_report", "unpriced_note", "unseen_note"]
 
 # The table shows unpriced_events and unpriced_tokens; `priced` is for programs (CSV, JSON).
 _GROUP_TABLE_SUMS = tuple(name for name in SUMS if name != "priced")
@@ -85,4 +86,14 @@ def unpriced_note(rows: Sequence[Mapping[str, Any]]) -> str:
     return (
         f"unpriced: {len(unpriced):,} events, {tokens:,} tokens, not in the cost total "
         f"(models: {', '.join(models)}; see `usage-proxy prices missing`)\n"
+    )
+
+
+def unseen_note(unseen: Unseen) -> str:
+    """The line that says a report may lack runs: create-and-runs a crash may have lost
+    (proxy.db.unseen_creates), counted and never silent."""
+    since = unseen.since.isoformat(timespec="seconds") if unseen.since else "?"
+    return (
+        f"{unseen.count:,} create-and-run(s) may be unrecorded since {since} (replica killed"
+        ' before its answer was seen); see docs/architecture.md, "Runs at any moment of a crash"'
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.accounting.usage import UsageRow
-from proxy.db import queries
+from proxy.db import queries, run_intents, unseen_creates
 from proxy.db.engine import make_engine, make_sessionmaker, sqlite_path
 from proxy.db.migrate import current, head
 from proxy.db.run_usage import record_usage
@@ -179,3 +179,30 @@ def test_an_unreachable_database_is_one_line_and_exit_1(capsys):
     assert code == 1
     assert err.startswith("usage-proxy: error: ") and err.count("\n") == 1
     assert "pw-not-shown" not in err
+
+
+async def _unseen_create(url: str, at: dt.datetime) -> None:
+    engine = make_engine(url)
+    sm = make_sessionmaker(engine)
+    try:
+        intent = run_intents.NewIntent(thread_id=None, api_prefix="/v1", worker="h:1:b.s.x")
+        intent_id = await run_intents.add(sm, intent, now=at)
+        await unseen_creates.mark_unseen(sm, [intent_id], now=at)
+    finally:
+        await engine.dispose()
+
+
+def test_report_says_on_stderr_when_create_and_runs_in_its_range_may_be_unrecorded(
+    capsys, seeded_url: str
+):
+    asyncio.run(_unseen_create(seeded_url, dt.datetime(2026, 11, 15, 9, 30, tzinfo=dt.UTC)))
+    code, out, err = run(capsys, "report", "--database-url", seeded_url, "--month", "2026-11")
+    assert code == 0, err
+    assert err == (
+        "1 create-and-run(s) may be unrecorded since 2026-11-15T09:30:00+00:00 (replica killed"
+        ' before its answer was seen); see docs/architecture.md, "Runs at any moment of a'
+        ' crash"\n'
+    )
+    assert "may be unrecorded" not in out
+    code, out, err = run(capsys, "report", "--database-url", seeded_url, "--month", "2026-12")
+    assert code == 0 and err == ""

@@ -233,3 +233,36 @@ async def test_budget_alerts_move_to_the_alerts_outbox_and_back(empty_db_url: st
         assert await _rows(engine, select_old) == before
     finally:
         await engine.dispose()
+
+
+async def test_create_and_run_intents_go_on_the_way_down(empty_db_url: str):
+    """0016 lets an intent have no thread (a create-and-run's); its downgrade drops those, and
+    the intents on a thread stay, as they were."""
+    await migrate.upgrade(empty_db_url, "0016")
+    engine = make_engine(empty_db_url)
+    names = "thread_id, api_prefix, api_query, worker, created_at"
+    insert = sa.insert(
+        sa.table(
+            "run_intents",
+            *(sa.column(n) for n in names.split(", ")[:-1]),
+            sa.column("assistant_id"),
+            sa.column("created_at", sa.DateTime(timezone=True)),
+        )
+    )
+    try:
+        async with engine.begin() as conn:
+            for thread in ("thread_1", None):
+                values = {"thread_id": thread, "api_prefix": "/v1", "api_query": ""}
+                values |= {"worker": "h:1:w", "assistant_id": "asst_1", "created_at": _at(0)}
+                await conn.execute(insert, values)
+        await migrate.downgrade(empty_db_url, "0014")
+        assert await _rows(engine, "SELECT thread_id FROM run_intents") == [("thread_1",)]
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: inspect(c).get_columns("run_intents"))
+        by_name = {c["name"]: c for c in columns}
+        assert "assistant_id" not in by_name and "unseen_at" not in by_name
+        assert by_name["thread_id"]["nullable"] is False
+        await migrate.upgrade(empty_db_url)
+        await migrate.check(empty_db_url)
+    finally:
+        await engine.dispose()

@@ -86,6 +86,9 @@ class FakeUpstream:
         # the runs whose create was answered (non-streamed, on a thread).
         self.create_pause = 0.0
         self.creates_answered: list[str] = []
+        # When set, a non-streamed create-and-run waits for it, its run already created, before
+        # it answers (a replica can be killed with the run made and its answer not relayed).
+        self.create_and_run_gate: asyncio.Event | None = None
         # As the real API: /v1 Assistants endpoints answer 400 without OpenAI-Beta: assistants=v2.
         self.require_beta = False
         # Gzip JSON answers of the Assistants endpoints for clients that accept it, as the API does.
@@ -906,6 +909,8 @@ class FakeUpstream:
         run = self._new_run(thread["id"], body)
         if body.get("stream"):
             return await self._stream_run(request, run)
+        if self.create_and_run_gate is not None:
+            await self.create_and_run_gate.wait()
         return self._run_response(run)
 
     async def _stream_run(

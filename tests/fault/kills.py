@@ -16,8 +16,11 @@ polled again) is never answered before the database knows it (`lost_unpolled`); 
 on a thread writes an intent before it is forwarded, so a create whose answer died with its
 replica (the client saw a connection error and retried: `orphans`) is found again by listing
 the thread. A create-and-run names no thread, so its orphans cannot be found: they are counted
-apart (`orphans_create_and_run`). The fake upstream's clock is the wall clock here, as the
-API's is: an intent's recovery compares the runs' created_at with the intent's time.
+apart (`orphans_create_and_run`), and so are the replicas' own count of them: `unseen`, the
+create-and-runs the database holds as maybe unrecorded once every dead worker's was marked
+(replicas run with `unseen_after` = UNSEEN_AFTER), which must bound every lost run. The fake
+upstream's clock is the wall clock here, as the API's is: an intent's recovery compares the
+runs' created_at with the intent's time.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from proxy.accounting.process.owners import is_dead
 from proxy.db import mappings
 from proxy.db.engine import make_sessionmaker
 from proxy.db.migrate import upgrade
@@ -46,6 +50,8 @@ from tests.fault.outcome import make_keys
 from tests.fault.scenario import KEY_SECRET, pg_schema
 
 __all__ = ["KillOutcome", "KillSize", "run_kills"]
+
+UNSEEN_AFTER = 1.0  # seconds: the replicas' `unseen_after`, small so the count settles quickly
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,11 @@ class KillOutcome:
     lost_unpolled: list[str]  # missing runs only created, with their create's age at the kill
     unpolled_ages: list[float | None]  # seconds from each one's create answer to its kill
     orphans: list[str]  # missing runs no client saw, created on a thread (an intent's)
-    orphans_create_and_run: list[str]  # the same, by a create-and-run (no intent possible)
+    orphans_create_and_run: list[str]  # the same, by a create-and-run (not recoverable)
+    # Create-and-runs the replicas counted unseen (maybe unrecorded), as the database holds
+    # them at the end; None: the count did not settle (a dead worker's left unmarked).
+    unseen: int | None = None
+    unseen_seconds: float = 0.0  # the wait for that count, after the settle
     kills: int = 0
     kills_after_finish: int = 0  # landed right after a client received a finished run
     finish_lost_with_process: int = 0  # runs seen finished only by processes killed later
@@ -94,7 +104,8 @@ class KillOutcome:
             f"[{self.backend}, kills] {self.ledger.line()}; {len(self.lost)} lost, "
             f"{len(self.lost_unpolled)} never-polled runs lost {self.lost_unpolled}, "
             f"{len(self.orphans)} orphaned creates on a thread lost {self.orphans}, "
-            f"{len(self.orphans_create_and_run)} orphaned create-and-runs lost",
+            f"{len(self.orphans_create_and_run)} orphaned create-and-runs lost, "
+            f"{self.unseen} create-and-runs counted unseen",
             f"lost: {self.lost} (on a thread: {self.lost_on_a_thread}; seconds from the last "
             f"sighting to the kill: {self.lost_ages})",
             f"{self.kills} SIGKILLs ({self.kills_after_finish} right after a client received a "
@@ -103,7 +114,8 @@ class KillOutcome:
             f"client requests: {self.requests}, {self.killed_failures} failed on a killed "
             f"replica (done again), {len(self.failures)} failed otherwise; the collectors "
             f"retrieved runs {self.collector_retrieves} times; settled in "
-            f"{self.settle_seconds:.1f} s; {self.elapsed:.1f} s in all",
+            f"{self.settle_seconds:.1f} s (the unseen count {self.unseen_seconds:.1f} s more); "
+            f"{self.elapsed:.1f} s in all",
         ]
 
 
@@ -147,6 +159,7 @@ class KillScenario:
             "USAGE_PROXY_COLLECTOR_MAX_BACKOFF": "1",
             "USAGE_PROXY_COLLECTOR_WORKERS": "8",
             "USAGE_PROXY_COLLECTOR_FETCH_TIMEOUT": "10",
+            "USAGE_PROXY_UNSEEN_AFTER": str(UNSEEN_AFTER),
         }
         for name in ("a", "b"):
             proc = ProxyProcess(name, self.fake.url, self.db_url, self.workdir / "logs", env=env)
@@ -266,9 +279,14 @@ class KillScenario:
             settle_from = time.monotonic()
             ledger = await self._settle()
             settle = time.monotonic() - settle_from
+            unseen_from = time.monotonic()
+            unseen = await self._unseen()
+            unseen_wait = time.monotonic() - unseen_from
             for c in clients:
                 await c.close()
-            return await self._outcome(ledger, settle, time.monotonic() - started)
+            outcome = await self._outcome(ledger, settle, time.monotonic() - started)
+            outcome.unseen, outcome.unseen_seconds = unseen, unseen_wait
+            return outcome
         finally:
             await asyncio.gather(*(r.proc.stop() for r in self.replicas), return_exceptions=True)
             await self.fake.close()
@@ -287,6 +305,34 @@ class KillScenario:
                 text("SELECT object_id FROM usage_records WHERE kind = 'assistants.run'")
             )
             return list(rows.scalars())
+
+    async def _unseen(self) -> int | None:
+        """The create-and-runs counted unseen, once every dead worker's intent is marked (the
+        replicas mark them `unseen_after` seconds after they were written; a live worker's is
+        its own to delete)."""
+
+        async def marked() -> int | None:
+            async with self._engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        text("SELECT worker, unseen_at FROM run_intents WHERE thread_id IS NULL")
+                    )
+                ).all()
+            if any(unseen_at is None and is_dead(worker) for worker, unseen_at in rows):
+                return None
+            return sum(1 for _, unseen_at in rows if unseen_at is not None)
+
+        counts: list[int] = []
+
+        async def settled() -> bool:
+            count = await marked()
+            if count is not None:
+                counts.append(count)
+            return count is not None
+
+        with contextlib.suppress(AssertionError):
+            await wait_until(settled, 10 + 10 * UNSEEN_AFTER, interval=0.25, what="unseen")
+        return counts[-1] if counts else None
 
     def in_window(self, run: str) -> float | None:
         """For a run only created, how long before its replica's kill the create was answered

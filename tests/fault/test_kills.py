@@ -8,7 +8,8 @@ On both backends: a create on a thread leaves an intent the next replica recover
 answer waits until its job is stored (held), so nothing of it is lost at any moment of a kill.
 The exception, counted apart: a create-and-run whose answer died with its replica (no thread
 in its path, so nothing to list); and a create-and-run whose every sighting died with one
-replica before its outbox write (see the first test)."""
+replica before its outbox write (see the first test). Those are never silent: each is within
+the replicas' count of unseen create-and-runs (proxy/db/unseen_creates.py)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,15 @@ def test_a_create_on_a_thread_whose_answer_died_is_recovered(outcome: KillOutcom
         assert len(outcome.orphans) <= outcome.kills, outcome.lines()
     # Create-and-run cannot be found again (tests/fault/kills.py): at most one per kill.
     assert len(outcome.orphans_create_and_run) <= outcome.kills, outcome.lines()
+
+
+def test_every_lost_run_is_counted_unseen(outcome: KillOutcome) -> None:
+    # Never silent: what a kill lost (a create-and-run, as the tests above allow) is within
+    # the count of unseen create-and-runs the replicas told (an upper bound: a create whose
+    # replica died before it failed upstream, or before it was sent, is counted too).
+    lost = len(outcome.orphans_create_and_run) + len(outcome.lost)
+    assert outcome.unseen is not None, outcome.lines()
+    assert lost <= outcome.unseen, outcome.lines()
 
 
 def test_no_client_request_failed_but_on_a_killed_replica(outcome: KillOutcome) -> None:

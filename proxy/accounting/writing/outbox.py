@@ -8,18 +8,23 @@ A transaction per sighting, on the dispatcher's task, capped the runs observed a
 transaction ends, so the outbox holds it within a transaction's time of its sighting. Jobs
 lost in an outage (the process stopped before the database came back) are re-created when a
 client polls the run again.
+
+A job opened from a sighting other than this worker's own create's answer (`seen_elsewhere`)
+that this write really inserted may be a create-and-run's whose answer went out from a replica
+that died before storing it: proxy.db.unseen_creates matches it with that create's intent, in
+the same transaction, so the create is not counted unseen.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.writing.write_behind import WriteBehind
-from proxy.db import jobs, run_intents
+from proxy.db import jobs, run_intents, unseen_creates
 from proxy.metrics import Metrics
 
 __all__ = ["JobWriter", "OutboxJob"]
@@ -33,6 +38,9 @@ class OutboxJob(jobs.NewJob):
     transaction. Not a column of the job."""
 
     intent: int | None = None
+    # A sighting not of this worker's own create (a poll, a list, a stream of tool outputs):
+    # the run as proxy.db.unseen_creates matches it, should this write insert its job.
+    seen_elsewhere: unseen_creates.RunSeen | None = None
 
 
 class JobWriter(WriteBehind[jobs.NewJob]):
@@ -49,6 +57,7 @@ class JobWriter(WriteBehind[jobs.NewJob]):
         max_backoff: float = 5.0,
         on_written: Callable[[], None] | None = None,
         on_pending: Callable[[int], None] | None = None,
+        worker: str = "",
     ) -> None:
         super().__init__(
             self._enqueue,
@@ -64,6 +73,7 @@ class JobWriter(WriteBehind[jobs.NewJob]):
         )
         self._sm = sessionmaker
         self._on_written = on_written
+        self._worker = worker  # the serving process's, as in the intents it writes
 
     def start(self, name: str = "collection-job-writer") -> None:
         super().start(name)
@@ -71,6 +81,24 @@ class JobWriter(WriteBehind[jobs.NewJob]):
     async def _enqueue(self, batch: list[jobs.NewJob]) -> None:
         intents = [j.intent for j in batch if isinstance(j, OutboxJob) and j.intent is not None]
         also = run_intents.resolved_by(intents) if intents else None
-        await jobs.enqueue_many(self._sm(), batch, also=also)
+        elsewhere = {
+            j.object_id: j.seen_elsewhere
+            for j in batch
+            if isinstance(j, OutboxJob) and j.seen_elsewhere is not None
+        }
+        matching = self._matching(elsewhere) if elsewhere else None
+        await jobs.enqueue_many(self._sm(), batch, also=also, inserted=matching)
         if self._on_written is not None:
             self._on_written()
+
+    def _matching(
+        self, elsewhere: dict[str, unseen_creates.RunSeen]
+    ) -> Callable[[AsyncSession, set[str]], Awaitable[object]]:
+        async def match(session: AsyncSession, inserted: set[str]) -> None:
+            # Only a job inserted now: one that existed had its create's answer (or another
+            # sighting) write it, and that matched already.
+            runs = [run for run_id, run in elsewhere.items() if run_id in inserted]
+            if runs:
+                await unseen_creates.match(session, runs, worker=self._worker)
+
+        return match

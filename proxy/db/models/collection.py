@@ -76,13 +76,15 @@ class CollectionJob(Base):
 class RunIntent(Base):
     """A run create on its way upstream (proxy.db.run_intents): written before the create is
     forwarded, deleted with the job of the run it made (or at once when it made none). One left
-    behind by a dead worker is recovered by listing the thread's runs. The key is not here:
-    only its fingerprint, as in collection_jobs."""
+    behind by a dead worker is recovered by listing the thread's runs. A create-and-run's has
+    no thread: it cannot be recovered, only matched with a sighting of its run elsewhere or
+    marked unseen (proxy.db.unseen_creates). The key is not here: only its fingerprint, as in
+    collection_jobs."""
 
     __tablename__ = "run_intents"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    thread_id: Mapped[str] = mapped_column(String(255))
+    thread_id: Mapped[str | None] = mapped_column(String(255))  # None: a create-and-run
     api_prefix: Mapped[str] = mapped_column(String(512))
     api_query: Mapped[str] = mapped_column(String(1024), default="")
     key_fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -94,6 +96,10 @@ class RunIntent(Base):
     # The serving process that forwards the create (proxy.accounting.process.owners).
     worker: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # A create-and-run's request's, when its body named one (what an operator asks about).
+    assistant_id: Mapped[str | None] = mapped_column(String(255))
+    # Set once, by one replica: its worker died and nothing matched it (a run maybe unrecorded).
+    unseen_at: Mapped[dt.datetime | None]
 
 
 class ResponseContainer(Base):

@@ -13,11 +13,13 @@ Streamed creates are not held: their job is queued at `thread.run.created`, and 
 last bytes come after its other events, which the client has read by then; a held end would
 protect nothing. Their intent covers them.
 
-Create-and-run (POST .../threads/runs) names no thread in its path, so it has no intent, and
-it is not held either: holding its answer cannot save its run (a kill before the job is
-stored loses the run whether the answer was on its way or held; only the client's error
-differs), while an answer sent at once lets a client that polls the run show it to a replica
-again. A create-and-run whose answer dies with the replica cannot be found again.
+Create-and-run (POST .../threads/runs) names no thread in its path: its intent (thread_id
+NULL, and the request's assistant_id) cannot be recovered by listing a thread. It is not held
+either: holding its answer cannot save its run (a kill before the job is stored loses the run
+whether the answer was on its way or held; only the client's error differs), while an answer
+sent at once lets a client that polls the run show it to a replica again, whose job then
+deletes the intent (proxy.db.unseen_creates.match). One left unmatched after its worker died is
+counted unseen (unseen.py): the run may be unrecorded, and the operator is told.
 
 Both waits are bounded by `hold_timeout` and fail open.
 """
@@ -43,6 +45,8 @@ __all__ = ["RunCreates"]
 _log = logging.getLogger("proxy.accounting.runs")
 
 _ON_THREAD = re.compile(r"/threads/([^/]+)/runs\Z")
+_AND_RUN = "/threads/runs"
+_MAX_ASSISTANT_ID = 255  # the column's width
 _CAPACITY = 10_000  # intents of requests in flight: far more than a replica has at once
 
 Attribute = Callable[..., Awaitable[Attribution]]
@@ -72,15 +76,17 @@ class RunCreates:
 
     # --- the holder -------------------------------------------------------------------------
     def before(self, exchange: Exchange) -> Awaitable[None] | None:
-        """Asked of every request: a create on a thread gets its intent written."""
-        if not _is_create(exchange):
+        """Asked of every request: a run create gets its intent written."""
+        if not _is_create(exchange) or exchange.upstream_headers is None:
             return None
         found = _ON_THREAD.search(exchange.path)
-        if found is None or exchange.upstream_headers is None:
-            return None  # create-and-run: no thread to list later
-        return self._intend(exchange, found.group(1))
+        if found is not None:
+            return self._intend(exchange, found.group(1))
+        if exchange.path.endswith(_AND_RUN):
+            return self._intend(exchange, None)
+        return None
 
-    async def _intend(self, exchange: Exchange, thread_id: str) -> None:
+    async def _intend(self, exchange: Exchange, thread_id: str | None) -> None:
         sent = exchange.upstream_headers
         assert sent is not None
         # The key in memory now: the collector recovers an intent with it.
@@ -92,6 +98,7 @@ class RunCreates:
             api_prefix=prefix,
             api_query=query,
             worker=self.worker,
+            assistant_id=None if thread_id else _assistant_of(exchange),
             **who.columns(),
         )
         try:
@@ -139,3 +146,13 @@ class RunCreates:
         except DB_ERRORS as exc:
             # Left behind: the collector lists its thread later, which finds nothing new.
             _log.warning("cannot delete a run intent: %s", type(exc).__name__)
+
+
+def _assistant_of(exchange: Exchange) -> str | None:
+    """The create-and-run's assistant, when its body was read before forwarding (small: it
+    is, unless it carries a long thread) and names one. Parsed once: observers reuse it."""
+    if not exchange.request_body:
+        return None
+    body = exchange.request_json()
+    value = body.get("assistant_id") if isinstance(body, dict) else None
+    return value[:_MAX_ASSISTANT_ID] if isinstance(value, str) else None

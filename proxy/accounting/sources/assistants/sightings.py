@@ -113,6 +113,7 @@ class RunSighting:
     upstream_headers: Mapping[str, str] | None  # as sent: the credential comes from these
     query_string: str = ""  # as sent: it may carry the credential too (never stored)
     request_id: str = ""  # the exchange's: a run create's intent is found by it (creates.py)
+    from_create: bool = False  # seen in the answer to a run create (POST .../runs)
 
     @property
     def terminal(self) -> bool:
@@ -184,6 +185,7 @@ class RunObserver:
                 exchange.upstream_headers,
                 exchange.query_string,
                 exchange.request_id,
+                exchange.method == "POST" and exchange.path.endswith("/runs"),
             )
         )
         for seen in (self._seen, self._ended) if ended else (self._seen,):
