@@ -100,7 +100,7 @@ async def test_a_run_is_collected_by_the_child_with_the_clients_key(
     ours, childs = os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, pid)
     assert childs == min(ours + NICENESS, 19), (ours, childs)
     assert childs > ours or ours == 19, (ours, childs)
-    assert await health(proxy) == {"ok": True, "process": pid}
+    assert await health(proxy) == {"ok": True, "process": pid, "unseen_creates": 0}
 
     async with client_for(proxy, KEY) as client:
         run = await finished_run(client, usage="no")
@@ -137,7 +137,7 @@ async def test_a_killed_child_is_replaced_and_told_the_keys_again(
         # replacement (started after a second's backoff) is up.
         await wait_for(lambda: _down(proxy), timeout=10)
         await wait_for(lambda: collector.pid != old and collector.started.is_set(), timeout=30)
-        assert await health(proxy) == {"ok": True, "process": collector.pid}
+        assert await health(proxy) == {"ok": True, "process": collector.pid, "unseen_creates": 0}
         # The key was told to the first child only: the new one has it from the restart.
         second = await finished_run(client, usage="no")
         row = await one_row(sm, second.id, timeout=30)
@@ -153,7 +153,7 @@ async def test_the_inline_collector_reports_no_process(
     upstream: FakeUpstream, start_proxy: StartProxy, db_url: str
 ) -> None:
     proxy = await start_proxy(settings_for(upstream, db_url))
-    assert await health(proxy) == {"ok": True, "process": None}
+    assert await health(proxy) == {"ok": True, "process": None, "unseen_creates": 0}
 
 
 async def test_the_child_stops_with_the_proxy(
