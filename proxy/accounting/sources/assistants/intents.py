@@ -13,7 +13,6 @@ failed: listing costs one request, and finds nothing new).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -25,9 +24,9 @@ from proxy.accounting.process.owners import is_dead, this_host
 from proxy.accounting.sources.assistants.collect import scoped_headers
 from proxy.accounting.sources.assistants.fetch import RunFetcher
 from proxy.accounting.sources.assistants.sightings import dump_run, is_terminal
+from proxy.accounting.sources.sweeps import sweep_forever
 from proxy.accounting.usage import ASSISTANTS_RUN
 from proxy.db import jobs, run_intents
-from proxy.db.errors import DB_ERRORS
 from proxy.db.models import utcnow
 from proxy.errors import FetchError
 from proxy.keys import CredentialStore, replay_request
@@ -62,16 +61,7 @@ class IntentRecovery:
         self.recovered = 0  # intents recovered by this worker
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except DB_ERRORS as exc:
-                _log.warning("cannot look for run intents: %s", type(exc).__name__)
-            except Exception:
-                _log.exception("recovering run intents failed; retrying")
-            await asyncio.sleep(self._every)
+        await sweep_forever(self.sweep, self._every, "look for run intents", _log)
 
     async def sweep(self) -> int:
         """Recover what is recoverable now; how many intents."""

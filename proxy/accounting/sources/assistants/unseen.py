@@ -14,7 +14,6 @@ its own at the exchange's end).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -22,8 +21,8 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from proxy.accounting.process.owners import is_dead, parse_owner, this_host
+from proxy.accounting.sources.sweeps import sweep_forever
 from proxy.db import unseen_creates
-from proxy.db.errors import DB_ERRORS
 from proxy.db.models import utcnow
 from proxy.db.run_intents import Intent
 
@@ -49,16 +48,7 @@ class UnseenCreates:
         self.every = min(max(unseen_after / 10, 0.5), 60.0)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except DB_ERRORS as exc:
-                _log.warning("cannot look for unseen create-and-runs: %s", type(exc).__name__)
-            except Exception:
-                _log.exception("looking for unseen create-and-runs failed; retrying")
-            await asyncio.sleep(self.every)
+        await sweep_forever(self.sweep, self.every, "look for unseen create-and-runs", _log)
 
     async def sweep(self, page: int = 100) -> list[Intent]:
         """Mark what is unseen now; the intents this call marked."""
